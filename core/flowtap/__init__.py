@@ -1,0 +1,24 @@
+"""flowtap: capture HTTP and HTTPS traffic into debug sessions, through plugins.
+
+The public API: :class:`Capture` runs a capture; :class:`Flow` and friends
+are what sources produce and sinks read; :data:`hookimpl` marks a plugin's
+hook implementations; :class:`Source`, :class:`Sink` and :class:`Option`
+are what a plugin registers and declares.
+"""
+
+__version__ = "0.1.0"
+
+from flowtap.api import Emitter, Sink, SinkError, Source, SourceError
+from flowtap.capture import Capture, StartupError
+from flowtap.config import Config, ConfigError, Option, load_config, parse_duration, parse_size
+from flowtap.cookies import Cookie
+from flowtap.model import Flow, Headers, Request, Response, Timings, TLSInfo, WebSocketMessage
+from flowtap.plugins import hookimpl
+from flowtap.session import Session, State
+
+__all__ = [
+    "Capture", "Config", "ConfigError", "Cookie", "Emitter", "Flow", "Headers", "Option",
+    "Request", "Response", "Session", "Sink", "SinkError", "Source", "SourceError",
+    "StartupError", "State", "TLSInfo", "Timings", "WebSocketMessage", "hookimpl",
+    "load_config", "parse_duration", "parse_size",
+]

@@ -1,0 +1,275 @@
+"""Capture: the object that runs flowtap — plugins, config, sources, sessions, sinks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from flowtap.api import Sink, SinkError, Source, SourceError
+from flowtap.config import Config, ConfigError, Option
+from flowtap.coreplugin import NAME as CORE, CorePlugin
+from flowtap.cookies import Cookie
+from flowtap.dispatch import Dispatcher
+from flowtap.model import Flow
+from flowtap.plugins import PluginHost
+from flowtap.session import Session
+
+log = logging.getLogger("flowtap")
+
+
+class StartupError(Exception):
+    """The run cannot start; the message names the plugin and the reason."""
+
+
+@attrs.define(frozen=True)
+class _Factory:
+    owner: str  # the plugin that registered it
+    factory: Callable[[dict], Any]
+    default: bool  # runs even when the config has no table for it
+
+
+class _Emitter:
+    """What one source is given: emit flows and cookies into the current session."""
+
+    def __init__(self, capture: Capture, name: str) -> None:
+        self._dispatcher = capture.dispatcher
+        self.name = name
+        self.log = logging.getLogger(f"flowtap.{name}")
+
+    @property
+    def recording(self) -> bool:
+        session = self._dispatcher.current
+        return session is not None and session.recording
+
+    def emit(self, flow: Flow) -> None:
+        self._dispatcher.emit(flow)
+
+    def cookies(self, cookies: list[Cookie]) -> None:
+        self._dispatcher.cookies(cookies, self.name)
+
+
+class Capture:
+    """Runs sources into debug sessions whose flows reach the sinks.
+
+    >>> capture = Capture({"sinks": {"har": {"path": "out.har"}}})
+    >>> capture.register(my_plugin)      # any object or module with hookimpls
+    >>> session = capture.start()        # sources start, the first session begins
+    >>> session.pause(); session.resume(); session.clear()
+    >>> capture.stop()                   # ends the session, stops the sources
+
+    :param config: a :class:`Config`, or nested dicts shaped like the TOML file.
+    :param load_entrypoints: discover plugins in the ``flowtap`` entry-point
+        group (False: only the core and what you register).
+    :param disable: plugin names not to load, besides ``[plugins] disable``.
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any] | None = None,
+        *,
+        load_entrypoints: bool = True,
+        disable: Iterable[str] = (),
+    ) -> None:
+        self.config = config if isinstance(config, Config) else Config.from_dict(config or {})
+        disabled = set(disable) | set(self.config.raw.get("plugins", {}).get("disable", []) or [])
+        self.host = PluginHost(disable=disabled - {CORE})
+        self.options: dict[str, list[Option]] = {}
+        self.source_factories: dict[str, _Factory] = {}
+        self.sink_factories: dict[str, _Factory] = {}
+        self.sources: dict[str, Source] = {}
+        self.dispatcher = Dispatcher(self.host)
+        self.session: Session | None = None
+        self._started = False
+        self._validated = False
+        self._lock = threading.RLock()
+
+        self.host.call_historic("flowtap_config_options", declare=self._declare)
+        self.host.call_historic("flowtap_register_sources", register=self._registrar("sources"))
+        self.host.call_historic("flowtap_register_sinks", register=self._registrar("sinks"))
+        self.host.register(CorePlugin(), name=CORE)
+        if load_entrypoints:
+            self.host.load_entrypoints()
+
+    # -- plugins ---------------------------------------------------------------
+
+    def register(self, plugin: object, name: str | None = None) -> str:
+        """Register an object or module with ``@flowtap.hookimpl`` functions.
+
+        Works before and after :meth:`start`: a sink registered into a running
+        capture is built (if configured) and joins the current session.
+        Returns the name the plugin was registered under.
+        """
+        with self._lock:
+            before = set(self.sink_factories)
+            name = self.host.register(plugin, name)
+            if self._validated:
+                self._validate()
+            if self.session is not None and self.session.state.value != "ended":
+                added = [s for s in self.sink_factories if s not in before]
+                self.dispatcher.add_sinks(self._build_sinks(added))
+        return name
+
+    def _declare(self, table: str, *options: Option) -> None:
+        self.options.setdefault(table, []).extend(options)
+
+    def _registrar(self, kind: str) -> Callable[[str, Callable[[dict], Any]], None]:
+        factories = self.source_factories if kind == "sources" else self.sink_factories
+
+        def register(name: str, factory: Callable[[dict], Any], default: bool = False) -> None:
+            """Register a source or sink factory under ``name`` (its config table)."""
+            owner = self.host.calling or ""
+            if name in factories and factories[name].owner != owner:
+                raise ValueError(f"{kind[:-1]} {name!r} is already registered by plugin {factories[name].owner!r}")
+            factories[name] = _Factory(owner, factory, default)
+            self.options.setdefault(f"{kind}.{name}", [])
+
+        return register
+
+    # -- config --------------------------------------------------------------------
+
+    def validate(self) -> Config:
+        """Validate the config against every declared option; raise ConfigError."""
+        with self._lock:
+            self._validate()
+        return self.config
+
+    def _validate(self) -> None:
+        ignored = [
+            f"{kind}.{info.name}"
+            for info in self.host.infos.values()
+            if info.status != "enabled"
+            for kind in ("sources", "sinks")
+        ]
+        self.config.validate(self.options, ignored=ignored)
+        for _ in self.host.each("flowtap_config_validate", config=self.config, reraise=ConfigError):
+            pass
+        self._validated = True
+
+    # -- running ---------------------------------------------------------------------
+
+    def start(self) -> Session:
+        """Validate the config, begin the first session, start the configured sources.
+
+        :raises ConfigError: the config is wrong.
+        :raises StartupError: a sink or source could not start (nothing keeps running).
+        """
+        with self._lock:
+            if self._started:
+                raise RuntimeError("this capture has already started")
+            self.validate()
+            self.dispatcher.start()
+            self._started = True
+            try:
+                session = self.begin()
+                self._start_sources()
+            except BaseException:
+                self.stop()
+                raise
+            return session
+
+    def begin(self, name: str | None = None, duration: float | None = None) -> Session:
+        """End the current session (if any) and begin a new one; sources keep serving.
+
+        :param name: the session's name; default ``[session] name`` or the start time.
+        :param duration: seconds until it ends by itself; default ``[session] duration``.
+        """
+        with self._lock:
+            if self.session is not None:
+                self.session.end()
+            table = self.config.table("session")
+            name = name or table["name"] or time.strftime("session %Y-%m-%d %H:%M:%S")
+            session = Session(name=name, time_limit=duration if duration is not None else table["duration"])
+            sinks = self._build_sinks(self.sink_factories)
+            self.session = session
+            self.dispatcher.attach(session, sinks)
+            if session.time_limit:
+                timer = threading.Timer(session.time_limit, session.end, kwargs={"wait": False})
+                timer.daemon = True
+                timer.start()
+            return session
+
+    def _build_sinks(self, names: Iterable[str]) -> list[tuple[str, Sink]]:
+        built: list[tuple[str, Sink]] = []
+        try:
+            for name in names:
+                entry = self.sink_factories[name]
+                if not self.config.enabled(f"sinks.{name}", entry.default):
+                    continue
+                owner = entry.owner
+                sink = self._build(entry, "sink", name)
+                try:
+                    sink.open()
+                except SinkError as exc:
+                    raise StartupError(f"sink {name!r}: {exc}") from None
+                except Exception as exc:
+                    raise StartupError(f"sink {name!r} (plugin {owner!r}) failed to open: {exc!r}") from exc
+                built.append((f"sink {name!r} (plugin {owner!r})", sink))
+        except BaseException:
+            for _, sink in built:
+                sink.close()
+            raise
+        for _, sink in built:
+            self.host.pm.register(sink, name=f"sink:{sink.name}:{id(sink):x}")
+        return built
+
+    def _build(self, entry: _Factory, kind: str, name: str) -> Any:
+        try:
+            obj = entry.factory(self.config.table(f"{kind}s.{name}"))
+        except (SinkError, SourceError) as exc:
+            raise StartupError(f"{kind} {name!r}: {exc}") from None
+        except Exception as exc:
+            raise StartupError(f"{kind} {name!r} (plugin {entry.owner!r}) could not be built: {exc!r}") from exc
+        obj.name = name
+        return obj
+
+    def configured_sources(self) -> list[str]:
+        """Names of the sources this config runs."""
+        return [
+            name for name, entry in self.source_factories.items()
+            if self.config.enabled(f"sources.{name}", entry.default)
+        ]
+
+    def _start_sources(self) -> None:
+        for name in self.configured_sources():
+            entry = self.source_factories[name]
+            source = self._build(entry, "source", name)
+            try:
+                source.start(_Emitter(self, name))
+            except SourceError as exc:
+                raise StartupError(f"source {name!r}: {exc}") from None
+            except Exception as exc:
+                raise StartupError(f"source {name!r} (plugin {entry.owner!r}) failed to start: {exc!r}") from exc
+            self.sources[name] = source
+            self.host.pm.register(source, name=f"source:{name}")
+
+    def emitter(self, source: str = "code") -> _Emitter:
+        """An emitter for feeding flows from code, as a source would."""
+        return _Emitter(self, source)
+
+    def emit(self, flow: Flow) -> None:
+        """Hand a flow to the current session, as a source would."""
+        self.dispatcher.emit(flow)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current session ends (time limit, ``end()``); False on timeout."""
+        session = self.session
+        return True if session is None else session.wait(timeout)
+
+    def stop(self) -> None:
+        """End the session (sinks finalized), stop the sources, stop the dispatcher."""
+        with self._lock:
+            for name, source in reversed(list(self.sources.items())):
+                try:
+                    source.stop()
+                except Exception:
+                    self.host.report_error(f"source {name!r}", "stop")
+                self.host.unregister(source)
+            self.sources.clear()
+            if self.session is not None:
+                self.session.end()
+            self.dispatcher.stop()

@@ -1,0 +1,78 @@
+"""The core's own config tables and filters, registered like any other plugin.
+
+``[session]`` names the debug session and may limit its duration;
+``[filters]`` holds the capture filters; ``[plugins]`` disables plugins.
+This plugin is essential: it cannot be disabled.
+"""
+
+from __future__ import annotations
+
+from flowtap.config import ConfigError, Option, parse_duration
+from flowtap.plugins import hookimpl
+
+NAME = "core"
+
+
+def _methods(value: list[str]) -> list[str]:
+    return [m.upper() for m in value]
+
+
+class CorePlugin:
+    """Declares ``[session]``, ``[filters]``, ``[plugins]`` and applies the filters."""
+
+    def __init__(self) -> None:
+        self._filters: list = []
+
+    @hookimpl
+    def flowtap_config_options(self, declare):
+        declare(
+            "session",
+            Option("name", str, "", "Name of the debug session; default: the start time."),
+            Option("duration", str, "",
+                   'End the session after this long ("90s", "30m", "2h"); empty: until stopped.',
+                   convert=parse_duration),
+        )
+        declare(
+            "filters",
+            Option("expression", str, "",
+                   "mitmproxy filter expression a flow must match to be recorded, "
+                   'e.g. "~d api.example.com & !~t image".'),
+            Option("url_contains", str, "", "Record only URLs containing this text (or regex)."),
+            Option("url_not_contains", str, "", "Do not record URLs containing this text (or regex)."),
+            Option("url_regex", bool, False, "Treat url_contains and url_not_contains as regular expressions."),
+            Option("methods", list, [], 'Record only these methods, e.g. ["GET", "POST"]; empty: all.',
+                   convert=_methods),
+            Option("skip_resources", bool, False, "Do not record images, JavaScript and CSS."),
+        )
+        declare(
+            "plugins",
+            Option("disable", list, [], "Plugins not to load, by name (as `flowtap plugins` lists them)."),
+        )
+
+    @hookimpl
+    def flowtap_config_validate(self, config):
+        from flowtap.filters import FilterError, compile_expression, simple_filter
+
+        table = config.table("filters")
+        self._filters = []
+        try:
+            if table["expression"]:
+                self._filters.append(compile_expression(table["expression"]))
+            simple = simple_filter(
+                url_contains=table["url_contains"],
+                url_not_contains=table["url_not_contains"],
+                url_regex=table["url_regex"],
+                methods=table["methods"],
+                skip_resources=table["skip_resources"],
+            )
+        except FilterError as exc:
+            raise ConfigError(f"{config.where('filters')}: {exc}") from None
+        if simple is not None:
+            self._filters.append(simple)
+
+    @hookimpl
+    def flowtap_filter(self, flow):
+        for keep in self._filters:
+            if not keep(flow):
+                return False
+        return None

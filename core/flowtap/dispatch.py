@@ -1,0 +1,166 @@
+"""The dispatcher: moves flows from sources to filters and sinks, off the sources' threads.
+
+Sources put flows on a bounded queue (a full queue makes the source wait;
+nothing is dropped). One thread takes them off in batches, runs the filters,
+hands kept flows to every sink, reports cookies, and flushes the sinks
+whenever the queue drains. Session events travel the same queue, so hooks
+see them in order with the flows.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING, Any
+
+from flowtap.session import Session
+
+if TYPE_CHECKING:
+    from flowtap.api import Sink
+    from flowtap.cookies import Cookie
+    from flowtap.model import Flow
+    from flowtap.plugins import PluginHost
+
+log = logging.getLogger("flowtap")
+
+QUEUE_SIZE = 4096
+BATCH = 256
+_STOP = ("stop",)
+
+
+class Dispatcher:
+    """One thread that runs filters and sinks for the current session."""
+
+    def __init__(self, host: PluginHost, queue_size: int = QUEUE_SIZE) -> None:
+        self.host = host
+        self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=queue_size)
+        self.current: Session | None = None  # what sources feed; set at once by attach()
+        self.session: Session | None = None  # what the thread is working on
+        self.sinks: list[tuple[str, Sink]] = []
+        self._thread = threading.Thread(target=self._run, name="flowtap-dispatcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Process everything queued, then end the thread."""
+        if self._thread.is_alive():
+            self.queue.put(_STOP)
+            self._thread.join()
+
+    # -- called from any thread ----------------------------------------------
+
+    def attach(self, session: Session, sinks: list[tuple[str, Sink]]) -> None:
+        """Make ``session`` the current one, with the sinks built for it."""
+        session._post = lambda event: self.queue.put(("event", event, session))
+        self.current = session
+        self.queue.put(("attach", session, sinks))
+
+    def add_sinks(self, sinks: list[tuple[str, Sink]]) -> None:
+        """Add sinks to the current session (a plugin registered mid-session)."""
+        if sinks:
+            self.queue.put(("add_sinks", sinks))
+
+    def emit(self, flow: Flow) -> None:
+        """Queue a flow from a source (blocks while the queue is full)."""
+        session = self.current
+        if session is not None:
+            self.queue.put(("flow", flow, session, session.recording))
+
+    def cookies(self, cookies: list[Cookie], source: str) -> None:
+        """Queue cookie changes a source saw outside any flow."""
+        if cookies:
+            self.queue.put(("cookies", cookies, source))
+
+    def sync(self, timeout: float | None = None) -> bool:
+        """Block until everything queued so far has been handled and flushed."""
+        done = threading.Event()
+        self.queue.put(("sync", done))
+        return done.wait(timeout)
+
+    # -- the dispatcher thread --------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            try:
+                while len(batch) < BATCH:
+                    batch.append(self.queue.get_nowait())
+            except queue.Empty:
+                pass
+            for item in batch:
+                if item is _STOP:
+                    self._flush()
+                    return
+                try:
+                    getattr(self, "_on_" + item[0])(*item[1:])
+                except Exception:  # the dispatcher itself must never die
+                    log.exception("internal error while dispatching %s", item[0])
+            self._flush()
+
+    def _on_attach(self, session: Session, sinks: list[tuple[str, Sink]]) -> None:
+        self.session, self.sinks = session, sinks
+        self.host.call("flowtap_session_start", session=session)
+
+    def _on_sync(self, done: threading.Event) -> None:
+        self._flush()
+        done.set()
+
+    def _on_add_sinks(self, sinks: list[tuple[str, Sink]]) -> None:
+        self.sinks = self.sinks + sinks
+
+    def _on_flow(self, flow: Flow, session: Session, recording: bool) -> None:
+        counts = session.counts
+        counts.received += 1
+        if self._cookie_hooks():
+            cookies = flow.cookies
+            if cookies:
+                self.host.call("flowtap_cookies_seen", cookies=cookies, flow=flow, source=flow.source)
+        if not recording or session is not self.session:
+            counts.paused += 1
+            return
+        for _, keep in self.host.each("flowtap_filter", flow=flow):
+            if keep is False:
+                counts.filtered += 1
+                return
+        counts.recorded += 1
+        for name, sink in self.sinks:
+            try:
+                sink.write(flow)
+            except Exception:
+                self.host.report_error(name, "write")
+
+    def _on_cookies(self, cookies: list[Cookie], source: str) -> None:
+        self.host.call("flowtap_cookies_seen", cookies=cookies, flow=None, source=source)
+
+    def _on_event(self, event: str, session: Session) -> None:
+        if event == "clear":
+            session.counts.recorded = session.counts.filtered = 0
+        self._flush()
+        self.host.call(f"flowtap_session_{event}", session=session)
+        if event == "end":
+            self._close_sinks(session)
+
+    def _close_sinks(self, session: Session) -> None:
+        for name, sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:
+                self.host.report_error(name, "close")
+            self.host.unregister(sink)
+        if session is self.session:
+            self.session, self.sinks = None, []
+        if session is self.current:
+            self.current = None
+        session._done.set()
+
+    def _flush(self) -> None:
+        for name, sink in self.sinks:
+            try:
+                sink.flush()
+            except Exception:
+                self.host.report_error(name, "flush")
+
+    def _cookie_hooks(self) -> bool:
+        return bool(self.host.pm.hook.flowtap_cookies_seen.get_hookimpls())

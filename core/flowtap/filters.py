@@ -1,0 +1,287 @@
+"""Flow filters: mitmproxy's filter expressions and Postman's simple session filters.
+
+:func:`compile_expression` borrows mitmproxy's grammar (``~d example.com & !~c 200``)
+but evaluates it on flowtap :class:`~flowtap.model.Flow` objects with plain Python
+closures, so mitmproxy is imported only while compiling, never per flow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+from flowtap.model import Flow, Request, _Message
+
+Predicate = Callable[[Flow], bool]
+
+__all__ = ["FilterError", "compile_expression", "simple_filter"]
+
+
+class FilterError(ValueError):
+    """An invalid filter expression or pattern, with the column the error is at."""
+
+    def __init__(self, expression: str, detail: str, position: int | None = None) -> None:
+        self.expression = expression
+        self.position = position
+        # pyparsing messages can hold raw whitespace ("Expected !W:(()~'\" \n\t\r)").
+        detail = detail.translate({9: "\\t", 10: "\\n", 13: "\\r"})
+        self.detail = detail
+        message = f"invalid filter expression {expression!r}: "
+        if position is None:
+            message += detail
+        else:
+            shown = expression.translate({9: " ", 10: " ", 13: " "})
+            message += f"error at column {position + 1}: {detail}\n  {shown}\n  {' ' * position}^"
+        super().__init__(message)
+
+
+# --- reading a flowtap flow the way mitmproxy reads its own ------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_AUTHORITY = re.compile(r"^(?P<host>[^:]+|\[.+\])(?::(?P<port>\d+))?$")
+
+
+def _enc(text: str) -> bytes:
+    """mitmproxy keeps header names/values and the method as UTF-8 (surrogateescape) bytes."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _header_block(message: _Message) -> bytes:
+    """``bytes(mitmproxy.http.Headers)``: ``Name: value\\r\\n`` per field, names as sent."""
+    return b"".join(_enc(f"{name}: {value}\r\n") for name, value in message.headers.fields)
+
+
+def _content_types(message: _Message | None) -> list[bytes]:
+    if message is None:
+        return []
+    fields = ((_enc(k), _enc(v)) for k, v in message.headers.fields)
+    return [value for name, value in fields if name.lower() == b"content-type"]
+
+
+def _authority(value: str) -> tuple[str, int | None]:
+    """Host and port from a Host header (mitmproxy's ``parse_authority(check=False)``)."""
+    m = _AUTHORITY.match(value)
+    if not m:
+        return value, None
+    host = m["host"][1:-1] if m["host"].startswith("[") else m["host"]
+    return host, int(m["port"]) if m["port"] else None
+
+
+def _pretty_host(request: Request) -> str:
+    host_header = request.headers.get("host")
+    return _authority(host_header)[0] if host_header else request.host
+
+
+def _pretty_url(request: Request) -> str:
+    """mitmproxy's ``Request.pretty_url``: the URL, with the Host header's authority if any."""
+    parts = urlsplit(request.url)
+    host_header = request.headers.get("host")
+    if host_header:
+        host, port = _authority(host_header)
+        port = port or _DEFAULT_PORTS.get(parts.scheme) or 443
+    else:
+        host = parts.hostname or ""
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        port = port or (443 if parts.scheme == "https" else 80)
+    authority = host if _DEFAULT_PORTS.get(parts.scheme) == port else f"{host}:{port}"
+    path = urlunsplit(("", "", parts.path, parts.query, parts.fragment))
+    return f"{parts.scheme}://{authority}{'' if path.startswith('/') else '/'}{path}"
+
+
+def _bodies(flow: Flow, request: bool, response: bool) -> list[bytes]:
+    bodies = [flow.request.body] if request else []
+    if response and flow.response is not None:
+        bodies.append(flow.response.body)
+    for msg in flow.websocket or ():
+        if (request and msg.from_client) or (response and not msg.from_client):
+            bodies.append(msg.content)
+    return bodies
+
+
+def _address(address: tuple[str, int] | None) -> str | None:
+    return f"{address[0]}:{address[1]}" if address else None
+
+
+def _search_bodies(request: bool, response: bool) -> Callable[[re.Pattern], Predicate]:
+    return lambda rx: lambda f: any(rx.search(b) for b in _bodies(f, request, response))
+
+
+def _search_address(attr: str) -> Callable[[re.Pattern], Predicate]:
+    def make(rx: re.Pattern) -> Predicate:
+        def match(f: Flow) -> bool:
+            address = _address(getattr(f, attr))
+            return address is not None and bool(rx.search(address))
+
+        return match
+
+    return make
+
+
+def _asset(f: Flow) -> bool:
+    return any(rx.search(ct) for ct in _content_types(f.response) for rx in _ASSET_TYPES)
+
+
+_ASSET_TYPES = [
+    re.compile(p)
+    for p in (b"text/javascript", b"application/x-javascript", b"application/javascript",
+              b"text/css", b"image/.*", b"font/.*", b"application/font.*")
+]  # fmt: skip
+
+#: ``~code`` -> predicate, for operators without an argument.
+_UNARY: dict[str, Predicate] = {
+    "q": lambda f: f.response is None,
+    "s": lambda f: f.response is not None,
+    "e": lambda f: bool(f.error),
+    "a": _asset,
+    "http": lambda f: True,
+    "all": lambda f: True,
+    "websocket": lambda f: f.websocket is not None,
+    "tcp": lambda f: False,
+    "udp": lambda f: False,
+    "dns": lambda f: False,
+    "marked": lambda f: False,
+    "replay": lambda f: False,
+    "replayq": lambda f: False,
+    "replays": lambda f: False,
+}
+
+#: ``~code`` -> (compiled regex -> predicate), for operators taking a regex.
+_REGEX: dict[str, Callable[[re.Pattern], Predicate]] = {
+    "h": lambda rx: lambda f: bool(
+        rx.search(_header_block(f.request))
+        or (f.response is not None and rx.search(_header_block(f.response)))
+    ),
+    "hq": lambda rx: lambda f: bool(rx.search(_header_block(f.request))),
+    "hs": lambda rx: lambda f: f.response is not None
+    and bool(rx.search(_header_block(f.response))),
+    "t": lambda rx: lambda f: any(
+        rx.search(ct) for ct in _content_types(f.request) + _content_types(f.response)
+    ),
+    "tq": lambda rx: lambda f: any(rx.search(ct) for ct in _content_types(f.request)),
+    "ts": lambda rx: lambda f: any(rx.search(ct) for ct in _content_types(f.response)),
+    "b": _search_bodies(request=True, response=True),
+    "bq": _search_bodies(request=True, response=False),
+    "bs": _search_bodies(request=False, response=True),
+    "d": lambda rx: lambda f: bool(
+        rx.search(f.request.host) or rx.search(_pretty_host(f.request))
+    ),
+    "m": lambda rx: lambda f: bool(rx.search(_enc(f.request.method))),
+    "u": lambda rx: lambda f: bool(rx.search(_pretty_url(f.request))),
+    "src": _search_address("client_address"),
+    "dst": _search_address("server_address"),
+    "meta": lambda rx: lambda f: bool(
+        rx.search("\n".join(f"{k}: {v}" for k, v in f.metadata.items()))
+    ),
+    # No marks in flowtap: an unmarked mitmproxy flow has ``marked == ""``.
+    "marker": lambda rx: lambda f: bool(rx.search("")),
+    "comment": lambda rx: lambda f: bool(rx.search(str(f.metadata.get("comment", "")))),
+}
+
+
+def _compile_node(node: object, ff) -> Predicate:
+    if isinstance(node, (ff.FAnd, ff.FOr)):
+        parts = [_compile_node(n, ff) for n in node.lst]
+        combine = all if isinstance(node, ff.FAnd) else any
+        return lambda f: combine(p(f) for p in parts)
+    if isinstance(node, ff.FNot):
+        inner = _compile_node(node.itm, ff)
+        return lambda f: not inner(f)
+    if isinstance(node, ff.FCode):
+        num = node.num
+        return lambda f: f.response is not None and f.response.status_code == num
+    if isinstance(node, ff._Rex) and node.code in _REGEX:
+        return _REGEX[node.code](node.re)
+    if isinstance(node, ff._Action) and node.code in _UNARY:
+        return _UNARY[node.code]
+    raise TypeError(f"unsupported filter operator {type(node).__name__}")
+
+
+def compile_expression(expression: str) -> Predicate:
+    """Compile a mitmproxy filter expression into a predicate over flowtap flows.
+
+    Parsing uses ``mitmproxy.flowfilter``'s grammar; the result matches exactly the
+    flows mitmproxy's filter would match. Raises :class:`FilterError` if invalid.
+    """
+    if not expression or not expression.strip():
+        raise FilterError(expression, "empty filter expression")
+    import pyparsing
+    from mitmproxy import flowfilter
+
+    try:
+        tree = flowfilter.bnf.parseString(expression, parseAll=True)[0]
+    except pyparsing.ParseBaseException as e:
+        raise FilterError(expression, e.msg, e.loc) from e
+    except ValueError as e:  # a regex that does not compile (or encode)
+        cause = e.__context__ if isinstance(e.__context__, re.error) else e
+        position = None
+        if isinstance(cause, re.error) and cause.pattern is not None:
+            pattern = cause.pattern
+            if isinstance(pattern, bytes):
+                pattern = pattern.decode("utf-8", "surrogateescape")
+            start = expression.find(pattern)
+            position = start + (cause.pos or 0) if start >= 0 else None
+            detail = f"bad regex {pattern!r}: {cause.msg}"
+        else:
+            detail = str(cause)
+        raise FilterError(expression, detail, position) from e
+    return _compile_node(tree, flowfilter)
+
+
+# --- Postman's simple session filters -----------------------------------------
+
+_RESOURCE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".ico", ".bmp",
+                        ".avif", ".css", ".js", ".mjs", ".map")  # fmt: skip
+
+
+def _is_resource(flow: Flow) -> bool:
+    """An image, stylesheet or script, by response Content-Type or URL path extension."""
+    if flow.response is not None:
+        ct = flow.response.content_type
+        if ct.startswith("image/") or ct == "text/css" or "javascript" in ct or "ecmascript" in ct:
+            return True
+    return urlsplit(flow.request.url).path.lower().endswith(_RESOURCE_EXTENSIONS)
+
+
+def _url_matcher(pattern: str, regex: bool, option: str) -> Callable[[str], bool]:
+    if not regex:
+        needle = pattern.lower()
+        return lambda url: needle in url.lower()
+    try:
+        rx = re.compile(pattern, re.IGNORECASE)
+    except re.error as e:
+        raise FilterError(pattern, f"{option} is not a valid regex: {e.msg}", e.pos) from e
+    return lambda url: rx.search(url) is not None
+
+
+def simple_filter(
+    url_contains: str = "",
+    url_not_contains: str = "",
+    url_regex: bool = False,
+    methods: Iterable[str] = (),
+    skip_resources: bool = False,
+) -> Predicate | None:
+    """Postman-style session filter, or None when no option is set.
+
+    URL tests are case-insensitive substring checks on the full URL, or regex
+    searches when ``url_regex`` is true; ``methods`` keeps only those methods
+    (empty: all); ``skip_resources`` drops images, JavaScript and CSS.
+    """
+    checks: list[Predicate] = []
+    if url_contains:
+        contains = _url_matcher(url_contains, url_regex, "url_contains")
+        checks.append(lambda f: contains(f.request.url))
+    if url_not_contains:
+        excluded = _url_matcher(url_not_contains, url_regex, "url_not_contains")
+        checks.append(lambda f: not excluded(f.request.url))
+    wanted = {m.strip().upper() for m in methods if m and m.strip()}
+    if wanted:
+        checks.append(lambda f: f.request.method.upper() in wanted)
+    if skip_resources:
+        checks.append(lambda f: not _is_resource(f))
+    if not checks:
+        return None
+    return lambda f: all(check(f) for check in checks)

@@ -1,0 +1,257 @@
+"""The captured-traffic model every source produces and every sink reads.
+
+Plain attrs classes with no mitmproxy type anywhere: a source converts what it
+saw into a :class:`Flow` once, and everything downstream reads only this.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import attrs
+
+from flowtap.cookies import Cookie, parse_cookie_header, parse_set_cookie
+
+
+class Headers:
+    """Ordered header pairs with duplicates kept and case-insensitive lookup."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        self._fields: tuple[tuple[str, str], ...] = tuple((str(k), str(v)) for k, v in fields)
+
+    @property
+    def fields(self) -> tuple[tuple[str, str], ...]:
+        """All ``(name, value)`` pairs in the order they were sent."""
+        return self._fields
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (any case), or ``default``."""
+        name = name.lower()
+        for k, v in self._fields:
+            if k.lower() == name:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of header ``name`` (any case), in order."""
+        name = name.lower()
+        return [v for k, v in self._fields if k.lower() == name]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and other._fields == self._fields
+
+    def __hash__(self) -> int:
+        return hash(self._fields)
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self._fields)!r})"
+
+
+def _headers(value: Headers | Iterable[tuple[str, str]] | dict[str, str]) -> Headers:
+    if isinstance(value, Headers):
+        return value
+    if isinstance(value, dict):
+        return Headers(value.items())
+    return Headers(value)
+
+
+@attrs.define(slots=True)
+class _Message:
+    http_version: str = "HTTP/1.1"
+    headers: Headers = attrs.field(factory=Headers, converter=_headers)
+    body: bytes = b""
+    #: Length of the whole decoded body, even when ``body`` holds less of it.
+    body_size: int | None = None
+    #: Bytes on the wire (before Content-Encoding was undone); None if unknown.
+    encoded_size: int | None = None
+    #: True when ``body`` holds only part of the body, or none of it.
+    truncated: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.body_size is None:
+            self.body_size = len(self.body)
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type header's media type, lower-cased, without parameters."""
+        value = self.headers.get("content-type") or ""
+        return value.split(";", 1)[0].strip().lower()
+
+    def text(self, errors: str = "replace") -> str:
+        """The body decoded with the charset its Content-Type names (default UTF-8)."""
+        charset = "utf-8"
+        for param in (self.headers.get("content-type") or "").split(";")[1:]:
+            key, _, value = param.strip().partition("=")
+            if key.lower() == "charset" and value:
+                charset = value.strip("\"'")
+        try:
+            return self.body.decode(charset, errors)
+        except LookupError:
+            return self.body.decode("utf-8", errors)
+
+
+@attrs.define(slots=True)
+class Request(_Message):
+    """An HTTP request as the client sent it."""
+
+    method: str = "GET"
+    url: str = ""
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int | None:
+        parts = urlsplit(self.url)
+        return parts.port or {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(parts.scheme)
+
+    @property
+    def path(self) -> str:
+        """The path and query string, as on the request line."""
+        parts = urlsplit(self.url)
+        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        """Query parameters as ordered pairs, blanks kept."""
+        return parse_qsl(urlsplit(self.url).query, keep_blank_values=True)
+
+    @property
+    def cookies(self) -> list[tuple[str, str]]:
+        """``(name, value)`` pairs from the Cookie header(s)."""
+        pairs: list[tuple[str, str]] = []
+        for value in self.headers.get_all("cookie"):
+            pairs.extend(parse_cookie_header(value))
+        return pairs
+
+
+@attrs.define(slots=True)
+class Response(_Message):
+    """An HTTP response as the server sent it."""
+
+    status_code: int = 200
+    reason: str = ""
+
+
+@attrs.define(slots=True)
+class Timings:
+    """When the exchange happened and how long each phase took.
+
+    ``start`` and ``end`` are Unix timestamps (seconds); the phases are
+    milliseconds, or None when the source could not see that phase.
+    """
+
+    start: float = attrs.field(factory=time.time)
+    end: float | None = None
+    dns: float | None = None
+    connect: float | None = None
+    tls: float | None = None
+    send: float | None = None
+    wait: float | None = None
+    receive: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Milliseconds from the first request byte to the last response byte."""
+        return None if self.end is None else max(0.0, (self.end - self.start) * 1000)
+
+
+@attrs.define(slots=True)
+class TLSInfo:
+    """The TLS connection between flowtap and the server (or client)."""
+
+    version: str | None = None
+    sni: str | None = None
+    cipher: str | None = None
+    alpn: str | None = None
+
+
+@attrs.define(slots=True)
+class WebSocketMessage:
+    """One message on an upgraded WebSocket connection."""
+
+    from_client: bool
+    content: bytes
+    is_text: bool = True
+    timestamp: float = attrs.field(factory=time.time)
+
+
+@attrs.define(slots=True)
+class Flow:
+    """One HTTP exchange: a request and, unless it failed, its response.
+
+    ``metadata`` holds source-specific marks (for example
+    ``{"body_unavailable": True}`` from a source that cannot see bodies); a
+    sink may show them and must not depend on them.
+    """
+
+    request: Request
+    response: Response | None = None
+    source: str = "unknown"
+    id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    timings: Timings = attrs.field(factory=Timings)
+    client_address: tuple[str, int] | None = None
+    server_address: tuple[str, int] | None = None
+    server_ip: str | None = None
+    tls: TLSInfo | None = None
+    error: str | None = None
+    websocket: list[WebSocketMessage] | None = None
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def request_cookies(self) -> list[tuple[str, str]]:
+        """``(name, value)`` pairs the client sent in its Cookie header(s)."""
+        return self.request.cookies
+
+    @property
+    def response_cookies(self) -> list[Cookie]:
+        """Cookies the server set, resolved against the request URL (RFC 6265)."""
+        if self.response is None:
+            return []
+        now = self.timings.end or self.timings.start
+        cookies = []
+        for value in self.response.headers.get_all("set-cookie"):
+            cookie = parse_set_cookie(value, self.request.url, now=now)
+            if cookie is not None:
+                cookies.append(cookie)
+        return cookies
+
+    @property
+    def cookies(self) -> list[Cookie]:
+        """Every cookie this flow shows: sent by the client, then set by the server.
+
+        Cookies from the request header carry only what the header tells
+        (name, value, and the request host as a host-only domain).
+        """
+        host = self.request.host
+        sent = [
+            Cookie(name=name, value=value, domain=host, path="/", host_only=True)
+            for name, value in self.request_cookies
+        ]
+        return sent + self.response_cookies
