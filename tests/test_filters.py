@@ -150,7 +150,8 @@ EXPRESSIONS = [
     r"~u /v1/", r"~u \.png$", r"~u :8080", r"~u internal\.corp", r"~u api.example.com:8443",
     r"~u ^https://www\.example\.com/$",
     r"~c 200", r"~c 404", r"~c 500", r"~c 101",
-    r"~h Set-Cookie", r"~h set-cookie", r'~h "(?i)^set-cookie: session="', r'~h "^Upgrade: websocket\r$"',
+    r"~h Set-Cookie", r"~h set-cookie", r'~h "(?i)^set-cookie: session="',
+    r'~h "^Upgrade: websocket\r$"',
     r'~hq "^Accept: application/json"', r"~hq Jürgen", r"~hq ^Host:",
     r"~hs résumé", r"~hs ^content-type", r"~hs .",
     r"~t json", r"~tq json", r"~ts text/html", r"~ts image", r"~t ^text/",
@@ -161,7 +162,8 @@ EXPRESSIONS = [
     r"!~s", r"~s & ~c 200", r"~d example.com & !~a", r"~c 404 | ~c 500",
     r"(~m GET | ~m PUT) & ~d example", r"~d cdn ~ts css", r"example.com/v1",
     r"'static/app'", r"!(~q | ~e )", r"!~d example & ~s", r'~meta "note: first"',
-    r"~comment look", r"~all", r"~marked", r"~marker .*", r"~tcp", r"~replay",
+    r"~comment look", r"~all", r"~marked", r"~marker .*", r"~tcp", r"~udp", r"~dns",
+    r"~replay", r"~replayq", r"~replays",
 ]  # fmt: skip
 
 # mitmproxy quirks the list relies on: an unquoted regex ends at whitespace or a
@@ -170,7 +172,8 @@ EXPRESSIONS = [
 # before ")" is a syntax error ("(~q | ~e)" fails, "(~q | ~e )" parses).
 
 #: Expressions that by their nature (or the quirks above) match every flow or none.
-UNIFORM = {"~h set-cookie", "~http", "~all", "~marked", "~marker .*", "~tcp", "~replay"}
+UNIFORM = {"~h set-cookie", "~http", "~all", "~marked", "~marker .*", "~tcp", "~udp", "~dns",
+           "~replay", "~replayq", "~replays"}  # fmt: skip
 
 
 @pytest.mark.parametrize("expression", EXPRESSIONS)
@@ -188,8 +191,8 @@ def test_same_result_as_mitmproxy(expression):
 
 
 def test_every_operator_is_covered():
-    codes = {cls.code for cls in (*flowfilter.filter_unary, *flowfilter.filter_rex,
-                                  *flowfilter.filter_int)} - {"udp", "dns", "replayq", "replays"}  # fmt: skip
+    operators = (*flowfilter.filter_unary, *flowfilter.filter_rex, *flowfilter.filter_int)
+    codes = {cls.code for cls in operators}
     used = {tok[1:] for e in EXPRESSIONS for tok in e.replace("(", " ").replace("!", " ").split()
             if tok.startswith("~")}  # fmt: skip
     assert codes <= used
@@ -278,7 +281,8 @@ def test_simple_filter_combined():
 
 def test_import_does_not_import_mitmproxy():
     core = str(Path(flowtap.filters.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [core, os.environ.get("PYTHONPATH")]))}
-    code = "import flowtap.filters, sys; assert 'mitmproxy' not in sys.modules, 'mitmproxy imported'"
+    path = os.pathsep.join(filter(None, [core, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    code = "import flowtap.filters, sys; assert 'mitmproxy' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

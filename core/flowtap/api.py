@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from flowtap.cookies import Cookie
     from flowtap.model import Flow
+    from flowtap.session import Session
 
 
 class Emitter(Protocol):
@@ -65,12 +66,13 @@ class Sink:
     #: The sink's registered name; set by the host.
     name: str = ""
 
-    def open(self) -> None:
-        """Acquire what writing needs (files, connections).
+    def open(self, session: Session) -> None:
+        """Acquire what writing needs (files, connections) for ``session``.
 
-        Called at start-up before any source starts; raise
-        :class:`flowtap.SinkError` with the path and the reason to refuse
-        the run (an unwritable path, say).
+        Called when a session begins, before any of its flows (at start-up,
+        before any source starts). Raise :class:`flowtap.SinkError` with the
+        path and the reason to refuse the run (an unwritable path, say).
+        ``session.name``, ``session.id`` and ``session.started`` are set.
         """
 
     def write(self, flow: Flow) -> None:

@@ -111,7 +111,7 @@ class Capture:
                 self._validate()
             if self.session is not None and self.session.state.value != "ended":
                 added = [s for s in self.sink_factories if s not in before]
-                self.dispatcher.add_sinks(self._build_sinks(added))
+                self.dispatcher.add_sinks(self._build_sinks(added, self.session))
         return name
 
     def _declare(self, table: str, *options: Option) -> None:
@@ -184,7 +184,7 @@ class Capture:
             table = self.config.table("session")
             name = name or table["name"] or time.strftime("session %Y-%m-%d %H:%M:%S")
             session = Session(name=name, time_limit=duration if duration is not None else table["duration"])
-            sinks = self._build_sinks(self.sink_factories)
+            sinks = self._build_sinks(self.sink_factories, session)
             self.session = session
             self.dispatcher.attach(session, sinks)
             if session.time_limit:
@@ -193,7 +193,7 @@ class Capture:
                 timer.start()
             return session
 
-    def _build_sinks(self, names: Iterable[str]) -> list[tuple[str, Sink]]:
+    def _build_sinks(self, names: Iterable[str], session: Session) -> list[tuple[str, Sink]]:
         built: list[tuple[str, Sink]] = []
         try:
             for name in names:
@@ -203,7 +203,7 @@ class Capture:
                 owner = entry.owner
                 sink = self._build(entry, "sink", name)
                 try:
-                    sink.open()
+                    sink.open(session)
                 except SinkError as exc:
                     raise StartupError(f"sink {name!r}: {exc}") from None
                 except Exception as exc:

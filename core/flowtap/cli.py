@@ -27,14 +27,21 @@ class UsageError(Exception):
     """Bad arguments or input: printed as one line, exit code 2."""
 
 
-def _global_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", metavar="PATH",
+def _global_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+    """Options every command takes, before or after the command's name."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("-c", "--config", metavar="PATH", default=default(None),
                         help="config file (default: ./flowtap.toml, else the user config file)")
-    parser.add_argument("--set", metavar="TABLE.KEY=VALUE", action="append", default=[], dest="overrides",
+    parser.add_argument("--set", metavar="TABLE.KEY=VALUE", action="append", default=default([]),
+                        dest="overrides",
                         help="override a config key, e.g. --set sinks.har.path=out.har (repeatable)")
-    parser.add_argument("-p", metavar="no:NAME", action="append", default=[], dest="plugin_flags",
+    parser.add_argument("-p", metavar="no:NAME", action="append", default=default([]), dest="plugin_flags",
                         help="-p no:NAME disables plugin NAME (repeatable)")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=default(0),
+                        help="more log output (-vv: debug)")
 
 
 def _disabled(args: argparse.Namespace) -> set[str]:
@@ -167,7 +174,9 @@ def build_parser(plugin_commands: dict[str, Command] | None = None) -> argparse.
     )
     parser.add_argument("--version", action="version", version=f"flowtap {flowtap.__version__}")
     _global_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_parser_with(common))
 
     run = sub.add_parser("run", help="capture with the configured sources until Ctrl-C or the time limit")
     run.add_argument("--name", help="name of the debug session")
@@ -179,7 +188,8 @@ def build_parser(plugin_commands: dict[str, Command] | None = None) -> argparse.
     plugins.set_defaults(func=cmd_plugins)
 
     config = sub.add_parser("config", help="work with the config file")
-    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True,
+                                       parser_class=_parser_with(common))
     check = config_sub.add_parser("check", help="validate a config file without running")
     check.add_argument("path", nargs="?", help="the file (default: as for run)")
     check.set_defaults(func=cmd_config_check)
@@ -189,6 +199,17 @@ def build_parser(plugin_commands: dict[str, Command] | None = None) -> argparse.
         setup(command)
         command.set_defaults(func=run_fn)
     return parser
+
+
+def _parser_with(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    """A parser class whose instances also accept the global options."""
+
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("parents", [common])
+            super().__init__(*args, **kwargs)
+
+    return Parser
 
 
 def _setup_logging(verbosity: int) -> None:

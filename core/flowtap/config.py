@@ -29,7 +29,8 @@ class Option:
     """One key of a config table.
 
     :param name: the key.
-    :param type: ``str``, ``int``, ``float``, ``bool``, ``list`` (of strings) or ``dict``.
+    :param type: ``str``, ``int``, ``float``, ``bool``, ``list`` (of strings), ``dict``,
+        or a tuple of these when several are accepted (``(int, str)`` for ``"10MB"`` or 1024).
     :param default: used when the file does not set the key.
     :param help: one paragraph for ``docs/config.md`` and error messages.
     :param choices: the allowed values, if only a few are.
@@ -38,24 +39,33 @@ class Option:
     """
 
     name: str
-    type: type
+    type: type | tuple[type, ...]
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
     convert: Callable[[Any], Any] | None = None
 
+    @property
+    def types(self) -> tuple[type, ...]:
+        return self.type if isinstance(self.type, tuple) else (self.type,)
+
     def expected(self) -> str:
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-                list: "a list of strings", dict: "a table"}[self.type]
+        names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+                 list: "a list of strings", dict: "a table"}
+        return " or ".join(names[t] for t in self.types)
 
     def check(self, value: Any) -> Any:
         """Return the value to use, or raise ValueError saying what was expected."""
-        ok = isinstance(value, self.type) and not (self.type is int and isinstance(value, bool))
-        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+        types = self.types
+        if isinstance(value, bool):
+            ok = bool in types
+        elif isinstance(value, int) and float in types and int not in types:
             value, ok = float(value), True
-        if self.type is list and ok:
+        else:
+            ok = isinstance(value, types)
+        if ok and isinstance(value, list):
             ok = all(isinstance(item, str) for item in value)
         if not ok:
             raise ValueError(f"expected {self.expected()}, got {value!r}")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import calendar
+import datetime
+import ipaddress
+import re
 import time
-from http.cookiejar import http2time
 from urllib.parse import urlsplit
 
 import attrs
@@ -40,10 +43,65 @@ class Cookie:
         return self.expires is not None and self.expires <= (time.time() if now is None else now)
 
 
+#: The latest expiry kept (9999-12-31 23:59:59 UTC): RFC 6265 5.2.2 lets a
+#: user agent cap expiry at the latest date it can represent.
+MAX_EXPIRES = 253402300799.0
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def domain_match(host: str, domain: str) -> bool:
-    """RFC 6265 5.1.3: ``host`` is ``domain`` or a subdomain of it."""
+    """RFC 6265 5.1.3: ``host`` is ``domain`` or a subdomain of it.
+
+    An IP address matches only itself (``10.0.0.1`` is no subdomain of ``0.0.1``).
+    """
     host, domain = host.lower().rstrip("."), domain.lower().lstrip(".").rstrip(".")
-    return host == domain or host.endswith("." + domain)
+    return host == domain or (host.endswith("." + domain) and not _is_ip(host))
+
+
+_DATE_DELIMITERS = re.compile(r"[\x09\x20-\x2f\x3b-\x40\x5b-\x60\x7b-\x7e]+")
+_DATE_TIME = re.compile(r"(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\D|$)", re.ASCII)
+_DATE_DAY = re.compile(r"(\d{1,2})(?:\D|$)", re.ASCII)
+_DATE_YEAR = re.compile(r"(\d{2,4})(?:\D|$)", re.ASCII)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_MAX_AGE = re.compile(r"-?\d+", re.ASCII)
+
+
+def parse_cookie_date(value: str) -> float | None:
+    """RFC 6265 5.1.1: the Unix time an ``Expires`` value names, or None if it names none.
+
+    Dates before 1970 are valid (and in the past: the cookie is a deletion).
+    """
+    hms = day = month = year = None
+    for token in _DATE_DELIMITERS.split(value):
+        if not token:
+            continue
+        if hms is None and (match := _DATE_TIME.match(token)):
+            hms = tuple(int(group) for group in match.groups())
+        elif day is None and (match := _DATE_DAY.match(token)):
+            day = int(match.group(1))
+        elif month is None and token[:3].lower() in _MONTHS:
+            month = _MONTHS.index(token[:3].lower()) + 1
+        elif year is None and (match := _DATE_YEAR.match(token)):
+            year = int(match.group(1))
+    if hms is None or day is None or month is None or year is None:
+        return None
+    if year < 100:
+        year += 1900 if year >= 70 else 2000
+    hour, minute, second = hms
+    if year < 1601 or hour > 23 or minute > 59 or second > 59:
+        return None
+    try:
+        datetime.date(year, month, day)
+    except ValueError:
+        return None
+    return min(float(calendar.timegm((year, month, day, hour, minute, second))), MAX_EXPIRES)
 
 
 def default_path(request_path: str) -> str:
@@ -88,15 +146,14 @@ def parse_set_cookie(header: str, request_url: str, now: float | None = None) ->
         key, _, val = attribute.partition("=")
         key, val = key.strip().lower(), val.strip()
         if key == "expires":
-            parsed = http2time(val)
+            parsed = parse_cookie_date(val)
             if parsed is not None:
-                expires = float(parsed)
+                expires = parsed
         elif key == "max-age":
-            try:
-                seconds = int(val)
-            except ValueError:
-                continue
-            max_age = now + seconds if seconds > 0 else 0.0
+            if not _MAX_AGE.fullmatch(val):
+                continue  # RFC 6265 5.2.2: only an optional "-" and digits
+            seconds = int(val) if len(val) < 20 else (-1 if val.startswith("-") else int(MAX_EXPIRES))
+            max_age = min(now + seconds, MAX_EXPIRES) if seconds > 0 else 0.0
         elif key == "domain" and val:
             domain = val.lstrip(".").lower()
         elif key == "path":

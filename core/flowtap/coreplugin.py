@@ -28,7 +28,7 @@ class CorePlugin:
         declare(
             "session",
             Option("name", str, "", "Name of the debug session; default: the start time."),
-            Option("duration", str, "",
+            Option("duration", (str, int, float), "",
                    'End the session after this long ("90s", "30m", "2h"); empty: until stopped.',
                    convert=parse_duration),
         )

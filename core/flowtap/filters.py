@@ -1,8 +1,7 @@
 """Flow filters: mitmproxy's filter expressions and Postman's simple session filters.
 
-:func:`compile_expression` borrows mitmproxy's grammar (``~d example.com & !~c 200``)
-but evaluates it on flowtap :class:`~flowtap.model.Flow` objects with plain Python
-closures, so mitmproxy is imported only while compiling, never per flow.
+:func:`compile_expression` parses with mitmproxy's grammar (``~d example.com & !~c 200``)
+but evaluates on flowtap flows with plain closures: mitmproxy is used only while compiling.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from urllib.parse import urlsplit, urlunsplit
 from flowtap.model import Flow, Request, _Message
 
 Predicate = Callable[[Flow], bool]
-
 __all__ = ["FilterError", "compile_expression", "simple_filter"]
 
 
@@ -25,8 +23,7 @@ class FilterError(ValueError):
         self.expression = expression
         self.position = position
         # pyparsing messages can hold raw whitespace ("Expected !W:(()~'\" \n\t\r)").
-        detail = detail.translate({9: "\\t", 10: "\\n", 13: "\\r"})
-        self.detail = detail
+        self.detail = detail = detail.translate({9: "\\t", 10: "\\n", 13: "\\r"})
         message = f"invalid filter expression {expression!r}: "
         if position is None:
             message += detail
@@ -35,8 +32,6 @@ class FilterError(ValueError):
             message += f"error at column {position + 1}: {detail}\n  {shown}\n  {' ' * position}^"
         super().__init__(message)
 
-
-# --- reading a flowtap flow the way mitmproxy reads its own ------------------
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _AUTHORITY = re.compile(r"^(?P<host>[^:]+|\[.+\])(?::(?P<port>\d+))?$")
@@ -53,9 +48,7 @@ def _header_block(message: _Message) -> bytes:
 
 
 def _content_types(message: _Message | None) -> list[bytes]:
-    if message is None:
-        return []
-    fields = ((_enc(k), _enc(v)) for k, v in message.headers.fields)
+    fields = ((_enc(k), _enc(v)) for k, v in (message.headers.fields if message else ()))
     return [value for name, value in fields if name.lower() == b"content-type"]
 
 
@@ -68,61 +61,45 @@ def _authority(value: str) -> tuple[str, int | None]:
     return host, int(m["port"]) if m["port"] else None
 
 
-def _pretty_host(request: Request) -> str:
-    host_header = request.headers.get("host")
-    return _authority(host_header)[0] if host_header else request.host
-
-
 def _pretty_url(request: Request) -> str:
     """mitmproxy's ``Request.pretty_url``: the URL, with the Host header's authority if any."""
-    parts = urlsplit(request.url)
-    host_header = request.headers.get("host")
+    parts, host_header = urlsplit(request.url), request.headers.get("host")
     if host_header:
         host, port = _authority(host_header)
         port = port or _DEFAULT_PORTS.get(parts.scheme) or 443
     else:
-        host = parts.hostname or ""
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
+        # Port via _authority: ``parts.port`` raises on a malformed port.
+        host, port = parts.hostname or "", _authority(parts.netloc.rpartition("@")[2])[1]
         port = port or (443 if parts.scheme == "https" else 80)
     authority = host if _DEFAULT_PORTS.get(parts.scheme) == port else f"{host}:{port}"
     path = urlunsplit(("", "", parts.path, parts.query, parts.fragment))
     return f"{parts.scheme}://{authority}{'' if path.startswith('/') else '/'}{path}"
 
 
-def _bodies(flow: Flow, request: bool, response: bool) -> list[bytes]:
-    bodies = [flow.request.body] if request else []
-    if response and flow.response is not None:
-        bodies.append(flow.response.body)
-    for msg in flow.websocket or ():
-        if (request and msg.from_client) or (response and not msg.from_client):
-            bodies.append(msg.content)
-    return bodies
+def _messages(f: Flow, request: bool, response: bool) -> list[_Message]:
+    return [m for m, wanted in ((f.request, request), (f.response, response)) if wanted and m]
 
 
-def _address(address: tuple[str, int] | None) -> str | None:
-    return f"{address[0]}:{address[1]}" if address else None
+def _searching(what: str, request: bool, response: bool) -> Callable[[re.Pattern], Predicate]:
+    """``~h``/``~t``/``~b`` and their q/s forms, over request and/or response."""
 
+    def subjects(f: Flow) -> list[bytes]:
+        messages = _messages(f, request, response)
+        if what == "h":
+            return [_header_block(m) for m in messages]
+        if what == "t":
+            return [ct for m in messages for ct in _content_types(m)]
+        ws = [m.content for m in f.websocket or () if (request if m.from_client else response)]
+        return [m.body for m in messages] + ws
 
-def _search_bodies(request: bool, response: bool) -> Callable[[re.Pattern], Predicate]:
-    return lambda rx: lambda f: any(rx.search(b) for b in _bodies(f, request, response))
+    return lambda rx: lambda f: any(rx.search(subject) for subject in subjects(f))
 
 
 def _search_address(attr: str) -> Callable[[re.Pattern], Predicate]:
-    def make(rx: re.Pattern) -> Predicate:
-        def match(f: Flow) -> bool:
-            address = _address(getattr(f, attr))
-            return address is not None and bool(rx.search(address))
-
-        return match
-
-    return make
-
-
-def _asset(f: Flow) -> bool:
-    return any(rx.search(ct) for ct in _content_types(f.response) for rx in _ASSET_TYPES)
+    """``~src``/``~dst``: the regex against ``"ip:port"``; no address, no match."""
+    return lambda rx: lambda f: bool(
+        (address := getattr(f, attr)) and rx.search(f"{address[0]}:{address[1]}")
+    )
 
 
 _ASSET_TYPES = [
@@ -131,43 +108,26 @@ _ASSET_TYPES = [
               b"text/css", b"image/.*", b"font/.*", b"application/font.*")
 ]  # fmt: skip
 
-#: ``~code`` -> predicate, for operators without an argument.
+#: ``~code`` -> predicate, for operators without an argument. flowtap flows are
+#: all HTTP and never marked or replayed.
 _UNARY: dict[str, Predicate] = {
     "q": lambda f: f.response is None,
     "s": lambda f: f.response is not None,
     "e": lambda f: bool(f.error),
-    "a": _asset,
-    "http": lambda f: True,
-    "all": lambda f: True,
+    "a": lambda f: any(rx.search(ct) for ct in _content_types(f.response) for rx in _ASSET_TYPES),
     "websocket": lambda f: f.websocket is not None,
-    "tcp": lambda f: False,
-    "udp": lambda f: False,
-    "dns": lambda f: False,
-    "marked": lambda f: False,
-    "replay": lambda f: False,
-    "replayq": lambda f: False,
-    "replays": lambda f: False,
-}
+    **dict.fromkeys(("http", "all"), lambda f: True),
+    **dict.fromkeys(("tcp", "udp", "dns", "marked", "replay", "replayq", "replays"),
+                    lambda f: False),
+}  # fmt: skip
 
 #: ``~code`` -> (compiled regex -> predicate), for operators taking a regex.
 _REGEX: dict[str, Callable[[re.Pattern], Predicate]] = {
-    "h": lambda rx: lambda f: bool(
-        rx.search(_header_block(f.request))
-        or (f.response is not None and rx.search(_header_block(f.response)))
-    ),
-    "hq": lambda rx: lambda f: bool(rx.search(_header_block(f.request))),
-    "hs": lambda rx: lambda f: f.response is not None
-    and bool(rx.search(_header_block(f.response))),
-    "t": lambda rx: lambda f: any(
-        rx.search(ct) for ct in _content_types(f.request) + _content_types(f.response)
-    ),
-    "tq": lambda rx: lambda f: any(rx.search(ct) for ct in _content_types(f.request)),
-    "ts": lambda rx: lambda f: any(rx.search(ct) for ct in _content_types(f.response)),
-    "b": _search_bodies(request=True, response=True),
-    "bq": _search_bodies(request=True, response=False),
-    "bs": _search_bodies(request=False, response=True),
-    "d": lambda rx: lambda f: bool(
-        rx.search(f.request.host) or rx.search(_pretty_host(f.request))
+    **{what + side: _searching(what, side != "s", side != "q")
+       for what in "htb" for side in ("", "q", "s")},
+    "d": lambda rx: lambda f: bool(  # mitmproxy tries both host and pretty_host
+        rx.search(f.request.host)
+        or rx.search(_authority(f.request.headers.get("host") or f.request.host)[0])
     ),
     "m": lambda rx: lambda f: bool(rx.search(_enc(f.request.method))),
     "u": lambda rx: lambda f: bool(rx.search(_pretty_url(f.request))),
@@ -179,10 +139,11 @@ _REGEX: dict[str, Callable[[re.Pattern], Predicate]] = {
     # No marks in flowtap: an unmarked mitmproxy flow has ``marked == ""``.
     "marker": lambda rx: lambda f: bool(rx.search("")),
     "comment": lambda rx: lambda f: bool(rx.search(str(f.metadata.get("comment", "")))),
-}
+}  # fmt: skip
 
 
 def _compile_node(node: object, ff) -> Predicate:
+    """Turn one node of mitmproxy's filter AST into a closure over flowtap flows."""
     if isinstance(node, (ff.FAnd, ff.FOr)):
         parts = [_compile_node(n, ff) for n in node.lst]
         combine = all if isinstance(node, ff.FAnd) else any
@@ -193,11 +154,12 @@ def _compile_node(node: object, ff) -> Predicate:
     if isinstance(node, ff.FCode):
         num = node.num
         return lambda f: f.response is not None and f.response.status_code == num
-    if isinstance(node, ff._Rex) and node.code in _REGEX:
-        return _REGEX[node.code](node.re)
-    if isinstance(node, ff._Action) and node.code in _UNARY:
-        return _UNARY[node.code]
-    raise TypeError(f"unsupported filter operator {type(node).__name__}")
+    code = getattr(node, "code", type(node).__name__)
+    if isinstance(node, ff._Rex) and code in _REGEX:
+        return _REGEX[code](node.re)
+    if isinstance(node, ff._Action) and code in _UNARY:
+        return _UNARY[code]
+    raise NotImplementedError(f"operator ~{code} is not supported")
 
 
 def compile_expression(expression: str) -> Predicate:
@@ -216,19 +178,19 @@ def compile_expression(expression: str) -> Predicate:
     except pyparsing.ParseBaseException as e:
         raise FilterError(expression, e.msg, e.loc) from e
     except ValueError as e:  # a regex that does not compile (or encode)
-        cause = e.__context__ if isinstance(e.__context__, re.error) else e
-        position = None
-        if isinstance(cause, re.error) and cause.pattern is not None:
-            pattern = cause.pattern
-            if isinstance(pattern, bytes):
-                pattern = pattern.decode("utf-8", "surrogateescape")
-            start = expression.find(pattern)
-            position = start + (cause.pos or 0) if start >= 0 else None
-            detail = f"bad regex {pattern!r}: {cause.msg}"
-        else:
-            detail = str(cause)
-        raise FilterError(expression, detail, position) from e
-    return _compile_node(tree, flowfilter)
+        cause = e.__context__
+        if not isinstance(cause, re.error) or cause.pattern is None:
+            raise FilterError(expression, str(e)) from e
+        pattern = cause.pattern
+        if isinstance(pattern, bytes):
+            pattern = pattern.decode("utf-8", "surrogateescape")
+        start = expression.find(pattern)  # best effort: the regex text's column
+        position = start + (cause.pos or 0) if start >= 0 else None
+        raise FilterError(expression, f"bad regex {pattern!r}: {cause.msg}", position) from e
+    try:
+        return _compile_node(tree, flowfilter)
+    except NotImplementedError as e:  # an operator newer than this module
+        raise FilterError(expression, str(e)) from e
 
 
 # --- Postman's simple session filters -----------------------------------------

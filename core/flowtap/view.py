@@ -76,6 +76,7 @@ class ConsoleView:
         self.out = out or sys.stdout
         self.rows: collections.deque[tuple[str, ...]] = collections.deque(maxlen=200)
         self._lock = threading.Lock()
+        self._early: list[str] | None = []  # lines held back until the banner is out
 
     @hookimpl
     def flowtap_register_sinks(self, register):
@@ -91,6 +92,10 @@ class ConsoleView:
             with self._lock:
                 self.rows.append(flow_row(flow))
         else:
+            with self._lock:
+                if self._early is not None:
+                    self._early.append(flow_line(flow))
+                    return
             print(flow_line(flow), file=self.out, flush=True)
 
     def started(self) -> None:
@@ -106,6 +111,10 @@ class ConsoleView:
             print(f"  keys: {KEYS}", file=self.out)
         else:
             print("  Ctrl-C ends the session", file=self.out)
+        with self._lock:
+            for line in self._early or ():
+                print(line, file=self.out)
+            self._early = None
         self.out.flush()
 
     def run_until(self, stop: threading.Event) -> None:

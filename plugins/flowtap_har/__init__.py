@@ -16,7 +16,7 @@ def flowtap_config_options(declare):
                "Where to write the HAR; {session} and {date} are replaced by the session name and start date."),
         Option("content", str, "full", "Bodies to keep: full, headers (no bodies) or none (no headers, no bodies).",
                choices=("full", "headers", "none")),
-        Option("max_body_size", str, "1MB", "Bodies longer than this are cut and marked as truncated.",
+        Option("max_body_size", (int, str), "1MB", "Bodies longer than this are cut and marked as truncated.",
                convert=parse_size),
     )
 

@@ -38,7 +38,7 @@ def flowtap_config_options(declare):
         Option("https", bool, True, "Intercept TLS with flowtap's CA; false passes all HTTPS through unseen."),
         Option("ignore_hosts", list, [], "Host regexes whose TLS is passed through, not intercepted."),
         Option("allow_hosts", list, [], "Only these host regexes are intercepted; all other TLS passes through."),
-        Option("max_body_size", str, "10MB",
+        Option("max_body_size", (int, str), "10MB",
                "Bodies larger than this are streamed to the client and recorded as omitted, with their size.",
                convert=parse_size),
         Option("ssl_insecure", bool, False, "Accept upstream servers whose certificates do not verify."),

@@ -1,0 +1,7 @@
+"""``python -m flowtap``: the same as the ``flowtap`` command."""
+
+import sys
+
+from flowtap.cli import main
+
+sys.exit(main())

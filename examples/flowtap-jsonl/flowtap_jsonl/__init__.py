@@ -1,0 +1,70 @@
+"""A flowtap sink that writes one JSON object per kept flow to a file.
+
+Configure it with a ``[sinks.jsonl]`` table::
+
+    [sinks.jsonl]
+    path = "flows.jsonl"
+    bodies = false
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import flowtap
+
+
+@flowtap.hookimpl
+def flowtap_config_options(declare):
+    declare(
+        "sinks.jsonl",
+        flowtap.Option("path", str, "flows.jsonl", "The file to append flows to."),
+        flowtap.Option("bodies", bool, False, "Include request and response bodies (base64)."),
+    )
+
+
+@flowtap.hookimpl
+def flowtap_register_sinks(register):
+    register("jsonl", JsonLinesSink)
+
+
+class JsonLinesSink(flowtap.Sink):
+    """Appends each kept flow as one line of JSON."""
+
+    def __init__(self, options):
+        self.path = options["path"]
+        self.bodies = options["bodies"]
+        self.file = None
+
+    def open(self, session):
+        try:
+            self.file = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise flowtap.SinkError(f"{self.path}: cannot open for writing: {exc.strerror}") from None
+
+    def write(self, flow):
+        record = {
+            "id": flow.id,
+            "time": flow.timings.start,
+            "method": flow.request.method,
+            "url": flow.request.url,
+            "status": flow.response.status_code if flow.response else None,
+            "error": flow.error,
+        }
+        if self.bodies:
+            record["request_body"] = base64.b64encode(flow.request.body).decode()
+            if flow.response:
+                record["response_body"] = base64.b64encode(flow.response.body).decode()
+        self.file.write(json.dumps(record) + "\n")
+
+    def flush(self):
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+    @flowtap.hookimpl
+    def flowtap_session_clear(self):
+        self.file.truncate(0)
+        self.file.seek(0)

@@ -1,0 +1,19 @@
+"""Shared test set-up: no test touches the user's real flowtap dirs or inherits FLOWTAP_* settings."""
+
+import os
+import tempfile
+
+import pytest
+
+_home = tempfile.mkdtemp(prefix="flowtap-tests-")
+for var in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+    os.environ[var] = os.path.join(_home, var.lower())
+os.environ["FLOWTAP_DATA_DIR"] = os.path.join(_home, "data")
+for var in ("FLOWTAP_LOAD_PLUGINS", "FLOWTAP_DISABLE_PLUGINS", "FLOWTAP_STRICT_PLUGINS"):
+    os.environ.pop(var, None)
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """Each test runs in its own empty working directory (no stray ./flowtap.toml)."""
+    monkeypatch.chdir(tmp_path)
