@@ -1,0 +1,29 @@
+"""One distribution: a plain wheel maps the core and every bundled plugin to top-level packages."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ["flowtap", "flowtap_proxy", "flowtap_interceptor", "flowtap_har", "flowtap_collection",
+            "flowtap_cookiejar"]
+
+
+def test_wheel_contains_every_package_and_entry_point(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=180)
+    (wheel,) = tmp_path.glob("flowtap-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+        metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    for package in PACKAGES:
+        assert f"{package}/__init__.py" in names, package
+    assert not any(n.startswith(("core/", "plugins/", "tests/")) for n in names)
+    for name in ["proxy", "interceptor", "har", "collection", "cookiejar"]:
+        assert f"{name} = flowtap_{name}" in entry_points
+    assert "flowtap = flowtap.testing" in entry_points and "flowtap = flowtap.cli:main" in entry_points
+    assert "Requires-Python: >=3.10" in metadata
+    for dependency in ["pluggy", "mitmproxy>=10.1", "attrs", "platformdirs", "tomli"]:
+        assert f"Requires-Dist: {dependency}" in metadata, dependency
