@@ -22,6 +22,12 @@ from flowtap.session import Session
 log = logging.getLogger("flowtap")
 
 
+def _version() -> str:
+    from flowtap import __version__
+
+    return __version__
+
+
 class StartupError(Exception):
     """The run cannot start; the message names the plugin and the reason."""
 
@@ -92,6 +98,8 @@ class Capture:
         self.host.call_historic("flowtap_register_sources", register=self._registrar("sources"))
         self.host.call_historic("flowtap_register_sinks", register=self._registrar("sinks"))
         self.host.register(CorePlugin(), name=CORE)
+        self.host.infos[CORE].distribution = "flowtap"
+        self.host.infos[CORE].version = _version()
         if load_entrypoints:
             self.host.load_entrypoints()
 
