@@ -37,6 +37,10 @@ class _Factory:
     owner: str  # the plugin that registered it
     factory: Callable[[dict], Any]
     default: bool  # runs even when the config has no table for it
+    table: str  # its config table, e.g. "sinks.har"
+
+    def enabled(self, config: Config) -> bool:
+        return config.enabled(self.table, self.default)
 
 
 class _Emitter:
@@ -128,13 +132,14 @@ class Capture:
     def _registrar(self, kind: str) -> Callable[[str, Callable[[dict], Any]], None]:
         factories = self.source_factories if kind == "sources" else self.sink_factories
 
-        def register(name: str, factory: Callable[[dict], Any], default: bool = False) -> None:
-            """Register a source or sink factory under ``name`` (its config table)."""
+        def register(name: str, factory: Callable[[dict], Any], default: bool = False,
+                     table: str | None = None) -> None:
+            """Register a source or sink factory; its config table is ``[KIND.NAME]`` unless ``table`` says."""
             owner = self.host.calling or ""
             if name in factories and factories[name].owner != owner:
                 raise ValueError(f"{kind[:-1]} {name!r} is already registered by plugin {factories[name].owner!r}")
-            factories[name] = _Factory(owner, factory, default)
-            self.options.setdefault(f"{kind}.{name}", [])
+            factories[name] = _Factory(owner, factory, default, table or f"{kind}.{name}")
+            self.options.setdefault(factories[name].table, [])
 
         return register
 
@@ -206,7 +211,7 @@ class Capture:
         try:
             for name in names:
                 entry = self.sink_factories[name]
-                if not self.config.enabled(f"sinks.{name}", entry.default):
+                if not entry.enabled(self.config):
                     continue
                 owner = entry.owner
                 sink = self._build(entry, "sink", name)
@@ -227,7 +232,7 @@ class Capture:
 
     def _build(self, entry: _Factory, kind: str, name: str) -> Any:
         try:
-            obj = entry.factory(self.config.table(f"{kind}s.{name}"))
+            obj = entry.factory(self.config.table(entry.table))
         except (SinkError, SourceError) as exc:
             raise StartupError(f"{kind} {name!r}: {exc}") from None
         except Exception as exc:
@@ -239,7 +244,7 @@ class Capture:
         """Names of the sources this config runs."""
         return [
             name for name, entry in self.source_factories.items()
-            if self.config.enabled(f"sources.{name}", entry.default)
+            if entry.enabled(self.config)
         ]
 
     def _start_sources(self) -> None:

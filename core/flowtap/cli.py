@@ -75,7 +75,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     provides: dict[str, list[str]] = {}
     for kind, factories in (("sources", capture.source_factories), ("sinks", capture.sink_factories)):
         for name, entry in factories.items():
-            provides.setdefault(entry.owner, []).append(f"{kind}.{name}")
+            provides.setdefault(entry.owner, []).append(entry.table)
     rows = [("NAME", "VERSION", "DISTRIBUTION", "STATUS", "PROVIDES", "HOOKS")]
     for info in capture.host.infos.values():
         if info.name.startswith("flowtap-"):
@@ -98,7 +98,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     capture = _capture(args, config)
     capture.validate()
     sources = capture.configured_sources()
-    sinks = [n for n, e in capture.sink_factories.items() if config.enabled(f"sinks.{n}", e.default)]
+    sinks = [n for n, e in capture.sink_factories.items() if e.enabled(config)]
     print(f"{config.origin}: OK (sources: {', '.join(sources) or 'none'}; sinks: {', '.join(sinks) or 'none'})")
     return 0
 

@@ -71,11 +71,12 @@ def flowtap_register_sinks(register):
 
     Called once when the plugin is registered.
 
-    :param register: ``register(name, factory, default=False)``. ``name`` is
-        the sink's config table (``[sinks.NAME]``); the sink is built for each
-        session when that table is in the config (or, with ``default=True``,
-        unless the table sets ``enabled = false``). ``factory(options)`` gets
-        the table's validated values and returns a :class:`flowtap.Sink`.
+    :param register: ``register(name, factory, default=False, table=None)``.
+        ``name`` names the sink, whose config table is ``[sinks.NAME]`` (or
+        ``table``); the sink is built for each session when that table is in
+        the config (or, with ``default=True``, unless the table sets
+        ``enabled = false``). ``factory(options)`` gets the table's
+        validated values and returns a :class:`flowtap.Sink`.
     """
 
 
