@@ -128,8 +128,11 @@ def parse_set_cookie(header: str, request_url: str, now: float | None = None) ->
     name-value pair, an empty name, or a Domain that does not cover the host.
     """
     now = time.time() if now is None else now
-    url = urlsplit(request_url)
-    host = (url.hostname or "").lower()
+    try:
+        url = urlsplit(request_url)
+        host = (url.hostname or "").lower()
+    except ValueError:  # e.g. "http://[::1/": no host a cookie could belong to
+        return None
     pair, *attributes = header.split(";")
     name, sep, value = pair.partition("=")
     name, value = name.strip(), value.strip()

@@ -114,9 +114,7 @@ class Dispatcher:
         counts = session.counts
         counts.received += 1
         if self._cookie_hooks():
-            cookies = flow.cookies
-            if cookies:
-                self.host.call("flowtap_cookies_seen", cookies=cookies, flow=flow, source=flow.source)
+            self._report_cookies(flow)
         if not recording or session is not self.session:
             counts.paused += 1
             return
@@ -130,6 +128,15 @@ class Dispatcher:
                 sink.write(flow)
             except Exception:
                 self.host.report_error(name, "write")
+
+    def _report_cookies(self, flow: Flow) -> None:
+        try:
+            cookies = flow.cookies
+        except Exception:  # a flow no parser foresaw must still reach the sinks
+            log.warning("cannot read the cookies of %s %s", flow.request.method, flow.request.url, exc_info=True)
+            return
+        if cookies:
+            self.host.call("flowtap_cookies_seen", cookies=cookies, flow=flow, source=flow.source)
 
     def _on_cookies(self, cookies: list[Cookie], source: str) -> None:
         self.host.call("flowtap_cookies_seen", cookies=cookies, flow=None, source=source)

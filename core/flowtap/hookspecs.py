@@ -165,8 +165,8 @@ def flowtap_filter(flow):
 def flowtap_cookies_seen(cookies, flow, source):
     """Cookies were seen, whether or not the session is paused.
 
-    Called with the cookies a flow's headers carry (``Set-Cookie``, then
-    ``Cookie``) and with cookie events a source reports directly (a browser
+    Called with the cookies a flow's headers carry (the request's ``Cookie``
+    pairs, then the response's ``Set-Cookie``) and with cookie events a source reports directly (a browser
     extension's cookie store changes, with ``flow`` None).
 
     :param cookies: list of :class:`flowtap.Cookie`; one whose ``expires`` is

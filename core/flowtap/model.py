@@ -124,12 +124,20 @@ class Request(_Message):
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
+        """The host name, lower-cased; "" when the URL has none (or is malformed)."""
+        try:
+            return urlsplit(self.url).hostname or ""
+        except ValueError:
+            return ""
 
     @property
     def port(self) -> int | None:
         parts = urlsplit(self.url)
-        return parts.port or {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(parts.scheme)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        return port or {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(parts.scheme)
 
     @property
     def path(self) -> str:

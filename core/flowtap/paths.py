@@ -1,0 +1,115 @@
+"""Output paths for file sinks: placeholders, directories, and an early writability check.
+
+A sink that writes files takes a path template from its config table and
+resolves it in ``open(session)``::
+
+    self.path = expand_path(options["path"], session)
+    check_writable(self.path)
+
+Both raise :class:`flowtap.SinkError` with the path and the reason, which
+stops the run at start-up with a message the user can act on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from flowtap.api import SinkError
+
+#: How the ``{date}`` placeholder renders the session's start (local time).
+DATE_FORMAT = "%Y-%m-%d_%H%M%S"
+
+_UNSAFE = re.compile(r"[^\w.-]+")
+
+
+class _SessionLike(Protocol):
+    name: str
+    started: float
+
+
+def safe_filename(text: str, default: str = "session", limit: int = 100) -> str:
+    """``text`` made safe as one path component.
+
+    Runs of anything but letters, digits, ``.``, ``_`` and ``-`` become one
+    ``-``; leading and trailing dots and dashes go; at most ``limit``
+    characters; ``default`` when nothing is left.
+    """
+    cleaned = _UNSAFE.sub("-", text).strip(".-")[:limit].strip(".-")
+    return cleaned or default
+
+
+def expand_path(template: str | os.PathLike, session: _SessionLike) -> Path:
+    """The path ``template`` names for ``session``, its parent directories created.
+
+    ``{session}`` becomes the session name made safe for a file name
+    (:func:`safe_filename`), ``{date}`` the session's start in local time
+    as ``YYYY-MM-DD_HHMMSS``; ``~`` is expanded. Other braces are left as
+    they are. Placeholders may appear in directory names too.
+
+    :raises SinkError: the parent directory cannot be created (names the
+        path and the reason).
+    """
+    text = os.fspath(template)
+    text = text.replace("{session}", safe_filename(session.name))
+    text = text.replace("{date}", time.strftime(DATE_FORMAT, time.localtime(session.started)))
+    path = Path(text).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is not a directory" if blocker else _reason(exc)
+        raise SinkError(f"{path}: cannot create directory {path.parent}: {reason}") from None
+    return path
+
+
+def check_writable(path: Path) -> None:
+    """Make sure a file can be created or replaced at ``path``, or raise.
+
+    Creates and removes a scratch file next to ``path`` (the way an atomic
+    rewrite works), and refuses a directory or a read-only existing file.
+
+    :raises SinkError: naming the path and the reason.
+    """
+    if path.is_dir():
+        raise SinkError(f"{path}: is a directory; expected a file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise SinkError(f"{path}: the file exists and is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent or "."):
+            pass
+    except OSError as exc:
+        raise SinkError(f"{path}: cannot write in {path.parent}: {_reason(exc)}") from None
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Write ``path`` all at once: readers see the old file or the new one, never half.
+
+    Yields a binary file in the same directory; when the block ends without
+    an exception the file is flushed to disk and renamed over ``path``,
+    otherwise it is removed and ``path`` is left as it was. ``mode`` is the
+    new file's permission bits (owner-only by default: captures hold secrets).
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
