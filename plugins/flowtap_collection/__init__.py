@@ -13,16 +13,27 @@ def flowtap_config_options(declare):
     declare(
         "sinks.collection",
         Option("path", str, "flowtap-{session}.postman_collection.json",
-               "Where to write the collection; {session} and {date} are replaced."),
+               "Where to write the collection; {session} is replaced by the session name (made safe for a "
+               "file name) and {date} by the session's start (YYYY-MM-DD_HHMMSS). Rewritten whole and "
+               "atomically at most once a second while flows arrive, and when the session ends."),
         Option("name", str, "", "The collection's name; default: the session name."),
-        Option("organize", str, "none", "Folders: none, domain, endpoint or domain+endpoint (as Postman offers).",
+        Option("organize", str, "none",
+               "Folders: none, domain (one per host), endpoint (one per method and path, e.g. "
+               "GET /users/:userId, numeric and UUID path segments becoming path variables) or "
+               "domain+endpoint (endpoints within hosts).",
                choices=("none", "domain", "endpoint", "domain+endpoint")),
         Option("save_responses", bool, True,
                "Save each response as an example (never image, audio or video bodies, as in Postman)."),
-        Option("dedupe", bool, False, "Keep one request per method and URL (the first), adding later responses as examples."),
-        Option("variables", bool, True, "Put each host behind a {{baseUrl}} collection variable."),
+        Option("dedupe", bool, False,
+               "Keep one request per method and URL (the first), adding later responses as examples; "
+               "with organize = endpoint the URL is the templated one (/users/:userId)."),
+        Option("variables", bool, True,
+               "Put each origin (scheme, host, port) behind a collection variable: {{baseUrl}} for the "
+               "first, {{baseUrl2}}, {{baseUrl3}}... for the next."),
         Option("include_secrets", bool, False,
-               "Write the values of secrets (Authorization, Cookie, API keys) into their collection variables."),
+               "Secrets (Authorization, Cookie and Set-Cookie headers; headers and parameters named like "
+               "tokens, API keys, passwords, sessions) are always written as {{variables}}; this writes "
+               "their values into the collection's variables too."),
     )
 
 

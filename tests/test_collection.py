@@ -1,0 +1,276 @@
+"""The collection sink: Postman Collection v2.1.0 judged by its schema and replayed by newman."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
+
+import pytest
+
+import flowtap
+from flowtap import Headers
+from flowtap.testing import capture, make_flow
+
+from npmtools import POSTMAN, Judge, load_json, npm_install
+
+MULTIPART = (b"--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nHello\r\n"
+             b"--XyZ\r\nContent-Disposition: form-data; name=\"access_token\"\r\n\r\nt0k\r\n"
+             b"--XyZ\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"a.bin\"\r\n"
+             b"Content-Type: application/octet-stream\r\n\r\n\x00\x01\x02\r\n--XyZ--\r\n")
+
+
+@pytest.fixture(scope="session")
+def judge():
+    return Judge(npm_install("postman", POSTMAN))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _handle(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.received.append((self.command, self.path, dict(self.headers.items()), body))
+        reply = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.received = []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def config(path, **options):
+    return {"sinks": {"collection": {"path": str(path), **options}}, "session": {"name": "demo"}}
+
+
+def run_collection(tmp_path, *flows, **options) -> dict:
+    out = tmp_path / "out.postman_collection.json"
+    with capture("collection", config=config(out, **options)) as cap:
+        cap.feed(*flows)
+    return load_json(out)
+
+
+def api_flows(base: str, other: str) -> list[flowtap.Flow]:
+    """What a client of a small API sends, captured at ``base`` (and one call to ``other``)."""
+    return [
+        make_flow(url=f"{base}/users/42?api_key=K3Y&expand=all",
+                  request_headers=[("Authorization", "Bearer s3cret"), ("Accept", "application/json")]),
+        make_flow(url=f"{base}/users/43?api_key=K3Y&expand=all",
+                  request_headers=[("Authorization", "Bearer s3cret"), ("Accept", "application/json")]),
+        make_flow(url=f"{base}/users", method="POST", request_body=b'{"name": "ann"}', status=201),
+        make_flow(url=f"{base}/login", method="POST", request_body=b"user=ann&password=pw%26d",
+                  request_headers=[("Content-Type", "application/x-www-form-urlencoded")]),
+        make_flow(url=f"{base}/upload", method="POST", request_body=MULTIPART.replace(
+                      b'--XyZ\r\nContent-Disposition: form-data; name="doc"; filename="a.bin"\r\n'
+                      b"Content-Type: application/octet-stream\r\n\r\n\x00\x01\x02\r\n", b""),
+                  request_headers=[("Content-Type", "multipart/form-data; boundary=XyZ")]),
+        make_flow(url=f"{base}/graphql", method="POST",
+                  request_body=b'{"query": "query { user(id: 1) { name } }", "variables": {"v": 1}}'),
+        make_flow(url=f"{base}/notes/550e8400-e29b-41d4-a716-446655440000", method="PUT",
+                  request_body=b"<note>hi</note>", request_headers=[("Content-Type", "application/xml"),
+                                                                   ("Cookie", "sid=c00kie")]),
+        make_flow(url=f"{base}/users/42", method="DELETE", status=204, response_body=b""),
+        make_flow(url=f"{other}/health", response_body=b"ok", response_headers=[("Content-Type", "text/plain")]),
+    ]
+
+
+def test_newman_replays_the_collection_against_the_original_server(tmp_path, server, judge):
+    port = server.server_address[1]
+    flows = api_flows(f"http://127.0.0.1:{port}", f"http://localhost:{port}")
+    out = tmp_path / "api.json"
+    with capture("collection", config=config(out, organize="domain+endpoint", include_secrets=True)) as cap:
+        cap.feed(*flows)
+    assert judge.postman_errors(out) == ""
+    variables = {v["key"]: v["value"] for v in load_json(out)["variable"]}
+    assert variables["baseUrl"] == f"http://127.0.0.1:{port}" and variables["baseUrl2"] == f"http://localhost:{port}"
+
+    proc = judge.newman(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    received = server.received
+    # folders in order of their first request; requests in capture order within each
+    assert [(m, p) for m, p, _, _ in received] == [
+        ("GET", "/users/42?api_key=K3Y&expand=all"), ("GET", "/users/43?api_key=K3Y&expand=all"),
+        ("POST", "/users"), ("POST", "/login"), ("POST", "/upload"), ("POST", "/graphql"),
+        ("PUT", "/notes/550e8400-e29b-41d4-a716-446655440000"), ("DELETE", "/users/42"), ("GET", "/health"),
+    ]
+    by_path = {(m, p): (h, b) for m, p, h, b in received}
+    headers, _ = by_path[("GET", "/users/42?api_key=K3Y&expand=all")]
+    assert headers["Authorization"] == "Bearer s3cret"
+    assert json.loads(by_path[("POST", "/users")][1]) == {"name": "ann"}
+    assert parse_qsl(by_path[("POST", "/login")][1].decode()) == [("user", "ann"), ("password", "pw&d")]
+    upload_headers, upload = by_path[("POST", "/upload")]
+    assert upload_headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert b'name="title"\r\n\r\nHello' in upload and b"t0k" in upload
+    graphql = json.loads(by_path[("POST", "/graphql")][1])
+    assert graphql["query"] == "query { user(id: 1) { name } }" and graphql["variables"] == {"v": 1}
+    note_headers, note = by_path[("PUT", "/notes/550e8400-e29b-41d4-a716-446655440000")]
+    assert note == b"<note>hi</note>" and note_headers["Cookie"] == "sid=c00kie"
+
+
+def test_structure_variables_and_secrets(tmp_path, judge):
+    flows = api_flows("https://api.example.com", "http://localhost:8080")
+    out = tmp_path / "out.json"
+    with capture("collection", config=config(out, organize="endpoint", name="My API")) as cap:
+        cap.feed(*flows)
+    assert judge.postman_errors(out) == ""
+    text = out.read_text()
+    for secret in ("s3cret", "K3Y", "pw&d", "pw%26d", "t0k", "c00kie"):
+        assert secret not in text
+    doc = json.loads(text)
+    info = doc["info"]
+    assert info["name"] == "My API" and info["schema"].endswith("/v2.1.0/collection.json")
+    assert len(info["_postman_id"]) == 36
+    assert [f["name"] for f in doc["item"]] == [
+        "GET /users/:userId", "POST /users", "POST /login", "POST /upload", "POST /graphql",
+        "PUT /notes/:noteId", "DELETE /users/:userId", "GET /health"]
+    first, second = doc["item"][0]["item"]
+    assert (first["name"], second["name"]) == ("GET api.example.com/users/42?api_key={{apiKey}}&expand=all",
+                                               "GET api.example.com/users/43?api_key={{apiKey}}&expand=all")
+    url = first["request"]["url"]
+    assert url["raw"] == "{{baseUrl}}/users/:userId?api_key={{apiKey}}&expand=all"
+    assert url["host"] == ["{{baseUrl}}"] and url["path"] == ["users", ":userId"]
+    assert url["variable"] == [{"key": "userId", "value": "42"}]
+    assert url["query"] == [{"key": "api_key", "value": "{{apiKey}}"}, {"key": "expand", "value": "all"}]
+    assert {"key": "Authorization", "value": "{{authorization}}"} in first["request"]["header"]
+    example = first["response"][0]
+    assert (example["code"], example["status"], example["name"]) == (200, "OK", "200 OK")
+    assert example["body"] == '{"ok": true}' and example["_postman_previewlanguage"] == "json"
+    assert example["originalRequest"]["url"]["raw"] == url["raw"]
+    variables = {v["key"]: v for v in doc["variable"]}
+    assert variables["baseUrl"]["value"] == "https://api.example.com"
+    assert variables["baseUrl2"]["value"] == "http://localhost:8080"
+    assert {k for k in variables if not k.startswith("baseUrl")} == {
+        "authorization", "apiKey", "password", "accessToken", "cookie"}
+    assert all(variables[k]["value"] == "" for k in ("authorization", "apiKey", "password", "cookie"))
+
+    bodies = {f["name"]: f["item"][0]["request"].get("body") for f in doc["item"]}
+    assert bodies["POST /users"] == {"mode": "raw", "raw": '{"name": "ann"}', "options": {"raw": {"language": "json"}}}
+    assert bodies["POST /login"]["urlencoded"] == [{"key": "user", "value": "ann"},
+                                                   {"key": "password", "value": "{{password}}"}]
+    assert bodies["POST /upload"]["formdata"] == [{"key": "title", "value": "Hello", "type": "text"},
+                                                  {"key": "access_token", "value": "{{accessToken}}", "type": "text"}]
+    assert bodies["POST /graphql"] == {"mode": "graphql", "graphql": {
+        "query": "query { user(id: 1) { name } }", "variables": '{\n  "v": 1\n}'}}
+    assert bodies["PUT /notes/:noteId"]["options"]["raw"]["language"] == "xml"
+
+
+@pytest.mark.parametrize("organize", ["none", "domain", "endpoint", "domain+endpoint"])
+@pytest.mark.parametrize("variables", [True, False])
+def test_every_layout_is_valid(tmp_path, judge, organize, variables):
+    doc = run_collection(tmp_path, *api_flows("https://api.example.com:8443", "http://[::1]:8080"),
+                         organize=organize, variables=variables, dedupe=organize == "endpoint")
+    assert judge.postman_errors(tmp_path / "out.postman_collection.json") == ""
+    if organize == "domain":
+        assert [f["name"] for f in doc["item"]] == ["api.example.com:8443", "::1:8080"]
+    if not variables:
+        url = (doc["item"][0] if organize == "none" else doc["item"][0]["item"][0])
+        while "item" in url:
+            url = url["item"][0]
+        url = url["request"]["url"]
+        assert (url["protocol"], url["host"], url["port"]) == ("https", ["api", "example", "com"], "8443")
+        assert url["raw"].startswith("https://api.example.com:8443/users/")
+        assert not [v for v in doc["variable"] if v["key"].startswith("baseUrl")]
+    if organize == "endpoint":  # deduped: /users/42 and /users/43 are one request with two examples
+        users = doc["item"][0]["item"]
+        assert len(users) == 1 and len(users[0]["response"]) == 2
+
+
+def test_multipart_files_binary_bodies_and_media_responses(tmp_path, judge):
+    upload = make_flow(url="https://api.example.com/upload", method="POST", request_body=MULTIPART,
+                       request_headers=[("Content-Type", "multipart/form-data; boundary=XyZ")])
+    binary = make_flow(url="https://api.example.com/raw", method="POST", request_body=b"\x00\xffdata",
+                       request_headers=[("Content-Type", "application/octet-stream")],
+                       response_body=b"\x01\x02\xff", response_headers=[("Content-Type", "application/octet-stream")])
+    image = make_flow(url="https://api.example.com/logo.png", response_body=b"\x89PNG\r\n\x1a\n",
+                      response_headers=[("Content-Type", "image/png")])
+    doc = run_collection(tmp_path, upload, binary, image)
+    assert judge.postman_errors(tmp_path / "out.postman_collection.json") == ""
+    form = doc["item"][0]["request"]
+    assert form["body"]["formdata"][2] == {"key": "doc", "type": "file", "src": "a.bin",
+                                           "contentType": "application/octet-stream"}
+    assert not any(h["key"].lower() == "content-type" for h in form["header"])  # newman sets the boundary
+    raw = doc["item"][1]["request"]
+    assert raw["body"]["raw"] == "AP9kYXRh" and "base64" in raw["description"]
+    assert doc["item"][1]["response"][0]["body"] == "AQL/"
+    assert "body" not in doc["item"][2]["response"][0]  # Postman keeps no image bodies
+    assert run_collection(tmp_path, image, save_responses=False)["item"][0]["response"] == []
+
+
+def test_file_is_valid_after_every_flush_and_clear_empties_it(tmp_path):
+    out = tmp_path / "live.json"
+
+    def wait_for(count):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if out.exists() and len(load_json(out)["item"]) == count:  # always parses: atomic rewrites
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{out} never held {count} items")
+
+    with capture("collection", config=config(out)) as cap:
+        cap.feed(make_flow(url="https://a.example/1"))
+        wait_for(1)
+        cap.feed(make_flow(url="https://a.example/2"), make_flow(url="https://a.example/3"))
+        wait_for(3)
+        cap.session.clear()
+        cap.feed()
+        wait_for(0)
+        cap.feed(make_flow(url="https://a.example/4"))
+    doc = load_json(out)
+    assert [i["name"] for i in doc["item"]] == ["GET a.example/4"]
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_unwritable_path_fails_at_start_up(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(flowtap.StartupError) as info:
+        with capture("collection", config=config(blocker / "out.json")):
+            pass
+    assert "sink 'collection'" in str(info.value) and str(blocker) in str(info.value)
+    assert f"{blocker} is not a directory" in str(info.value)
+
+
+def test_weird_flows_never_stop_the_sink(tmp_path, judge, caplog):
+    flows = [
+        make_flow(url="https://ok.example/1"),
+        make_flow(url="https://w.example/bytes", request_headers=Headers([("X-Raw", "caf\udce9")])),
+        make_flow(url="https://w.example/huge", response_headers=[("X-Big", "v" * 2_000_000)]),
+        make_flow(url="https://w.example/none", status=None),
+        make_flow(url="https://w.example/charset", method="POST", request_body=b"x=1",
+                  request_headers=[("Content-Type", "text/plain; charset=nope")]),
+        make_flow(url="https://w.example/badport:99999/x?&&a"),
+        make_flow(url="https://w.example/multipart", method="POST", request_body=b"not multipart",
+                  request_headers=[("Content-Type", "multipart/form-data")]),
+        make_flow(url="https://w.example/graphql", method="POST", request_body=b'{"query": 5}'),
+        make_flow(url="https://ok.example/2"),
+    ]
+    out = tmp_path / "out.json"
+    with capture("collection", config=config(out, organize="domain+endpoint")) as cap:
+        cap.feed(*flows)
+    assert "sink 'collection'" not in caplog.text  # nothing raised
+    assert judge.postman_errors(out) == ""
+    doc = load_json(out)
+    names = [item["name"] for host in doc["item"] for endpoint in host["item"] for item in endpoint["item"]]
+    assert len(names) == len(flows)
+    weird = doc["item"][1]["item"][0]["item"][0]["request"]
+    assert {"key": "X-Raw", "value": "café"} in weird["header"]
+    assert doc["item"][1]["item"][2]["item"][0]["response"] == []  # no response, no example

@@ -1,0 +1,294 @@
+"""The har sink: HAR 1.2 judged by har-schema and mitmproxy's HAR reader; journal, clear, crash, bad input."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mitmproxy.io import read_flows_from_paths
+
+import flowtap
+from flowtap import Headers, TLSInfo, WebSocketMessage
+from flowtap.testing import capture, make_flow
+from flowtap_har.sink import HarSink
+
+from clirun import flowtap as run_cli
+from npmtools import HAR_SCHEMA, Judge, load_json, npm_install
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
+
+
+@pytest.fixture(scope="session")
+def judge():
+    return Judge(npm_install("har", HAR_SCHEMA))
+
+
+def har_config(path, **options):
+    return {"sinks": {"har": {"path": str(path), **options}}, "session": {"name": "demo"}}
+
+
+def run_har(tmp_path, *flows, **options) -> dict:
+    out = tmp_path / "out.har"
+    with capture("har", config=har_config(out, **options)) as cap:
+        cap.feed(*flows)
+    return load_json(out)
+
+
+def mitmdump(path: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    binary = Path(sys.executable).with_name("mitmdump")
+    return subprocess.run([str(binary), "-n", "-r", str(path), "--set", f"confdir={tmp_path / 'mitm'}"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def variety() -> list[flowtap.Flow]:
+    """Flows of every shape the sink must handle."""
+    form = make_flow(url="http://127.0.0.1:8080/login?next=%2Fhome", method="POST",
+                     request_body=b"user=ann&pass=s%26cret&empty=",
+                     request_headers=[("Host", "127.0.0.1:8080"),
+                                      ("Content-Type", "application/x-www-form-urlencoded"),
+                                      ("Cookie", "sid=abc; theme=dark")],
+                     status=302, response_body=b"",
+                     response_headers=[("Location", "/home"),
+                                       ("Set-Cookie", "sid=new; Path=/; HttpOnly; Secure; SameSite=Lax; "
+                                                      "Expires=Wed, 21 Oct 2037 07:28:00 GMT")],
+                     client_address=("127.0.0.1", 50123), server_ip="127.0.0.1",
+                     tls=TLSInfo(version="TLSv1.3"))
+    form.timings.dns, form.timings.connect, form.timings.tls = 2.0, 3.0, 4.0
+    image = make_flow(url="https://cdn.example.com/logo.png", response_body=PNG,
+                      response_headers=[("Content-Type", "image/png")])
+    latin = make_flow(url="https://api.example.com/fr", response_body="café".encode("latin-1"),
+                      response_headers=[("Content-Type", "text/plain; charset=iso-8859-1")])
+    undecodable = make_flow(url="https://api.example.com/blob", response_body=b"\xff\xfe\x00bad",
+                            response_headers=[("Content-Type", "text/plain")])
+    failed = make_flow(url="https://down.example.com/x", status=None, error="connection refused")
+    gzip = make_flow(url="https://api.example.com/big", response_body=b"x" * 1000,
+                     response_headers=[("Content-Type", "text/plain"), ("Content-Encoding", "gzip")])
+    gzip.response.encoded_size = 40
+    ws = make_flow(url="https://api.example.com/socket", status=101, response_body=b"",
+                   websocket=[WebSocketMessage(True, b"hello"), WebSocketMessage(False, b"\x00\x01", is_text=False)])
+    utf16 = make_flow(url="https://api.example.com/utf16", response_body="hé\n".encode("utf-16"),
+                      response_headers=[("Content-Type", "text/plain; charset=utf-16")])
+    return [make_flow(), form, image, latin, undecodable, failed, gzip, ws, utf16]
+
+
+def test_har_is_valid_and_mitmproxy_reads_it_back(tmp_path, judge):
+    flows = variety()
+    out = tmp_path / "out.har"
+    with capture("har", config=har_config(out)) as cap:
+        cap.feed(*flows)
+    assert judge.har_errors(out) == ""
+    proc = mitmdump(out, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "POST http://127.0.0.1:8080/login" in proc.stdout and "logo.png" in proc.stdout
+
+    read = list(read_flows_from_paths([str(out)]))
+    assert [f.request.url for f in read] == [f.request.url for f in flows]
+    by_url = {f.request.url: f for f in read}
+    assert by_url["https://cdn.example.com/logo.png"].response.content == PNG
+    assert by_url["https://api.example.com/fr"].response.text == "café"
+    assert by_url["https://api.example.com/blob"].response.content == b"\xff\xfe\x00bad"
+    assert by_url["https://api.example.com/utf16"].response.content == "hé\n".encode("utf-16")
+    login = by_url["http://127.0.0.1:8080/login?next=%2Fhome"]
+    assert login.request.content == b"user=ann&pass=s%26cret&empty="
+    assert (login.response.status_code, login.response.headers["location"]) == (302, "/home")
+    assert by_url["https://down.example.com/x"].response.status_code == 0
+
+
+def test_entry_fields_follow_the_spec(tmp_path):
+    har = run_har(tmp_path, *variety())
+    log = har["log"]
+    assert log["version"] == "1.2"
+    assert log["creator"] == {"name": "flowtap", "version": flowtap.__version__}
+    plain, form, image, latin, undecodable, failed, gzip, ws, utf16 = log["entries"]
+
+    assert plain["startedDateTime"].endswith("Z") and len(plain["startedDateTime"]) == 24
+    assert plain["time"] == pytest.approx(sum(v for k, v in plain["timings"].items() if k != "ssl" and v > 0))
+    assert plain["timings"]["dns"] == -1 and plain["timings"]["blocked"] == -1
+    assert plain["response"]["content"] == {"size": 12, "mimeType": "application/json", "text": '{"ok": true}'}
+
+    req, resp = form["request"], form["response"]
+    assert form["timings"]["connect"] == 7.0 and form["timings"]["ssl"] == 4.0  # connect includes TLS
+    assert (form["serverIPAddress"], form["connection"]) == ("127.0.0.1", "50123")
+    assert req["cookies"] == [{"name": "sid", "value": "abc"}, {"name": "theme", "value": "dark"}]
+    assert req["queryString"] == [{"name": "next", "value": "/home"}]
+    assert req["postData"]["params"] == [{"name": "user", "value": "ann"}, {"name": "pass", "value": "s&cret"},
+                                         {"name": "empty", "value": ""}]
+    assert req["bodySize"] == 29 and req["headersSize"] == -1
+    assert resp["redirectURL"] == "/home" and resp["statusText"] == "Found"
+    cookie = resp["cookies"][0]
+    assert (cookie["name"], cookie["value"], cookie["httpOnly"], cookie["secure"]) == ("sid", "new", True, True)
+    assert cookie["expires"] == "2037-10-21T07:28:00.000Z" and cookie["sameSite"] == "Lax"
+
+    assert image["response"]["content"]["encoding"] == "base64"
+    assert base64.b64decode(image["response"]["content"]["text"]) == PNG
+    assert latin["response"]["content"]["text"] == "café" and "encoding" not in latin["response"]["content"]
+    assert undecodable["response"]["content"]["encoding"] == "base64"
+    assert utf16["response"]["content"]["text"] == "hé\n" and "encoding" not in utf16["response"]["content"]
+
+    assert failed["response"]["status"] == 0 and failed["response"]["_error"] == "connection refused"
+    assert "connection refused" in failed["comment"]
+    assert gzip["response"]["content"]["compression"] == 960 and gzip["response"]["bodySize"] == 40
+    assert ws["_resourceType"] == "websocket"
+    assert [m["data"] for m in ws["_webSocketMessages"]] == ["hello", "AAE="]
+
+
+def test_bodies_are_cut_and_marked(tmp_path):
+    big = make_flow(url="https://api.example.com/big", method="PUT", request_body="é" * 40,
+                    response_body=b"0123456789" * 10)
+    partial = make_flow(url="https://api.example.com/partial", response_body=b"abc")
+    partial.response.body_size, partial.response.truncated = 3000, True
+    entries = run_har(tmp_path, big, partial, max_body_size="25b")["log"]["entries"]
+
+    content = entries[0]["response"]["content"]
+    assert content["text"] == "0123456789012345678901234"
+    assert content["_flowtap"] == {"truncated": True, "bodySize": 100, "kept": 25, "reason": "max_body_size"}
+    assert "25 of 100 bytes" in content["comment"]
+    post = entries[0]["request"]["postData"]
+    assert post["text"] == "é" * 12 and post["_flowtap"]["bodySize"] == 80  # no half character
+    source = entries[1]["response"]["content"]
+    assert source["text"] == "abc" and source["_flowtap"]["reason"] == "source" and source["size"] == 3000
+
+
+@pytest.mark.parametrize("content", ["headers", "none"])
+def test_content_setting_leaves_out_bodies_or_headers(tmp_path, content, judge):
+    flow = make_flow(method="POST", request_body=b'{"secret": 1}', response_body=b'{"token": "t"}',
+                     response_headers=[("Content-Type", "application/json"), ("Set-Cookie", "a=b")])
+    out = tmp_path / "out.har"
+    with capture("har", config=har_config(out, content=content)) as cap:
+        cap.feed(flow)
+    assert judge.har_errors(out) == ""
+    text = out.read_text()
+    assert "token" not in text and "secret" not in text
+    entry = load_json(out)["log"]["entries"][0]
+    assert entry["response"]["content"]["_flowtap"]["reason"] == "content"
+    assert entry["request"]["postData"]["text"] == ""
+    if content == "headers":
+        assert {"name": "Set-Cookie", "value": "a=b"} in entry["response"]["headers"]
+    else:
+        assert entry["request"]["headers"] == entry["response"]["headers"] == entry["response"]["cookies"] == []
+    assert mitmdump(out, tmp_path).returncode == 0
+
+
+def test_entries_go_to_the_journal_as_they_come_and_clear_empties_it(tmp_path):
+    out = tmp_path / "caps" / "{session}" / "{date}.har"
+    with capture("har", config=har_config(out)) as cap:
+        cap.feed(make_flow(url="https://a.example/1"), make_flow(url="https://a.example/2"))
+        sink = cap.sink("har")
+        path = sink.path
+        assert path.parent == tmp_path / "caps" / "demo" and path.name.startswith("20")
+        assert not path.exists()
+        lines = sink.journal_path.read_bytes().splitlines()
+        assert len(lines) == 3 and b"https://a.example/2" in lines[2]  # header + 2 entries, on disk
+        cap.session.clear()
+        cap.feed(make_flow(url="https://a.example/3"))
+        assert b"https://a.example/1" not in sink.journal_path.read_bytes()
+    urls = [e["request"]["url"] for e in load_json(path)["log"]["entries"]]
+    assert urls == ["https://a.example/3"]
+    assert not sink.journal_path.exists()
+    assert load_json(path)["log"]["comment"] == "flowtap session demo"
+
+
+def crashed_journal(tmp_path) -> Path:
+    """A journal as a crashed run leaves it: never closed, its last line torn."""
+    sink = HarSink({"path": str(tmp_path / "crash.har"), "content": "full", "max_body_size": 1 << 20})
+    sink.open(SimpleNamespace(name="crashy", id="abc", started=0.0))
+    sink.write(make_flow(url="https://a.example/1"))
+    sink.write(make_flow(url="https://a.example/2", response_body=PNG,
+                         response_headers=[("Content-Type", "image/png")]))
+    sink.flush()
+    with open(sink.journal_path, "ab") as fh:
+        fh.write(b'{"startedDateTime":"2024-')
+    return sink.journal_path
+
+
+def test_finalize_command_rebuilds_the_har_after_a_crash(tmp_path, judge):
+    journal = crashed_journal(tmp_path)
+    proc = run_cli("har", "finalize", str(journal))
+    assert proc.returncode == 0, proc.stderr
+    assert "2 entries, 1 damaged line(s) skipped" in proc.stdout
+    out = tmp_path / "crash.har"
+    assert not journal.exists()
+    assert judge.har_errors(out) == ""
+    assert [f.request.url for f in read_flows_from_paths([str(out)])] == ["https://a.example/1",
+                                                                            "https://a.example/2"]
+    again = run_cli("har", "finalize", str(tmp_path / "nope.journal"))
+    assert again.returncode == 2 and "nope.journal: no such journal file" in again.stderr
+
+
+def test_finalize_refuses_to_overwrite_and_honours_output(tmp_path):
+    journal = crashed_journal(tmp_path)
+    (tmp_path / "crash.har").write_text("keep me")
+    proc = run_cli("har", "finalize", str(journal))
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert (tmp_path / "crash.har").read_text() == "keep me" and journal.exists()
+    proc = run_cli("har", "finalize", str(journal), "-o", str(tmp_path / "other.har"), "--keep")
+    assert proc.returncode == 0 and journal.exists()
+    assert len(load_json(tmp_path / "other.har")["log"]["entries"]) == 2
+
+
+def test_a_left_over_journal_is_never_overwritten(tmp_path, caplog):
+    journal = crashed_journal(tmp_path)
+    before = journal.read_bytes()
+    with capture("har", config=har_config(tmp_path / "crash.har")) as cap:
+        cap.feed(make_flow(url="https://b.example/new"))
+        assert cap.sink("har").journal_path.name == "crash.har.2.journal"
+    assert journal.read_bytes() == before
+    assert "flowtap har finalize" in caplog.text
+    assert [e["request"]["url"] for e in load_json(tmp_path / "crash.har")["log"]["entries"]] == [
+        "https://b.example/new"]
+
+
+def test_a_har_that_cannot_be_written_at_the_end_keeps_the_journal(tmp_path, caplog):
+    out = tmp_path / "out.har"
+    with capture("har", config=har_config(out)) as cap:
+        cap.feed(make_flow(url="https://a.example/kept"))
+        journal = cap.sink("har").journal_path
+        out.mkdir()  # something takes the HAR's place during the session
+    assert journal.exists() and b"https://a.example/kept" in journal.read_bytes()
+    assert f"flowtap har finalize {journal}" in caplog.text
+    assert run_cli("har", "finalize", str(journal), "-o", str(tmp_path / "saved.har")).returncode == 0
+    assert load_json(tmp_path / "saved.har")["log"]["entries"][0]["request"]["url"] == "https://a.example/kept"
+
+
+def test_unwritable_path_fails_at_start_up(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(flowtap.StartupError) as info:
+        with capture("har", config=har_config(blocker / "sub" / "out.har")):
+            pass
+    message = str(info.value)
+    assert "sink 'har'" in message and str(blocker / "sub") in message and f"{blocker} is not a directory" in message
+
+    (tmp_path / "adir.har").mkdir()
+    with pytest.raises(flowtap.StartupError, match="adir.har: is a directory"):
+        with capture("har", config=har_config(tmp_path / "adir.har")):
+            pass
+
+
+def test_weird_flows_never_stop_the_sink(tmp_path, judge, caplog):
+    weird_header = make_flow(url="https://w.example/bytes",
+                             request_headers=Headers([("X-Raw", "caf\udce9 \udcff"), ("Host", "w.example")]))
+    huge_header = make_flow(url="https://w.example/huge", response_headers=[("X-Big", "v" * 2_000_000)])
+    no_response = make_flow(url="https://w.example/none", status=None)
+    bad_cookie = make_flow(url="https://w.example/cookie", response_headers=[
+        ("Set-Cookie", "a=1; Expires=Fri, 31 Dec 9999 23:59:59 GMT"), ("Set-Cookie", "=novalue"),
+        ("Set-Cookie", "b=2; Max-Age=99999999999999999999")])
+    bad_charset = make_flow(url="https://w.example/charset", response_body=b"ok",
+                            response_headers=[("Content-Type", "text/plain; charset=no-such-charset")])
+    flows = [make_flow(url="https://ok.example/1"), weird_header, huge_header, no_response, bad_cookie,
+             bad_charset, make_flow(url="https://ok.example/2")]
+    out = tmp_path / "out.har"
+    with capture("har", config=har_config(out)) as cap:
+        cap.feed(*flows)
+    assert "sink 'har'" not in caplog.text  # nothing raised
+    assert judge.har_errors(out) == ""
+    entries = load_json(out)["log"]["entries"]
+    assert [e["request"]["url"] for e in entries] == [f.request.url for f in flows]
+    assert entries[1]["request"]["headers"][0]["value"] == "café ÿ"  # bytes read as Latin-1
+    assert entries[3]["response"]["status"] == 0 and entries[3]["comment"] == "flowtap: no response"
+    assert entries[5]["response"]["content"]["text"] == "ok"
+    assert mitmdump(out, tmp_path).returncode == 0
