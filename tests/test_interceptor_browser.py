@@ -1,0 +1,350 @@
+"""End to end: a real headless Chromium with the flowtap extension, paired with the bridge, visiting our page.
+
+The extension is loaded from a copy of its folder holding a ``pairing.json``
+(the key and the bridge address), the extension's documented way to pair
+without the popup. The browser starts with no URL; once the extension is
+connected the page is opened through the DevTools HTTP endpoint
+(``PUT /json/new?URL``), as a page given on the command line may never load
+with a webRequest extension.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+import flowtap
+import flowtap.testing
+from flowtap_interceptor import pairing, protocol
+
+pytestmark = pytest.mark.timeout(90)
+
+KEY = "browser-test-key-0123456789"
+
+
+def chromium_binary() -> str | None:
+    """The browser binary itself (Debian's ``chromium`` command is a wrapper script adding flags)."""
+    candidates = ["/usr/lib/chromium/chromium"]
+    try:
+        listing = subprocess.run(["dpkg", "-L", "chromium"], capture_output=True, text=True, timeout=10).stdout
+        candidates += [line for line in listing.splitlines() if line.endswith("/chromium")]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+PAGE = b"""<!doctype html><html><body><img src="/pixel.png"><script>
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+(async () => {
+  await fetch("/api/items?x=1");
+  await fetch("/api/items", {method: "POST", headers: {"Content-Type": "application/json"},
+                             body: JSON.stringify({name: "widget"})});
+  await fetch("/api/form", {method: "POST", body: new URLSearchParams({a: "1", b: "two words"})});
+  await fetch("/api/login", {method: "POST"});
+  await fetch("/api/me");
+  // Changes further apart than the extension's 250 ms debounce arrive one by one.
+  document.cookie = "theme=dark; path=/";
+  await pause(1000);
+  document.cookie = "theme=light; path=/";
+  await pause(1000);
+  document.cookie = "theme=; path=/; max-age=0";
+  await pause(600);
+  await fetch("/api/done");
+})();
+</script></body></html>"""
+
+BODIES_PAGE = b"""<!doctype html><html><body><script>
+(async () => {
+  await fetch("/api/items?x=2");
+  await fetch("/api/items", {method: "POST", headers: {"Content-Type": "application/json"}, body: "[1,2,3]"});
+  await fetch("/api/done");
+})();
+</script></body></html>"""
+
+
+class Site(http.server.ThreadingHTTPServer):
+    """Our page and its API on 127.0.0.1; remembers the request bodies it received."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.bodies: dict[str, bytes] = {}
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _send(self, body: bytes, content_type: str, status: int = 200, headers=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/":
+            return self._send(PAGE, "text/html")
+        if self.path == "/bodies":
+            return self._send(BODIES_PAGE, "text/html")
+        if self.path == "/pixel.png":
+            return self._send(b"\x89PNG\r\n", "image/png")
+        if self.path == "/remember":
+            return self._send(b"ok", "text/plain", headers=[("Set-Cookie", "pref=kept; Path=/; Max-Age=3600")])
+        self._send(json.dumps({"path": self.path}).encode(), "application/json")
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.bodies[self.path] = body
+        headers = [("Set-Cookie", "session=abc123; Path=/; HttpOnly")] if self.path == "/api/login" else []
+        self._send(json.dumps({"path": self.path, "got": len(body)}).encode(), "application/json", 201, headers)
+
+
+class Browser:
+    """A headless Chromium with the paired extension; ``open(url)`` opens a tab."""
+
+    def __init__(self, binary: str, folder: Path, bridge_port: int) -> None:
+        extension = folder / "extension"
+        shutil.copytree(protocol.EXTENSION_DIR, extension)
+        (extension / "pairing.json").write_text(json.dumps({"key": KEY, "bridge": f"ws://127.0.0.1:{bridge_port}"}))
+        self.profile = folder / "profile"
+        self.log = open(folder / "chromium.log", "wb")
+        self.process = subprocess.Popen(
+            [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--no-first-run", "--disable-component-update", "--disable-sync", "--remote-debugging-port=0",
+             f"--user-data-dir={self.profile}", f"--load-extension={extension}"],
+            env={**os.environ, "TMPDIR": str(folder)}, stdin=subprocess.DEVNULL, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def devtools_port(self, timeout: float = 20) -> int:
+        port_file = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"Chromium exited with {self.process.returncode}; see {self.log.name}")
+            if port_file.is_file() and port_file.read_text().strip():
+                return int(port_file.read_text().split()[0])
+            time.sleep(0.05)
+        raise AssertionError(f"Chromium wrote no DevToolsActivePort in {timeout}s")
+
+    def open(self, url: str) -> str:
+        """Open ``url`` in a new tab; returns the tab's DevTools WebSocket URL."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.devtools_port()}/json/new?{url}", method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)["webSocketDebuggerUrl"]
+
+    @staticmethod
+    def evaluate(tab: str, expression: str):
+        """The value of a JavaScript expression in a tab, through a minimal DevTools protocol client."""
+        with connect(tab, open_timeout=5, max_size=None) as cdp:
+            cdp.send(json.dumps({"id": 1, "method": "Runtime.evaluate",
+                                 "params": {"expression": expression, "returnByValue": True}}))
+            while True:
+                reply = json.loads(cdp.recv(timeout=10))
+                if reply.get("id") == 1:
+                    return reply["result"]["result"].get("value")
+
+    def close(self) -> None:
+        """Let Chromium shut down (it reaps its own helpers), then kill whatever of its group is left."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.log.close()
+
+
+class CookieJarRecorder:
+    """Cookie events a source reports outside flows, in order, as a cookie jar receives them."""
+
+    def __init__(self) -> None:
+        self.events: list[list[flowtap.Cookie]] = []
+
+    @flowtap.hookimpl
+    def flowtap_cookies_seen(self, cookies, flow, source):
+        if flow is None and source == "interceptor":
+            self.events.append(list(cookies))
+
+
+@pytest.fixture(scope="module")
+def site():
+    server = Site()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def bridge_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, bridge_port):
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("no Chromium here: install Debian's chromium package (apt-get install chromium; .ci/run does)")
+    instance = Browser(binary, tmp_path_factory.mktemp("chromium"), bridge_port)
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def start_capture(tmp_path, bridge_port):
+    key_file = tmp_path / "interceptor.key"
+    pairing.write_key(key_file, KEY)
+    opened = []
+
+    def start(**options):
+        recorder = CookieJarRecorder()
+        table = {"listen": f"127.0.0.1:{bridge_port}", "key_file": str(key_file), **options}
+        manager = flowtap.testing.capture("interceptor", recorder, config={"sources": {"interceptor": table}})
+        harness = manager.__enter__()
+        opened.append(manager)
+        return harness, recorder
+
+    yield start
+    for manager in reversed(opened):
+        manager.__exit__(None, None, None)
+
+
+def wait_until(predicate, timeout: float, what: str, browser: Browser):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        if browser.process.poll() is not None:
+            raise AssertionError(f"Chromium exited while waiting for {what}; see {browser.log.name}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; see {browser.log.name}")
+
+
+def connected(harness) -> bool:
+    return bool(harness.capture.sources["interceptor"].bridge.clients)
+
+
+def flows_until(harness, path: str, browser: Browser) -> dict[tuple[str, str], flowtap.Flow]:
+    def done():
+        harness.capture.dispatcher.sync(5)
+        return any(f.request.path == path for f in harness.recorded.flows)
+
+    wait_until(done, 20, f"the flow of {path}", browser)
+    return {(f.request.method, f.request.path): f for f in harness.recorded.flows}
+
+
+def test_the_browser_sends_requests_with_bodies_and_cookies(browser, site, start_capture, bridge_port):
+    harness, jar = start_capture(cookie_domains=["127.0.0.1"])
+    wait_until(lambda: connected(harness), 30, "the extension to connect", browser)
+    browser.open(site.url + "/")
+    flows = flows_until(harness, "/api/done", browser)
+
+    assert set(flows) == {("GET", "/"), ("GET", "/api/items?x=1"), ("POST", "/api/items"), ("POST", "/api/form"),
+                          ("POST", "/api/login"), ("GET", "/api/me"), ("GET", "/api/done")}, \
+        "documents and XHR/fetch only (no image), and never the extension's own bridge traffic"
+    for flow in flows.values():
+        assert flow.source == "interceptor" and flow.error is None
+        assert flow.metadata["timings"] == "browser" and flow.metadata["body_unavailable"] is True
+        assert flow.timings.start <= flow.timings.end
+        assert flow.request.headers.get("user-agent")
+
+    page = flows[("GET", "/")]
+    assert page.metadata["resource_type"] == "main_frame" and page.response.status_code == 200
+    assert page.response.headers.get("content-type") == "text/html"
+
+    posted = flows[("POST", "/api/items")]
+    assert posted.request.body == site.bodies["/api/items"] == b'{"name":"widget"}'
+    assert posted.request.headers.get("content-type") == "application/json"
+    assert posted.request.headers.get("origin") == site.url  # extraHeaders
+    assert posted.response.status_code == 201
+
+    form = flows[("POST", "/api/form")]
+    assert form.request.body == site.bodies["/api/form"] == b"a=1&b=two+words"
+    assert form.request.headers.get("content-type").startswith("application/x-www-form-urlencoded")
+
+    login = flows[("POST", "/api/login")]
+    assert login.response.headers.get("set-cookie") == "session=abc123; Path=/; HttpOnly"
+    assert [(c.name, c.value, c.httponly) for c in login.response_cookies] == [("session", "abc123", True)]
+    assert flows[("GET", "/api/me")].request_cookies == [("session", "abc123")]
+
+    # The browser's cookie store, as the extension reported it (debounced; the removal that
+    # precedes an overwrite is not a deletion).
+    wait_until(lambda: any(c.name == "theme" and c.is_expired() for e in jar.events for c in e), 10,
+               "the cookie deletion", browser)
+    changes = [(c.name, c.value, c.is_expired()) for event in jar.events for c in event]
+    assert [c for c in changes if c[0] == "theme"] == [("theme", "dark", False), ("theme", "light", False),
+                                                       ("theme", "light", True)]
+    assert ("session", "abc123", False) in changes
+    session = next(c for event in jar.events for c in event if c.name == "session")
+    assert (session.domain, session.host_only, session.httponly, session.path) == ("127.0.0.1", True, True, "/")
+
+    # The popup shows the connection and the counts.
+    (client,) = harness.capture.sources["interceptor"].bridge.clients
+    popup = browser.open(client.origin + "/popup.html")
+
+    def shown():  # None until the popup has loaded and heard from the service worker
+        return browser.evaluate(popup, """(() => {
+            const state = document.getElementById("state"), counts = document.getElementById("counts");
+            return state && counts && counts.textContent ? [state.textContent, counts.textContent] : null;
+        })()""")
+
+    state, counts = wait_until(shown, 10, "the popup's status", browser)
+    assert state == "Connected to flowtap"
+    assert int(re.match(r"(\d+) requests", counts).group(1)) >= len(flows)
+
+
+def test_the_extension_reconnects_and_reads_response_bodies_when_asked(browser, site, start_capture):
+    first, first_jar = start_capture(cookie_domains=["127.0.0.1"])
+    wait_until(lambda: connected(first), 30, "the extension to connect", browser)
+    browser.open(site.url + "/remember")
+    wait_until(lambda: any(c.name == "pref" for e in first_jar.events for c in e), 10, "the pref cookie", browser)
+    first.capture.stop()  # the bridge goes away; the extension retries with backoff
+    time.sleep(1)
+    harness, jar = start_capture(capture_bodies=True, cookie_domains=["127.0.0.1"])
+    wait_until(lambda: connected(harness), 20, "the extension to reconnect", browser)
+    browser.open(site.url + "/bodies")
+    flows = flows_until(harness, "/api/done", browser)
+
+    got = flows[("GET", "/api/items?x=2")]
+    assert json.loads(got.response.body) == {"path": "/api/items?x=2"}
+    assert got.metadata["body_source"] == "debugger" and "body_unavailable" not in got.metadata
+    assert not got.response.truncated
+    posted = flows[("POST", "/api/items")]
+    assert posted.request.body == b"[1,2,3]"
+    assert json.loads(posted.response.body) == {"path": "/api/items", "got": 7}
+    # On connecting, the extension sent every cookie of the synced domains it holds.
+    harness.capture.dispatcher.sync(5)
+    assert jar.events and ("pref", "kept") in [(c.name, c.value) for c in jar.events[0]]
+    pref = next(c for c in jar.events[0] if c.name == "pref")
+    assert pref.expires and pref.expires > time.time() + 3000
