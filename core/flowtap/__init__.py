@@ -16,9 +16,21 @@ from flowtap.model import Flow, Headers, Request, Response, Timings, TLSInfo, We
 from flowtap.plugins import hookimpl
 from flowtap.session import Session, State
 
+
+def open_store(path=None):
+    """Open the session store for reading: list sessions, iterate flows matching a filter.
+
+    ``path`` defaults to the store ``flowtap run`` writes (``[store] path``'s
+    default). Returns a :class:`flowtap.store.Store`; see ``docs/store.md``.
+    """
+    from flowtap.store import open_store as _open_store
+
+    return _open_store(path)
+
+
 __all__ = [
     "Capture", "Config", "ConfigError", "Cookie", "Emitter", "Flow", "Headers", "Option",
     "Request", "Response", "Session", "Sink", "SinkError", "Source", "SourceError",
     "StartupError", "State", "TLSInfo", "Timings", "WebSocketMessage", "hookimpl",
-    "load_config", "parse_duration", "parse_size",
+    "load_config", "open_store", "parse_duration", "parse_size",
 ]

@@ -105,6 +105,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the configured sources and a debug session; end on Ctrl-C or the time limit."""
+    from flowtap.control import ControlServer, explain_in_use
     from flowtap.view import ConsoleView
 
     config = _config(args)
@@ -122,8 +123,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    control = ControlServer(capture, stop.set)
     try:
-        session = capture.start()
+        try:
+            session = capture.start()
+        except StartupError as exc:
+            raise StartupError(explain_in_use(str(exc))) from None
+        control.start()
         view.started()
         watcher = threading.Thread(target=lambda: (capture.wait(), stop.set()), daemon=True)
         watcher.start()
@@ -131,6 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        control.close()
         capture.stop()
     view.finished(session)
     return 0
@@ -194,6 +201,14 @@ def build_parser(plugin_commands: dict[str, Command] | None = None) -> argparse.
     check.add_argument("path", nargs="?", help="the file (default: as for run)")
     check.set_defaults(func=cmd_config_check)
 
+    from flowtap.control import cmd_ctl, setup_ctl
+    from flowtap.store.commands import add_commands
+
+    add_commands(sub, _parser_with(common))
+    ctl = sub.add_parser("ctl", help="control a running capture: status, pause, resume, clear, stop, mark")
+    setup_ctl(ctl)
+    ctl.set_defaults(func=cmd_ctl)
+
     for name, (help, setup, run_fn) in sorted((plugin_commands or {}).items()):
         command = sub.add_parser(name, help=help)
         setup(command)
@@ -245,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-_CORE_COMMANDS = {"run", "plugins", "config"}
+_CORE_COMMANDS = {"run", "plugins", "config", "sessions", "search", "show", "export", "ctl"}
 _VALUED = {"-c", "--config", "--set", "-p"}
 
 

@@ -1,13 +1,14 @@
 """The core's own config tables and filters, registered like any other plugin.
 
 ``[session]`` names the debug session and may limit its duration;
-``[filters]`` holds the capture filters; ``[plugins]`` disables plugins.
+``[filters]`` holds the capture filters; ``[plugins]`` disables plugins;
+``[store]`` configures the session store, a sink that runs by default.
 This plugin is essential: it cannot be disabled.
 """
 
 from __future__ import annotations
 
-from flowtap.config import ConfigError, Option, parse_duration
+from flowtap.config import ConfigError, Option, parse_duration, parse_size
 from flowtap.plugins import hookimpl
 
 NAME = "core"
@@ -18,10 +19,11 @@ def _methods(value: list[str]) -> list[str]:
 
 
 class CorePlugin:
-    """Declares ``[session]``, ``[filters]``, ``[plugins]`` and applies the filters."""
+    """Declares ``[session]``, ``[filters]``, ``[plugins]``, ``[store]``; applies the filters; registers the store."""
 
     def __init__(self) -> None:
         self._filters: list = []
+        self._config = None
 
     @hookimpl
     def flowtap_config_options(self, declare):
@@ -48,11 +50,35 @@ class CorePlugin:
             "plugins",
             Option("disable", list, [], "Plugins not to load, by name (as `flowtap plugins` lists them)."),
         )
+        declare(
+            "store",
+            Option("path", str, "",
+                   "The session store (an SQLite database) every session is kept in; empty: flowtap.db "
+                   "in the user data directory ($FLOWTAP_DATA_DIR if set). `enabled = false` keeps nothing."),
+            Option("body_file_threshold", (str, int), "256kb",
+                   "Bodies larger than this are kept in files beside the database (in <name>-bodies/), "
+                   "not in its rows.",
+                   convert=parse_size),
+            Option("batch_interval", (str, int, float), "100ms",
+                   "Recorded flows are committed together at most this often (\"100ms\", \"1s\"); a crash "
+                   "loses at most the last such interval. 0: commit whenever the dispatcher flushes.",
+                   convert=parse_duration),
+        )
+
+    @hookimpl
+    def flowtap_register_sinks(self, register):
+        register("store", self._store, default=True, table="store")
+
+    def _store(self, options):
+        from flowtap.store.sink import StoreSink
+
+        return StoreSink(options, self._config)
 
     @hookimpl
     def flowtap_config_validate(self, config):
         from flowtap.filters import FilterError, compile_expression, simple_filter
 
+        self._config = config
         table = config.table("filters")
         self._filters = []
         try:

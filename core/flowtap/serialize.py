@@ -1,0 +1,162 @@
+"""Flows to plain dicts and JSON and back: the one (de)serializer for the whole flow.
+
+The dict mirrors the model's attribute names; bytes (bodies, WebSocket
+contents) are base64 text. ``flow_to_dict(flow, bodies=False)`` leaves the
+two bodies out so that a store can keep them elsewhere and hand them back to
+:func:`flow_from_dict`. Metadata values JSON cannot hold are kept as their
+``repr``.
+
+>>> text = dumps(flow)
+>>> loads(text) == flow
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from flowtap.model import Flow, Request, Response, Timings, TLSInfo, WebSocketMessage
+
+#: Written as ``"format"`` in every dict; bumped if the shape ever changes incompatibly.
+FORMAT = "flowtap.flow/1"
+
+_TIMINGS = ("start", "end", "dns", "connect", "tls", "send", "wait", "receive")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _message(m: Request | Response, bodies: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "http_version": m.http_version,
+        "headers": m.headers.fields,  # pairs: JSON arrays
+        "body_size": m.body_size,
+        "encoded_size": m.encoded_size,
+        "truncated": m.truncated,
+    }
+    if bodies:
+        out["body"] = _b64(m.body)
+    return out
+
+
+def flow_to_dict(flow: Flow, bodies: bool = True) -> dict[str, Any]:
+    """The whole flow as JSON-ready values; ``bodies=False`` leaves out both bodies."""
+    req, resp, t = flow.request, flow.response, flow.timings
+    request = _message(req, bodies)
+    request["method"], request["url"] = req.method, req.url
+    response = None
+    if resp is not None:
+        response = _message(resp, bodies)
+        response["status_code"], response["reason"] = resp.status_code, resp.reason
+    tls = flow.tls
+    return {
+        "format": FORMAT,
+        "id": flow.id,
+        "source": flow.source,
+        "request": request,
+        "response": response,
+        "timings": {"start": t.start, "end": t.end, "dns": t.dns, "connect": t.connect, "tls": t.tls,
+                    "send": t.send, "wait": t.wait, "receive": t.receive},
+        "client_address": list(flow.client_address) if flow.client_address else None,
+        "server_address": list(flow.server_address) if flow.server_address else None,
+        "server_ip": flow.server_ip,
+        "tls": None if tls is None else {"version": tls.version, "sni": tls.sni, "cipher": tls.cipher,
+                                         "alpn": tls.alpn},
+        "error": flow.error,
+        "websocket": None if flow.websocket is None else [
+            {"from_client": m.from_client, "content": _b64(m.content), "is_text": m.is_text,
+             "timestamp": m.timestamp}
+            for m in flow.websocket
+        ],
+        "metadata": flow.metadata,
+    }
+
+
+def _build(cls: type, data: dict[str, Any], body: bytes | None, **extra: Any) -> Any:
+    if body is None:
+        body = _unb64(data["body"]) if "body" in data else b""
+    return cls(
+        http_version=data["http_version"],
+        headers=[tuple(pair) for pair in data["headers"]],
+        body=body,
+        body_size=data["body_size"],
+        encoded_size=data["encoded_size"],
+        truncated=data["truncated"],
+        **extra,
+    )
+
+
+def flow_from_dict(data: dict[str, Any], request_body: bytes | None = None,
+                   response_body: bytes | None = None) -> Flow:
+    """The :class:`Flow` a :func:`flow_to_dict` dict describes.
+
+    :param request_body: the request body, when the dict was made without bodies.
+    :param response_body: likewise for the response.
+    :raises ValueError: the dict is not a serialized flow.
+    """
+    try:
+        fmt = data.get("format")
+        if fmt != FORMAT:
+            raise ValueError(f"unknown flow format {fmt!r}; expected {FORMAT!r}")
+        req = data["request"]
+        request = _build(Request, req, request_body, method=req["method"], url=req["url"])
+        resp = data["response"]
+        response = None if resp is None else _build(
+            Response, resp, response_body, status_code=resp["status_code"], reason=resp["reason"])
+        tls = data["tls"]
+        websocket = data["websocket"]
+        return Flow(
+            request=request,
+            response=response,
+            source=data["source"],
+            id=data["id"],
+            timings=Timings(**{name: data["timings"][name] for name in _TIMINGS}),
+            client_address=tuple(data["client_address"]) if data["client_address"] else None,
+            server_address=tuple(data["server_address"]) if data["server_address"] else None,
+            server_ip=data["server_ip"],
+            tls=None if tls is None else TLSInfo(**tls),
+            error=data["error"],
+            websocket=None if websocket is None else [
+                WebSocketMessage(from_client=m["from_client"], content=_unb64(m["content"]),
+                                 is_text=m["is_text"], timestamp=m["timestamp"])
+                for m in websocket
+            ],
+            metadata=data["metadata"],
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a serialized flow: {exc!r}") from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return repr(value)
+
+
+_COMPACT = json.JSONEncoder(default=_jsonable, separators=(",", ":"), ensure_ascii=False)
+
+
+def to_json(data: dict[str, Any], indent: int | None = None) -> str:
+    """JSON text of a :func:`flow_to_dict` dict (compact unless ``indent``)."""
+    if indent is None:
+        return _COMPACT.encode(data)
+    return json.dumps(data, default=_jsonable, ensure_ascii=False, indent=indent)
+
+
+def dumps(flow: Flow, indent: int | None = None) -> str:
+    """The flow as JSON text, bodies included (base64)."""
+    return to_json(flow_to_dict(flow), indent)
+
+
+def loads(text: str | bytes) -> Flow:
+    """The flow :func:`dumps` wrote. Raises ValueError on anything else."""
+    return flow_from_dict(json.loads(text))

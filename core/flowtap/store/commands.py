@@ -1,0 +1,357 @@
+"""``flowtap sessions``, ``search``, ``show`` and ``export``: the session store from the command line.
+
+Every command here but ``sessions rename``/``delete`` opens the store
+read-only. Errors (no such session or flow, a bad filter, a store that is
+corrupt or from a newer flowtap) are one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from flowtap.cli import UsageError, _config, _disabled
+from flowtap.config import Config, ConfigError
+
+
+def store_path(config: Config) -> Path:
+    """The store ``[store] path`` names (not validated with the plugins: only this key)."""
+    from flowtap.store import db
+
+    table = config.raw.get("store")
+    value: Any = table.get("path", "") if isinstance(table, dict) else ""
+    if isinstance(value, dict) and set(value) == {"env"}:
+        value = os.environ.get(str(value["env"]), "")
+    if not isinstance(value, str):
+        raise ConfigError(f"{config.where('store', 'path')}: expected a string, got {value!r}")
+    return db.resolve_path(value)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Store and filter errors as one-line usage errors (exit 2)."""
+    from flowtap.filters import FilterError
+    from flowtap.store import StoreError
+
+    try:
+        yield
+    except (StoreError, FilterError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+
+
+@contextlib.contextmanager
+def _store(args: argparse.Namespace) -> Iterator[Any]:
+    from flowtap.store import Store
+
+    path = store_path(_config(args))
+    with _errors():
+        store = Store(path)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    """List the stored sessions, newest first."""
+    from flowtap.store import render
+
+    path = store_path(_config(args))
+    if not path.is_file():
+        print(f"no sessions recorded yet ({path})")
+        return 0
+    with _store(args) as store:
+        sessions = store.sessions()
+        if args.json:
+            for s in sessions:
+                print(json.dumps(_session_dict(s)))
+        elif not sessions:
+            print(f"no sessions recorded yet ({path})")
+        else:
+            for line in render.sessions_table(sessions):
+                print(line)
+    return 0
+
+
+def _session_dict(s: Any) -> dict[str, Any]:
+    keys = ("id", "name", "started", "ended", "state", "pid", "flows", "recorded", "filtered", "paused",
+            "received", "config")
+    return {k: getattr(s, k) for k in keys}
+
+
+def cmd_sessions_show(args: argparse.Namespace) -> int:
+    """One session in detail: state, times, counts, config, hosts, events and markers."""
+    from flowtap.store import render
+
+    with _store(args) as store:
+        session = store.session(args.session)
+        events = store.events(session.id)
+        if args.json:
+            data = _session_dict(session)
+            data["events"] = [{"time": e.time, "kind": e.kind, "text": e.text} for e in events]
+            print(json.dumps(data, indent=2))
+            return 0
+        for line in render.session_details(session, events, store.hosts(session.id)):
+            print(line)
+    return 0
+
+
+def _writable(args: argparse.Namespace):
+    """The store opened for writing (rename, delete)."""
+    import sqlite3
+
+    from flowtap.store import Store, db
+
+    path = store_path(_config(args))
+    with _errors():
+        Store(path).close()  # the checks of a read: exists, is a store, not newer
+        try:
+            return path, db.connect(path, write=True)
+        except sqlite3.Error as exc:
+            raise UsageError(f"{path}: {exc}") from None
+
+
+def cmd_sessions_rename(args: argparse.Namespace) -> int:
+    """Give a stored session a new name."""
+    from flowtap.store import Store
+
+    if not args.name.strip():
+        raise UsageError("the new name is empty")
+    path = store_path(_config(args))
+    with _errors(), Store(path) as store:
+        session = store.session(args.session, unique=True)
+    path, conn = _writable(args)
+    with conn:
+        conn.execute("UPDATE sessions SET name = ? WHERE id = ?", (args.name, session.id))
+    conn.close()
+    print(f"session {session.id}: renamed {session.name!r} to {args.name!r}")
+    return 0
+
+
+def cmd_sessions_delete(args: argparse.Namespace) -> int:
+    """Delete stored sessions with their flows and body files."""
+    import shutil
+
+    from flowtap.store import Store, db
+
+    path = store_path(_config(args))
+    with _errors(), Store(path) as store:
+        sessions = [store.session(ref, unique=True) for ref in args.sessions]
+    for s in sessions:
+        if s.live:
+            raise UsageError(f"session {s.name!r} ({s.id}) is being recorded by pid {s.pid}; "
+                             "end that run first (`flowtap ctl stop`)")
+    path, conn = _writable(args)
+    try:
+        for s in sessions:
+            with conn:
+                conn.execute("DELETE FROM sessions WHERE id = ?", (s.id,))
+            shutil.rmtree(db.bodies_dir(path) / s.id, ignore_errors=True)
+            print(f"deleted session {s.name!r} ({s.id}) and its {s.flows} flows")
+    finally:
+        conn.close()
+    return 0
+
+
+# -- search and show ----------------------------------------------------------------------------
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Stored flows matching a filter expression, newest first."""
+    from flowtap.store import render
+
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit {args.limit}: expected 0 or more")
+    with _store(args) as store:
+        session = store.session(args.session) if args.session else None
+        rows = store.rows(args.expression, session=session, limit=args.limit, newest_first=True)
+        found = 0
+        for row in rows:
+            if args.json:
+                print(json.dumps(row.summary()))
+            else:
+                if not found:
+                    print(render.header_line())
+                print(render.flow_line(render.flow_cells(row)))
+            found += 1
+        if not found and not args.json:
+            where = f"session {session.name!r}" if session else "the store"
+            print(f"no flows in {where} match" + (f" {args.expression!r}" if args.expression else ""),
+                  file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """A stored flow in full: request, response, bodies pretty-printed when text."""
+    from flowtap import serialize
+    from flowtap.store import render
+
+    with _store(args) as store:
+        row = store.find(args.flow)
+        flow = store.flow(row.id)
+        if args.json:
+            data = serialize.flow_to_dict(flow)
+            data["session"] = row.session
+            print(serialize.to_json(data, indent=2))
+            return 0
+        try:
+            session = store.session(row.session)
+        except Exception:
+            session = None
+        out = sys.stdout
+        for part in render.flow_parts(flow, row, session, raw=args.raw):
+            if isinstance(part, bytes):
+                out.flush()
+                sys.stdout.buffer.write(part if part.endswith(b"\n") else part + b"\n")
+                sys.stdout.buffer.flush()
+            else:
+                print(part, file=out)
+    return 0
+
+
+# -- export -------------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A stored session through a sink (as if captured live), or as curl commands."""
+    from flowtap.store import query
+
+    if (args.sink is None) == (args.format is None):
+        raise UsageError("flowtap export: give --sink NAME (with -o PATH) or --format curl")
+    with _errors():
+        query.plan(args.filter)  # a bad filter fails before anything is written
+    config = _config(args)
+    if args.format == "curl":
+        return _export_curl(args)
+    if not args.output:
+        raise UsageError(f"flowtap export --sink {args.sink}: -o PATH is required")
+    return _export_sink(args, config)
+
+
+def _export_curl(args: argparse.Namespace) -> int:
+    from flowtap.store import render
+
+    with _store(args) as store:
+        session = store.session(args.session)
+        with _output(args.output) as out:
+            count = 0
+            for flow in store.flows(args.filter, session=session):
+                print(render.curl(flow), file=out)
+                count += 1
+    if args.output:
+        print(f"wrote {count} curl commands from session {session.name!r} to {args.output}")
+    return 0
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    if not path:
+        yield sys.stdout
+        return
+    try:
+        fh = open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    with fh:
+        yield fh
+
+
+def _table(raw: dict[str, Any], dotted: str) -> dict[str, Any]:
+    node = raw
+    for part in dotted.split("."):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    return node
+
+
+def _export_sink(args: argparse.Namespace, config: Config) -> int:
+    from flowtap.capture import Capture
+
+    capture = Capture(config, disable=_disabled(args))
+    entry = capture.sink_factories.get(args.sink)
+    if entry is None:
+        names = ", ".join(sorted(capture.sink_factories)) or "none"
+        raise UsageError(f"no sink named {args.sink!r} (available: {names}; `flowtap plugins` lists plugins)")
+    if not any(option.name == "path" for option in capture.options.get(entry.table, [])):
+        raise UsageError(f"sink {args.sink!r} has no path option in [{entry.table}]: "
+                         "it does not write a file to export to")
+    with _store(args) as store:
+        session = store.session(args.session)
+        raw = config.raw
+        for name, other in capture.sink_factories.items():
+            _table(raw, other.table)["enabled"] = name == args.sink
+        _table(raw, entry.table)["path"] = str(Path(args.output).expanduser())
+        for other in capture.source_factories.values():
+            _table(raw, other.table)["enabled"] = False
+        raw.pop("filters", None)  # the stored flows passed the capture's filters already
+        _table(raw, "session").update(name=session.name, duration="")
+        capture.start()
+        count = 0
+        try:
+            for flow in store.flows(args.filter, session=session):
+                capture.emit(flow)
+                count += 1
+        finally:
+            capture.stop()
+    if capture.host.error_count:
+        print(f"flowtap: error: sink {args.sink!r} failed while exporting (see above); "
+              f"{args.output} may be incomplete", file=sys.stderr)
+        return 1
+    print(f"exported {count} flows of session {session.name!r} ({session.id}) through {args.sink!r} "
+          f"to {args.output}")
+    return 0
+
+
+# -- wiring -------------------------------------------------------------------------------------------
+
+
+def add_commands(sub: argparse._SubParsersAction, parser_class: type) -> None:
+    """Add the store's commands to ``flowtap``'s subcommands."""
+    sessions = sub.add_parser("sessions", help="list stored sessions (newest first); show, rename, delete them")
+    sessions.add_argument("--json", action="store_true", help="one JSON object per session")
+    sessions.set_defaults(func=cmd_sessions)
+    actions = sessions.add_subparsers(dest="sessions_command", metavar="ACTION", parser_class=parser_class)
+    show = actions.add_parser("show", help="one session in detail, with its events and markers")
+    show.add_argument("session", metavar="SESSION", help="an id (or its start), a name, or last")
+    show.add_argument("--json", action="store_true", help="print it as JSON")
+    show.set_defaults(func=cmd_sessions_show)
+    rename = actions.add_parser("rename", help="give a session a new name")
+    rename.add_argument("session", metavar="SESSION", help="an id, a name, or last")
+    rename.add_argument("name", metavar="NAME", help="the new name")
+    rename.set_defaults(func=cmd_sessions_rename)
+    delete = actions.add_parser("delete", help="delete sessions with their flows")
+    delete.add_argument("sessions", metavar="SESSION", nargs="+", help="ids, names, or last")
+    delete.set_defaults(func=cmd_sessions_delete)
+
+    search = sub.add_parser("search", help="stored flows matching a filter expression, newest first")
+    search.add_argument("expression", metavar="EXPR", nargs="?",
+                        help='a mitmproxy filter expression, e.g. "~d api.example.com & ~m POST"')
+    search.add_argument("--session", metavar="SESSION", help="only this session (an id, a name, or last)")
+    search.add_argument("--limit", metavar="N", type=int, help="at most N flows (the newest)")
+    search.add_argument("--json", action="store_true", help="one JSON object per flow")
+    search.set_defaults(func=cmd_search)
+
+    show_flow = sub.add_parser("show", help="a stored flow in full: request, response, bodies")
+    show_flow.add_argument("flow", metavar="FLOW_ID", help="the flow's id, or its start (as search prints it)")
+    show_flow.add_argument("--raw", action="store_true", help="bodies as they are, not decoded or pretty-printed")
+    show_flow.add_argument("--json", action="store_true", help="the whole flow as JSON (bodies in base64)")
+    show_flow.set_defaults(func=cmd_show)
+
+    export = sub.add_parser("export", help="a stored session through a sink (HAR, collection, ...) or as curl")
+    export.add_argument("session", metavar="SESSION", help="an id, a name, or last")
+    export.add_argument("--sink", metavar="NAME", help="the sink to replay the session through, e.g. har")
+    export.add_argument("--format", choices=("curl",), help="print curl commands instead")
+    export.add_argument("-o", "--output", metavar="PATH", help="the file to write (for curl: default stdout)")
+    export.add_argument("--filter", metavar="EXPR", help="only the flows matching this filter expression")
+    export.set_defaults(func=cmd_export)

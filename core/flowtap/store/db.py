@@ -1,0 +1,309 @@
+"""The store's SQLite database: where it lives, its schema and migrations, flows to rows and back.
+
+One file (WAL mode) with three tables: ``sessions`` (one row per debug
+session, with its counts and the config it ran with), ``events`` (pause,
+resume, clear and markers) and ``flows`` (one row per flow: the fields a
+search needs, indexed where it helps). The full flow sits in ``contents``
+beside it, so that scanning ``flows`` stays cheap however big the bodies:
+the flow as JSON (:mod:`flowtap.serialize`, without bodies) and the two
+bodies, or, for bodies over ``[store] body_file_threshold``, the names of
+files under ``<db stem>-bodies/<session id>/`` beside the database.
+
+The schema version is SQLite's ``user_version``; :data:`MIGRATIONS` step a
+database from one version to the next when it is opened for writing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+from flowtap import serialize
+from flowtap.filters import _pretty_url
+
+if TYPE_CHECKING:
+    from flowtap.model import Flow
+
+
+class StoreError(Exception):
+    """The store cannot be used: the message names the database and the reason."""
+
+
+SCHEMA_V1 = """
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    state TEXT NOT NULL,               -- running, paused, ended
+    pid INTEGER,                       -- the process recording it
+    recorded INTEGER NOT NULL DEFAULT 0,
+    filtered INTEGER NOT NULL DEFAULT 0,
+    paused INTEGER NOT NULL DEFAULT 0,
+    received INTEGER NOT NULL DEFAULT 0,
+    config TEXT NOT NULL DEFAULT '{}'  -- {"file": ..., "tables": the config as written}
+);
+CREATE INDEX sessions_started ON sessions(started);
+
+CREATE TABLE events (
+    session TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,                -- pause, resume, clear, mark
+    text TEXT
+);
+CREATE INDEX events_session ON events(session, time);
+
+CREATE TABLE flows (
+    seq INTEGER PRIMARY KEY,           -- the order flows were recorded in
+    id TEXT NOT NULL,                  -- Flow.id
+    session TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    time REAL NOT NULL,                -- timings.start
+    method TEXT NOT NULL,
+    scheme TEXT NOT NULL,
+    host TEXT NOT NULL,
+    host_header TEXT NOT NULL,         -- the Host header; '' when not sent
+    port INTEGER,
+    path TEXT NOT NULL,                -- path and query
+    url TEXT NOT NULL,
+    pretty_url TEXT,                   -- the URL with the Host header's authority; NULL: same as url
+    status INTEGER,                    -- NULL: no response
+    request_type TEXT NOT NULL,        -- every Content-Type value, one per line; '' when none
+    response_type TEXT NOT NULL,
+    request_size INTEGER NOT NULL,     -- decoded body lengths
+    response_size INTEGER,
+    duration REAL,                     -- milliseconds
+    source TEXT NOT NULL,
+    error TEXT,
+    websocket INTEGER,                 -- WebSocket messages; NULL for plain HTTP
+    files INTEGER NOT NULL DEFAULT 0   -- 1: request body in a file, 2: response body in a file
+);
+-- Filters on host, method and status find their rows through these indexes (store/query.py).
+CREATE INDEX flows_session ON flows(session, seq);
+CREATE INDEX flows_id ON flows(id);
+CREATE INDEX flows_time ON flows(time);
+CREATE INDEX flows_host ON flows(host, host_header);
+CREATE INDEX flows_method ON flows(method);
+CREATE INDEX flows_status ON flows(status);
+
+CREATE TABLE contents (
+    seq INTEGER PRIMARY KEY REFERENCES flows(seq) ON DELETE CASCADE,
+    data TEXT NOT NULL,                -- serialize.flow_to_dict(flow, bodies=False), as JSON
+    request_body BLOB,                 -- NULL when kept in a file
+    response_body BLOB
+);
+"""
+
+#: version -> SQL that brings a database from the version before to it.
+MIGRATIONS: dict[int, str] = {1: SCHEMA_V1}
+VERSION = max(MIGRATIONS)
+
+FLOW_COLUMNS = ("seq", "id", "session", "time", "method", "scheme", "host", "host_header", "port", "path",
+                "url", "pretty_url", "status", "request_type", "response_type", "request_size", "response_size",
+                "duration", "source", "error", "websocket", "files")
+INSERT_FLOW = f"INSERT INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES ({', '.join('?' * len(FLOW_COLUMNS))})"
+INSERT_CONTENT = "INSERT INTO contents (seq, data, request_body, response_body) VALUES (?, ?, ?, ?)"
+
+REQUEST_FILE, RESPONSE_FILE = 1, 2
+
+
+# -- where things are -------------------------------------------------------------
+
+
+def data_dir() -> Path:
+    """flowtap's data directory: ``$FLOWTAP_DATA_DIR``, else the platform's user data dir."""
+    base = os.environ.get("FLOWTAP_DATA_DIR")
+    if base:
+        return Path(base).expanduser()
+    import platformdirs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Path(platformdirs.user_data_dir("flowtap"))
+
+
+def default_path() -> Path:
+    """The store used when ``[store] path`` is empty: ``flowtap.db`` in :func:`data_dir`."""
+    return data_dir() / "flowtap.db"
+
+
+def resolve_path(path: str | os.PathLike | None) -> Path:
+    """``path`` with ``~`` expanded, or :func:`default_path` when it is empty."""
+    return Path(path).expanduser() if path else default_path()
+
+
+def bodies_dir(db_path: Path) -> Path:
+    """Where bodies too big for rows are kept: ``<stem>-bodies/`` beside the database."""
+    return db_path.with_name(db_path.stem + "-bodies")
+
+
+# -- opening ------------------------------------------------------------------------------
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def connect(path: Path, write: bool = False) -> sqlite3.Connection:
+    """Open the store at ``path``.
+
+    Read connections are read-only (``mode=ro``) and never change the file;
+    they require the current schema. Write connections create the file and
+    its directory as needed and migrate an older schema.
+
+    :raises StoreError: missing, not a flowtap store, corrupt, or from a newer flowtap.
+    """
+    if write:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{path}: cannot open the store: {_describe(exc)}") from None
+        try:
+            os.chmod(path, 0o600)  # captures hold secrets
+        except OSError:
+            pass
+    else:
+        if not path.is_file():
+            raise StoreError(f"{path}: no session store here (nothing recorded yet?)")
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the store: {_describe(exc)}") from None
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > VERSION:
+            raise StoreError(f"{path}: this store was written by a newer flowtap (schema version {version}; "
+                             f"this flowtap reads up to {VERSION}); upgrade flowtap")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version == 0 and tables:
+            raise StoreError(f"{path}: not a flowtap session store (an SQLite database with other tables)")
+        if version and not {"sessions", "flows"} <= tables:
+            raise StoreError(f"{path}: not a flowtap session store (tables are missing)")
+        if write:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL: a killed process loses nothing committed
+            migrate(conn, path, version)
+        elif version < VERSION:
+            raise StoreError(f"{path}: this store has schema version {version}, older than this flowtap's "
+                             f"({VERSION}); the next `flowtap run` upgrades it")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{path}: not a readable flowtap session store: {_describe(exc)}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    """Apply the migrations after ``version`` in order, each in its own transaction."""
+    for target in sorted(v for v in MIGRATIONS if v > version):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current >= target:  # another process migrated meanwhile
+                conn.execute("COMMIT")
+                continue
+            for statement in _statements(MIGRATIONS[target]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {int(target)}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"{path}: cannot upgrade the store to schema version {target}: {exc}") from None
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would commit on its own)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line.split("--", 1)[0] if "--" in line else line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
+
+
+# -- flows to rows and back ---------------------------------------------------------------
+
+
+def _types(headers) -> str:
+    return "\n".join(v for k, v in headers.fields if k.lower() == "content-type")
+
+
+def flow_columns(flow: Flow) -> list[Any]:
+    """The ``flows`` row of ``flow`` without ``seq``, ``session`` and ``files``."""
+    req, resp = flow.request, flow.response
+    parts = urlsplit(req.url)  # once, not once per Request property
+    pretty = _pretty_url(req)  # what ~u searches
+    port = parts.port if _valid_port(parts) else None
+    return [
+        flow.id,
+        flow.timings.start,
+        req.method,
+        parts.scheme,
+        parts.hostname or "",
+        req.headers.get("host") or "",
+        port or {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(parts.scheme),
+        (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+        req.url,
+        None if pretty == req.url else pretty,
+        None if resp is None else resp.status_code,
+        _types(req.headers),
+        "" if resp is None else _types(resp.headers),
+        req.body_size,
+        None if resp is None else resp.body_size,
+        flow.timings.duration,
+        flow.source,
+        flow.error,
+        None if flow.websocket is None else len(flow.websocket),
+    ]
+
+
+def _valid_port(parts) -> bool:
+    try:
+        parts.port
+    except ValueError:
+        return False
+    return True
+
+
+def flow_data(flow: Flow, request_file: str | None, response_file: str | None) -> str:
+    """The ``contents.data`` JSON: the flow without bodies, plus body file names."""
+    data = serialize.flow_to_dict(flow, bodies=False)
+    if request_file:
+        data["request"]["body_file"] = request_file
+    if response_file:
+        data["response"]["body_file"] = response_file
+    return serialize.to_json(data)
+
+
+def load_flow(db_path: Path, data: str, request_body: bytes | None, response_body: bytes | None) -> Flow:
+    """The :class:`Flow` a ``contents`` row holds (bodies read from their files if need be)."""
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise StoreError(f"{db_path}: a stored flow is damaged: {exc}") from None
+    bodies = []
+    for part, body in (("request", request_body), ("response", response_body)):
+        message = parsed.get(part) or {}
+        name = message.pop("body_file", None)
+        if name is not None:
+            try:
+                body = (bodies_dir(db_path) / name).read_bytes()
+            except OSError:
+                body = b""
+                message["truncated"] = True
+        bodies.append(b"" if body is None else bytes(body))
+    try:
+        return serialize.flow_from_dict(parsed, bodies[0], bodies[1])
+    except ValueError as exc:
+        raise StoreError(f"{db_path}: a stored flow is damaged: {exc}") from None

@@ -1,0 +1,304 @@
+"""Reading the store: sessions, and flows matching a filter, never changing the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from flowtap.store import db, query
+from flowtap.store.db import StoreError
+from flowtap.store.query import TRUE
+
+if TYPE_CHECKING:
+    from flowtap.model import Flow
+
+_SESSION_COLUMNS = "id, name, started, ended, state, pid, recorded, filtered, paused, received, config"
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@attrs.define
+class Event:
+    """Something that happened during a session: pause, resume, clear, or a marker."""
+
+    time: float
+    kind: str
+    text: str | None = None
+
+
+@attrs.define
+class SessionInfo:
+    """One stored session.
+
+    ``state`` is ``running``, ``paused``, ``ended``, or ``interrupted`` (its
+    process died before ending it: a crash or ``kill -9``).
+    """
+
+    id: str
+    name: str
+    started: float
+    ended: float | None
+    state: str
+    pid: int | None
+    flows: int
+    recorded: int
+    filtered: int
+    paused: int
+    received: int
+    config: dict[str, Any]
+
+    @property
+    def live(self) -> bool:
+        """A process is recording it right now."""
+        return self.state in ("running", "paused")
+
+
+@attrs.define
+class FlowRow:
+    """A stored flow's searchable fields; :meth:`Store.flow` loads the whole flow."""
+
+    seq: int
+    id: str
+    session: str
+    time: float
+    method: str
+    scheme: str
+    host: str
+    host_header: str  # '' when not sent
+    port: int | None
+    path: str
+    url: str
+    pretty_url: str | None  # the URL as ~u sees it, when it differs from url
+    status: int | None
+    request_type: str  # every Content-Type value, one per line ('' when none)
+    response_type: str
+    request_size: int
+    response_size: int | None
+    duration: float | None
+    source: str
+    error: str | None
+    websocket: int | None
+    files: int
+
+    def summary(self) -> dict[str, Any]:
+        """The fields ``flowtap search --json`` prints."""
+        return {
+            "id": self.id, "session": self.session, "time": self.time, "method": self.method,
+            "status": self.status, "host": self.host, "path": self.path, "url": self.url,
+            "request_size": self.request_size, "response_size": self.response_size,
+            "duration": self.duration,
+            "content_type": self.response_type.split("\n")[0] or None,
+            "source": self.source, "error": self.error,
+        }  # fmt: skip
+
+
+class Store:
+    """A session store opened for reading (see :func:`flowtap.open_store`).
+
+    >>> with flowtap.open_store() as store:
+    ...     session = store.session("last")
+    ...     posts = list(store.flows("~m POST & ~d api.example.com", session=session.id))
+
+    Reads see what was committed when each query began; a capture may be
+    writing meanwhile.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = db.resolve_path(path)
+        self._conn = db.connect(self.path, write=False)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot read the store: {exc}") from None
+
+    # -- sessions ------------------------------------------------------------------------
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every stored session, newest first."""
+        rows = self._execute(
+            f"SELECT {_SESSION_COLUMNS}, (SELECT count(*) FROM flows WHERE session = s.id) "
+            "FROM sessions s ORDER BY started DESC, rowid DESC").fetchall()
+        return [self._session(row) for row in rows]
+
+    def _session(self, row: tuple) -> SessionInfo:
+        sid, name, started, ended, state, pid, recorded, filtered, paused, received, config, flows = row
+        if state in ("running", "paused") and not pid_alive(pid):
+            state = "interrupted"
+        try:
+            config = json.loads(config)
+        except ValueError:
+            config = {}
+        return SessionInfo(sid, name, started, ended, state, pid, flows, recorded, filtered, paused,
+                           received, config)
+
+    def session(self, ref: str, unique: bool = False) -> SessionInfo:
+        """The session ``ref`` names: an id, a unique id prefix, a name, or ``last``.
+
+        A name several sessions share means the newest of them, unless
+        ``unique`` (then it is an error).
+
+        :raises StoreError: no such session, or an ambiguous reference.
+        """
+        sessions = self.sessions()
+        if ref == "last":
+            if not sessions:
+                raise StoreError(f"{self.path}: no sessions recorded yet")
+            return sessions[0]
+        for candidates in (
+            [s for s in sessions if s.id == ref],
+            [s for s in sessions if s.name == ref],
+            [s for s in sessions if len(ref) >= 4 and s.id.startswith(ref)],
+        ):
+            if len(candidates) == 1 or (candidates and not unique and candidates[0].name == ref):
+                return candidates[0]
+            if candidates:
+                ids = ", ".join(s.id for s in candidates[:5])
+                raise StoreError(f"session {ref!r} is ambiguous: {len(candidates)} sessions match ({ids}); "
+                                 "use an id")
+        raise StoreError(f"no session {ref!r} in {self.path} (`flowtap sessions` lists them)")
+
+    def events(self, session: str) -> list[Event]:
+        """Pauses, resumes, clears and markers of a session, in order."""
+        rows = self._execute("SELECT time, kind, text FROM events WHERE session = ? ORDER BY time, rowid",
+                             (session,))
+        return [Event(*row) for row in rows]
+
+    def hosts(self, session: str, limit: int = 5) -> list[tuple[str, int]]:
+        """The hosts a session's flows went to most, with their counts."""
+        rows = self._execute("SELECT host, count(*) AS n FROM flows WHERE session = ? GROUP BY host "
+                             "ORDER BY n DESC, host LIMIT ?", (session, limit))
+        return [(host, n) for host, n in rows]
+
+    # -- flows ---------------------------------------------------------------------------------
+
+    def rows(self, expression: str | None = None, session: str | SessionInfo | None = None, limit: int | None = None,
+             newest_first: bool = False) -> Iterator[FlowRow]:
+        """The searchable fields of the flows matching ``expression``.
+
+        :param expression: a mitmproxy filter expression; None: every flow.
+        :param session: only this session's flows: a :class:`SessionInfo`, or an id,
+            name or ``last`` as for :meth:`session`.
+        :param limit: at most this many.
+        :param newest_first: the most recently recorded first (else recording order).
+        :raises FilterError: the expression is invalid.
+        """
+        for row, _ in self._select(expression, session, limit, newest_first, load=False):
+            yield row
+
+    def flows(self, expression: str | None = None, session: str | SessionInfo | None = None, limit: int | None = None,
+              newest_first: bool = False) -> Iterator[Flow]:
+        """The :class:`flowtap.Flow` objects matching ``expression`` (arguments as for :meth:`rows`)."""
+        for row, flow in self._select(expression, session, limit, newest_first, load=True):
+            yield flow if flow is not None else self._load(row.seq)
+
+    def flow(self, ref: str) -> Flow:
+        """The stored flow with this id (or unique id prefix)."""
+        return self._load(self.find(ref).seq)
+
+    def find(self, ref: str) -> FlowRow:
+        """The :class:`FlowRow` of the flow with this id (or unique id prefix).
+
+        :raises StoreError: no such flow, or several match the prefix.
+        """
+        cols = ", ".join(f"f.{c}" for c in db.FLOW_COLUMNS)
+        rows = self._execute(f"SELECT {cols} FROM flows f WHERE f.id = ? LIMIT 2", (ref,)).fetchall()
+        if not rows and ref:
+            rows = self._execute(f"SELECT {cols} FROM flows f WHERE f.id >= ? AND f.id < ? LIMIT 2",
+                                 (ref, ref + "\U0010ffff")).fetchall()
+        if not rows:
+            raise StoreError(f"no flow {ref!r} in {self.path} (`flowtap search` lists flows with their ids)")
+        if len(rows) > 1:
+            raise StoreError(f"flow id {ref!r} is ambiguous: several flows start with it; give more of the id")
+        return FlowRow(*rows[0])
+
+    def count(self, session: str | None = None) -> int:
+        """How many flows are stored (in one session, or in all)."""
+        if session is None:
+            return self._execute("SELECT count(*) FROM flows").fetchone()[0]
+        return self._execute("SELECT count(*) FROM flows WHERE session = ?", (session,)).fetchone()[0]
+
+    def _load(self, seq: int) -> Flow:
+        row = self._execute("SELECT data, request_body, response_body FROM contents WHERE seq = ?",
+                            (seq,)).fetchone()
+        if row is None:
+            raise StoreError(f"{self.path}: the flow stored as #{seq} has no contents (the store is damaged)")
+        return db.load_flow(self.path, *row)
+
+    def _select(self, expression: str | None, session: str | SessionInfo | None, limit: int | None,
+                newest_first: bool, load: bool) -> Iterator[tuple[FlowRow, Flow | None]]:
+        plan = query.plan(expression)
+        if session is not None:
+            session = session.id if isinstance(session, SessionInfo) else self.session(session).id
+        for name, (nargs, fn) in plan.functions.items():
+            self._conn.create_function(name, nargs, fn, deterministic=True)
+        cols = ", ".join(f"f.{c}" for c in db.FLOW_COLUMNS)
+        sql = f"SELECT {cols}, {TRUE if plan.exact else plan.sure}"
+        if plan.exact and not plan.needs_contents:
+            sql += " FROM flows f"
+        else:  # the contents come along for the rows Python must check
+            sql += ", c.data, c.request_body, c.response_body FROM flows f JOIN contents c ON c.seq = f.seq"
+        where, params = [plan.maybe], []
+        if session is not None:
+            where.append("f.session = ?")
+            params.append(session)
+        sql += " WHERE " + " AND ".join(where) + f" ORDER BY f.seq {'DESC' if newest_first else 'ASC'}"
+        if plan.exact and limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        if limit is not None and limit <= 0:
+            return
+        found = 0
+        # A cursor of its own: loading a flow mid-iteration must not reset this one.
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot read the store: {exc}") from None
+        width = len(db.FLOW_COLUMNS)
+        for values in cursor:
+            row, sure = FlowRow(*values[:width]), values[width]
+            flow = None
+            if not sure:
+                flow = db.load_flow(self.path, *values[width + 1:])
+                if not plan.predicate(flow):
+                    continue
+            yield row, flow
+            found += 1
+            if limit is not None and found >= limit:
+                return
+
+
+def open_store(path: str | os.PathLike | None = None) -> Store:
+    """Open the session store for reading: list sessions, iterate flows matching a filter.
+
+    :param path: the database; default ``[store] path``'s default, ``flowtap.db``
+        in the user data directory (``$FLOWTAP_DATA_DIR`` if set).
+    :raises StoreError: no store there, not a flowtap store, or from a newer flowtap.
+    """
+    return Store(path)

@@ -1,0 +1,242 @@
+"""Stored sessions and flows as text: tables, a flow in full, curl commands."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flowtap.model import Flow, Request, Response
+    from flowtap.store.reader import Event, FlowRow, SessionInfo
+
+_TEXT_TYPES = ("json", "xml", "javascript", "ecmascript", "x-www-form-urlencoded", "graphql", "yaml", "csv")
+
+
+def when(timestamp: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    return "-" if timestamp is None else time.strftime(fmt, time.localtime(timestamp))
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(n)
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+
+def sessions_table(sessions: list[SessionInfo]) -> list[str]:
+    rows = [("ID", "NAME", "STARTED", "DURATION", "STATE", "FLOWS")]
+    for s in sessions:
+        end = s.ended if s.ended is not None else (None if not s.live else time.time())
+        rows.append((s.id, s.name, when(s.started), duration(None if end is None else end - s.started),
+                     s.state, str(s.flows)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) if i == 5 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
+
+
+def session_details(s: SessionInfo, events: list[Event], hosts: list[tuple[str, int]]) -> list[str]:
+    end = s.ended if s.ended is not None else (time.time() if s.live else None)
+    lines = [
+        f"session {s.name!r} ({s.id})",
+        f"  state:    {s.state}" + (f" (recorded by pid {s.pid})" if s.live else ""),
+        f"  started:  {when(s.started)}",
+        f"  ended:    {when(s.ended)}" + (f" ({duration(end - s.started)})" if end is not None else ""),
+        f"  flows:    {s.flows} stored; {s.received} received: {s.recorded} recorded, "
+        f"{s.filtered} filtered out, {s.paused} while paused",
+    ]
+    config_file = (s.config or {}).get("file")
+    lines.append(f"  config:   {config_file or '(none: defaults and --set)'}")
+    if hosts:
+        lines.append("  hosts:    " + ", ".join(f"{host or '-'} ({n})" for host, n in hosts))
+    if events:
+        lines.append("  events:")
+        for e in events:
+            text = f"  {e.text!r}" if e.text else ""
+            lines.append(f"    {when(e.time)}  {e.kind}{text}")
+    return lines
+
+
+# -- flows -------------------------------------------------------------------------------------
+
+FLOW_HEADER = ("ID", "TIME", "METHOD", "STATUS", "HOST", "PATH", "SIZE", "DURATION")
+
+
+def flow_cells(row: FlowRow, id_width: int = 12) -> tuple[str, ...]:
+    status = str(row.status) if row.status is not None else ("ERR" if row.error else "-")
+    return (row.id[:id_width], when(row.time, "%m-%d %H:%M:%S"), row.method, status, row.host, row.path,
+            size(row.response_size), "-" if row.duration is None else f"{row.duration:.0f}ms")
+
+
+def flow_line(cells: tuple[str, ...]) -> str:
+    ident, at, method, status, host, path, length, took = cells
+    return f"{ident:<12}  {at:<14}  {method:<7} {status:>6}  {length:>8} {took:>8}  {host} {path}"
+
+
+def header_line() -> str:
+    ident, at, method, status, host, path, length, took = FLOW_HEADER
+    return f"{ident:<12}  {at:<14}  {method:<7} {status:>6}  {length:>8} {took:>8}  {host} {path}"
+
+
+def is_text(message: Request | Response) -> bool:
+    """Whether a body is text to show (by its Content-Type, else by its bytes)."""
+    ct = message.content_type
+    if ct.startswith("text/") or ct.endswith(("+json", "+xml")) or any(t in ct for t in _TEXT_TYPES):
+        return True
+    if ct:
+        return False
+    try:
+        text = message.body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return "\x00" not in text
+
+
+def body_text(message: Request | Response) -> str:
+    """The body for reading: decoded with its charset, JSON indented."""
+    text = message.text()
+    if "json" in message.content_type or (not message.content_type and text.lstrip()[:1] in ("{", "[")):
+        try:
+            return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        except ValueError:
+            pass
+    return text
+
+
+def _message_lines(first: str, message: Request | Response, raw: bool) -> tuple[list[str], bytes | None]:
+    lines = [first, *(f"{k}: {v}" for k, v in message.headers.fields), ""]
+    note = None
+    if message.truncated:
+        note = f"[body truncated: {len(message.body)} of {message.body_size} bytes kept]"
+    if raw:
+        return lines + ([note] if note else []), message.body
+    if message.body:
+        if is_text(message):
+            lines.append(body_text(message))
+        else:
+            kind = message.content_type or "unknown type"
+            lines.append(f"[{len(message.body)} bytes of {kind}; `flowtap show --raw` prints them as they are]")
+    elif message.body_size:
+        lines.append(f"[body not captured: {message.body_size} bytes]")
+    if note:
+        lines.append(note)
+    return lines, None
+
+
+def flow_parts(flow: Flow, row: FlowRow, session: SessionInfo | None, raw: bool = False) -> list[str | bytes]:
+    """``flowtap show``: a summary, the request, the response; bytes where ``raw`` wants them as they are."""
+    t = flow.timings
+    took = "-" if t.duration is None else f"{t.duration:.0f} ms"
+    where = f"session {session.name!r} ({session.id})" if session else f"session {row.session}"
+    out: list[str | bytes] = [f"flow {flow.id}  {where}  source {flow.source}",
+                              f"{when(t.start)}  {took}"]
+    phases = [f"{name} {getattr(t, name):.0f}ms" for name in ("dns", "connect", "tls", "send", "wait", "receive")
+              if getattr(t, name) is not None]
+    if phases:
+        out[-1] += "  (" + ", ".join(phases) + ")"
+    peers = []
+    if flow.client_address:
+        peers.append(f"client {flow.client_address[0]}:{flow.client_address[1]}")
+    if flow.server_address:
+        peers.append(f"server {flow.server_address[0]}:{flow.server_address[1]}"
+                     + (f" ({flow.server_ip})" if flow.server_ip and flow.server_ip != flow.server_address[0] else ""))
+    if flow.tls:
+        peers.append("TLS " + " ".join(v for v in (flow.tls.version, flow.tls.alpn, flow.tls.cipher) if v))
+    if peers:
+        out.append("  ".join(peers))
+    if flow.error:
+        out.append(f"error: {flow.error}")
+    out.append("")
+    req = flow.request
+    lines, body = _message_lines(f"{req.method} {req.url} {req.http_version}", req, raw)
+    out += lines
+    if body:
+        out.append(body)
+    if flow.response is not None:
+        resp = flow.response
+        out.append("")
+        lines, body = _message_lines(f"{resp.http_version} {resp.status_code} {resp.reason}".rstrip(), resp, raw)
+        out += lines
+        if body:
+            out.append(body)
+    if flow.websocket:
+        out += ["", f"WebSocket: {len(flow.websocket)} messages"]
+        for m in flow.websocket:
+            arrow = "->" if m.from_client else "<-"
+            content = m.content.decode("utf-8", "replace") if m.is_text else f"[{len(m.content)} bytes]"
+            out.append(f"  {when(m.timestamp, '%H:%M:%S')} {arrow} {content}")
+    return out
+
+
+# -- curl ------------------------------------------------------------------------------------------
+
+
+def _ansi_c(data: bytes) -> str:
+    """Bytes as a bash/zsh ``$'...'`` string on one line (UTF-8 text stays readable)."""
+    try:
+        chars = list(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        chars = [chr(b) if b < 128 else f"\\x{b:02x}" for b in data]
+    names = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    out = [names.get(c) or (f"\\x{ord(c):02x}" if len(c) == 1 and (ord(c) < 32 or ord(c) == 127) else c)
+           for c in chars]
+    return "$'" + "".join(out) + "'"
+
+
+def curl(flow: Flow) -> str:
+    """A curl command line that sends the flow's request again."""
+    req = flow.request
+    args, lines = ["curl"], []
+    if req.method == "HEAD":
+        args.append("--head")
+    elif req.method != ("POST" if req.body else "GET"):
+        args += ["-X", req.method]
+    authority = req.host if req.port in (None, {"http": 80, "https": 443}.get(req.scheme)) else f"{req.host}:{req.port}"
+    for name, value in req.headers.fields:
+        lower = name.lower()
+        if name.startswith(":") or lower in ("content-length", "transfer-encoding") or (
+                lower == "host" and value.lower() == authority.lower()):
+            continue
+        if lower == "accept-encoding":
+            args.append("--compressed")
+        else:
+            args += ["-H", f"{name}: {value}"]
+    quoted = [shlex.quote(a) for a in args] + [shlex.quote(req.url)]
+    prefix = ""
+    if req.body:
+        try:
+            text = req.body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and all(" " <= c != "\x7f" for c in text):
+            quoted += ["--data-raw", shlex.quote(text)]
+        elif b"\0" in req.body:  # a shell string cannot hold NUL: printf writes the bytes
+            escaped = "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\0{b:03o}" for b in req.body)
+            prefix = f"printf %b {shlex.quote(escaped)} | "
+            quoted += ["--data-binary", "@-"]
+        else:
+            quoted += ["--data-binary", _ansi_c(req.body)]
+    if req.truncated:
+        lines.append(f"# {req.method} {req.url}: the body was truncated when captured "
+                     f"({len(req.body)} of {req.body_size} bytes)")
+    lines.append(prefix + " ".join(quoted))
+    return "\n".join(lines)

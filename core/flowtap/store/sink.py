@@ -1,0 +1,299 @@
+"""The store sink: every kept flow into the session store, committed in batches.
+
+``write`` turns a flow into its rows (big bodies go to files at once) and
+buffers them. ``flush``, which the dispatcher calls after every batch it
+handles, commits the buffer in one transaction when ``[store]
+batch_interval`` has passed since the last commit (or 256 rows are
+waiting); otherwise a committer thread commits it when the interval is up.
+Under load a transaction carries many flows; at any rate a recorded flow is
+committed within about ``batch_interval``. Pauses, resumes, clears, markers
+and the end commit at once. WAL mode with ``synchronous = NORMAL``: a
+killed process loses nothing that was committed, and the database stays whole.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from flowtap.api import Sink, SinkError
+from flowtap.plugins import hookimpl
+from flowtap.store import db
+from flowtap.store.db import StoreError
+from flowtap.store.reader import pid_alive
+
+if TYPE_CHECKING:
+    from flowtap.capture import Capture
+    from flowtap.config import Config
+    from flowtap.model import Flow
+    from flowtap.session import Session
+
+log = logging.getLogger("flowtap.store")
+
+
+def config_json(config: Config | None) -> str:
+    """What a session row keeps of the config: the file and the tables as written."""
+    if config is None:
+        return "{}"
+    data = {"file": str(config.path) if config.path else None, "tables": config.raw}
+    return json.dumps(data, default=str)
+
+
+class StoreSink(Sink):
+    """Writes each session, its events and its flows into the ``[store]`` database."""
+
+    def __init__(self, options: dict[str, Any], config: Config | None = None) -> None:
+        self.path = db.resolve_path(options["path"])
+        self.threshold: int = options["body_file_threshold"]
+        self.interval: float = options["batch_interval"] or 0.0
+        self.config = config_json(config)
+        self.session: Session | None = None
+        self.conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[list[Any], str, bytes | None, bytes | None, int]] = []
+        self._marks: collections.deque[tuple[float, str]] = collections.deque()
+        self._counts: tuple[int, ...] | None = None
+        self._started = False
+        self._events = 0  # pauses, resumes, clears and marks so far
+        # The connection and the buffer are shared with the committer thread.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._deadline: float | None = None  # when the committer commits the buffer
+        self._last_commit = float("-inf")  # the first flush commits at once
+        self._committer: threading.Thread | None = None
+        self._closing = False
+
+    # -- flowtap.Sink --------------------------------------------------------------
+
+    def open(self, session: Session) -> None:
+        try:
+            self.conn = db.connect(self.path, write=True)
+        except StoreError as exc:
+            raise SinkError(f"{exc}; set [store] path to another file, or [store] enabled = false") from None
+        self.session = session
+        try:
+            with self._transaction():
+                self._close_interrupted()
+                self.conn.execute(
+                    "INSERT INTO sessions (id, name, started, state, pid, config) VALUES (?, ?, ?, ?, ?, ?)",
+                    (session.id, session.name, session.started, session.state.value, os.getpid(), self.config))
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise SinkError(f"{self.path}: cannot write the store: {exc}") from None
+        if self.interval:
+            self._committer = threading.Thread(target=self._commit_when_due, name="flowtap-store", daemon=True)
+            self._committer.start()
+
+    def write(self, flow: Flow) -> None:
+        files = 0
+        request_body: bytes | None = flow.request.body
+        if len(request_body) > self.threshold:
+            request_body, files = None, db.REQUEST_FILE
+            request_file = self._body_file(flow.request.body, "request")
+        else:
+            request_file = None
+        response_body = response_file = None
+        if flow.response is not None:
+            response_body = flow.response.body
+            if len(response_body) > self.threshold:
+                response_file = self._body_file(response_body, "response")
+                response_body, files = None, files | db.RESPONSE_FILE
+        row = (db.flow_columns(flow), db.flow_data(flow, request_file, response_file), request_body,
+               response_body, files)
+        with self._lock:
+            self._pending.append(row)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self.conn is None:
+                return
+            due = self._last_commit + self.interval
+            if self._marks or (self._pending and (time.monotonic() >= due or len(self._pending) >= 256)):
+                self._commit()
+            elif self._deadline is None and self._dirty():  # flows to hold back, or only new counts
+                self._deadline = due
+                self._wake.notify()
+
+    def _dirty(self) -> bool:
+        c = self.session.counts
+        return bool(self._pending or self._marks) or (c.recorded, c.filtered, c.paused, c.received) != self._counts
+
+    def _commit_when_due(self) -> None:
+        """The committer thread: commits the buffer when its deadline comes."""
+        with self._lock:
+            while not self._closing:
+                if self._deadline is None:
+                    self._wake.wait()
+                elif (delay := self._deadline - time.monotonic()) > 0:
+                    self._wake.wait(delay)
+                else:
+                    self._deadline = None
+                    try:
+                        self._commit()
+                    except Exception:  # the rows stay buffered; the next flush tries again
+                        log.exception("%s: cannot write the store", self.path)
+
+    def _commit(self) -> None:
+        """Commit what is buffered, the marks and the counts, in one transaction (lock held)."""
+        session, conn = self.session, self.conn
+        if session is None or conn is None:
+            return
+        self._deadline = None
+        if self._pending:  # the interval is between commits of flows
+            self._last_commit = time.monotonic()
+        c = session.counts
+        counts = (c.recorded, c.filtered, c.paused, c.received)
+        if not self._pending and not self._marks and counts == self._counts:
+            return
+        pending, marks = self._pending, []
+        while self._marks:
+            marks.append(self._marks.popleft())
+        try:
+            with self._transaction():
+                if pending:
+                    seq = conn.execute("SELECT coalesce(max(seq), 0) FROM flows").fetchone()[0]
+                    flows, contents = [], []
+                    for seq, (columns, data, request_body, response_body, files) in enumerate(pending, seq + 1):
+                        flows.append((seq, columns[0], session.id, *columns[1:], files))
+                        contents.append((seq, data, request_body, response_body))
+                    conn.executemany(db.INSERT_FLOW, flows)
+                    conn.executemany(db.INSERT_CONTENT, contents)
+                conn.executemany("INSERT INTO events (session, time, kind, text) VALUES (?, ?, 'mark', ?)",
+                                 [(session.id, when, text) for when, text in marks])
+                self._events += len(marks)
+                conn.execute("UPDATE sessions SET recorded = ?, filtered = ?, paused = ?, received = ? "
+                             "WHERE id = ?", (*counts, session.id))
+        except BaseException:
+            self._marks.extendleft(reversed(marks))  # kept for the next flush
+            raise
+        self._pending = []
+        self._counts = counts
+
+    def close(self) -> None:
+        if self._committer is not None:
+            with self._lock:
+                self._closing = True
+                self._wake.notify()
+            self._committer.join()
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            self._commit()
+            session = self.session
+            with self._transaction():
+                if self._started and (session.counts.received or self._events):
+                    self.conn.execute("UPDATE sessions SET state = 'ended', ended = ? WHERE id = ?",
+                                      (session.ended or time.time(), session.id))
+                else:  # it never ran (a sink or source failed to start), or nothing happened in it
+                    self.conn.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
+        finally:
+            self.conn.close()
+            self.conn = None
+
+    # -- session events -------------------------------------------------------------------
+
+    @hookimpl
+    def flowtap_session_start(self, session: Session) -> None:
+        if session is self.session:
+            self._started = True
+
+    @hookimpl
+    def flowtap_session_pause(self, session: Session) -> None:
+        self._event(session, "pause", "paused")
+
+    @hookimpl
+    def flowtap_session_resume(self, session: Session) -> None:
+        self._event(session, "resume", "running")
+
+    @hookimpl
+    def flowtap_session_clear(self, session: Session) -> None:
+        """Forget the session's flows, as Postman's clear does; the session row and its events stay."""
+        with self._lock:
+            if session is not self.session or self.conn is None:
+                return
+            self._pending = []
+            with self._transaction():
+                self.conn.execute("DELETE FROM flows WHERE session = ?", (session.id,))
+                self._record(session, "clear")
+            self._commit()  # the counts, reset by the clear
+            shutil.rmtree(db.bodies_dir(self.path) / session.id, ignore_errors=True)
+
+    def mark(self, text: str) -> None:
+        """Add a marker to the session (any thread); it is written at the next flush."""
+        self._marks.append((time.time(), text))
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _event(self, session: Session, kind: str, state: str) -> None:
+        with self._lock:
+            if session is not self.session or self.conn is None:
+                return
+            self._commit()
+            with self._transaction():
+                self.conn.execute("UPDATE sessions SET state = ? WHERE id = ?", (state, session.id))
+                self._record(session, kind)
+
+    def _record(self, session: Session, kind: str) -> None:
+        self.conn.execute("INSERT INTO events (session, time, kind) VALUES (?, ?, ?)",
+                          (session.id, time.time(), kind))
+        self._events += 1
+
+    def _transaction(self):
+        return _Transaction(self.conn)
+
+    def _body_file(self, body: bytes, part: str) -> str:
+        """Write a body beside the database; its name relative to the bodies directory."""
+        name = f"{self.session.id}/{secrets.token_hex(8)}.{part}"
+        target = db.bodies_dir(self.path) / name
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body)
+        return name
+
+    def _close_interrupted(self) -> None:
+        """Mark sessions whose process died without ending them as interrupted."""
+        rows = self.conn.execute("SELECT id, pid FROM sessions WHERE state IN ('running', 'paused')").fetchall()
+        for sid, pid in rows:
+            if pid != os.getpid() and not pid_alive(pid):
+                self.conn.execute(
+                    "UPDATE sessions SET state = 'interrupted', ended = coalesce("
+                    "(SELECT max(time) FROM flows WHERE session = ?), started) WHERE id = ?", (sid, sid))
+
+
+def mark(capture: Capture, text: str, timeout: float = 10) -> bool:
+    """Add a marker to the running session of ``capture``, after what happened before it.
+
+    Kept by the session store (``flowtap sessions show`` lists it); False
+    when the store is off. Returns once the marker is written.
+    """
+    capture.dispatcher.sync(timeout)  # pauses, resumes and clears called before it come first
+    stores = [sink for _, sink in capture.dispatcher.sinks if isinstance(sink, StoreSink)]
+    for sink in stores:
+        sink.mark(text)
+    capture.dispatcher.sync(timeout)
+    return bool(stores)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on an exception."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -1,0 +1,328 @@
+"""The store from the command line: sessions, search, show, export (through bundled and third-party
+sinks, and as curl commands run against a real server), errors, and what survives `kill -9`."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import flowtap
+import flowtap.store
+from flowtap import serialize
+from flowtap.cli import main
+from flowtap.store import db
+from flowtap.testing import capture, make_flow
+
+from fakedist import make_distribution, stream_source
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(64))
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    """Two sessions, "morning" (with a marker, a big body in a file) and "evening", in a store."""
+    path = tmp_path / "store.db"
+    config = {"store": {"path": str(path), "body_file_threshold": "1kb"}, "session": {"name": "morning"},
+              "sinks": {"har": {"path": str(tmp_path / "live-{session}.har")}}}
+    with capture("har", config=config) as cap:
+        cap.feed(make_flow(url="https://api.example.com/users", method="POST", status=201,
+                           request_body='{"name":"ann","tags":["a","b"]}', response_body='{"id":7}'),
+                 make_flow(url="https://api.example.com/users/7", response_body=b'{"id":7,"name":"ann"}'))
+        flowtap.store.mark(cap.capture, "logged in")
+        cap.feed(make_flow(url="https://cdn.example.com/logo.png", response_body=PNG,
+                           response_headers=[("Content-Type", "image/png")]),
+                 make_flow(url="https://api.example.com/report", response_body=b"x" * 5000,
+                           response_headers=[("Content-Type", "text/plain")]),
+                 make_flow(url="https://api.example.com/down", status=None, error="connection refused"))
+        morning = cap.session.id
+        cap.capture.begin(name="evening")
+        cap.feed(make_flow(url="https://shop.test/cart", method="DELETE", status=404))
+        evening = cap.session.id
+    return path, morning, evening
+
+
+def test_sessions_lists_newest_first_and_shows_one(recorded, capsys):
+    path, morning, evening = recorded
+    code, out, _ = cli(capsys, "--set", f"store.path={path}", "sessions")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["ID", "NAME", "STARTED", "DURATION", "STATE", "FLOWS"]
+    assert [line.split()[:2] for line in lines[1:]] == [[evening, "evening"], [morning, "morning"]]
+    assert lines[1].split()[-2:] == ["ended", "1"] and lines[2].split()[-2:] == ["ended", "5"]
+    code, out, _ = cli(capsys, "sessions", "show", "morning", "--set", f"store.path={path}")
+    assert code == 0 and f"session 'morning' ({morning})" in out
+    assert "5 stored; 5 received: 5 recorded, 0 filtered out, 0 while paused" in out
+    assert "api.example.com (4), cdn.example.com (1)" in out and "mark  'logged in'" in out
+    code, out, _ = cli(capsys, "sessions", "show", "last", "--json", "--set", f"store.path={path}")
+    assert json.loads(out)["id"] == evening
+
+
+def test_search_prints_a_table_or_json_lines(recorded, capsys):
+    path, morning, _ = recorded
+    store = ("--set", f"store.path={path}")
+    code, out, _ = cli(capsys, "search", "~d api.example.com & !~e", "--session", "morning", *store)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["ID", "TIME", "METHOD", "STATUS", "SIZE", "DURATION", "HOST", "PATH"]
+    assert [line.split()[-1] for line in lines[1:]] == ["/report", "/users/7", "/users"]  # newest first
+    assert lines[-1].split()[3:6] == ["POST", "201", "8B"]
+    code, out, _ = cli(capsys, "search", "--json", "--limit", "2", *store)
+    found = [json.loads(line) for line in out.splitlines()]
+    assert [f["path"] for f in found] == ["/cart", "/down"]
+    assert found[1]["status"] is None and found[1]["error"] == "connection refused"
+    code, out, err = cli(capsys, "search", "~c 999", *store)
+    assert code == 0 and out == "" and "no flows in the store match '~c 999'" in err
+
+
+def test_show_pretty_prints_text_and_keeps_raw_bytes(recorded, capsys):
+    path, morning, _ = recorded
+    store = ("--set", f"store.path={path}")
+    with flowtap.open_store(path) as s:
+        post, png = next(s.rows("~m POST")), next(s.rows("~t png"))
+    code, out, _ = cli(capsys, "show", post.id[:10], *store)
+    assert code == 0 and f"flow {post.id}  session 'morning' ({morning})" in out
+    assert "POST https://api.example.com/users HTTP/1.1\nHost: api.example.com\n" in out
+    assert '{\n  "name": "ann",\n  "tags": [\n    "a",\n    "b"\n  ]\n}' in out
+    assert "HTTP/1.1 201" in out and '{\n  "id": 7\n}' in out
+    code, out, _ = cli(capsys, "show", png.id, *store)
+    assert f"[{len(PNG)} bytes of image/png; `flowtap show --raw` prints them as they are]" in out
+    raw = subprocess.run([sys.executable, "-m", "flowtap", "show", png.id, "--raw", *store],
+                         capture_output=True, timeout=30)
+    assert raw.returncode == 0 and PNG in raw.stdout
+    code, out, _ = cli(capsys, "show", post.id, "--json", *store)
+    data = json.loads(out)
+    assert data["session"] == morning and serialize.flow_from_dict(data) == next(
+        flowtap.open_store(path).flows("~m POST"))
+
+
+def test_export_through_a_bundled_sink_is_what_live_capture_wrote(recorded, tmp_path, capsys):
+    path, morning, _ = recorded
+    out_path = tmp_path / "exported.har"
+    code, out, err = cli(capsys, "export", "morning", "--sink", "har", "-o", str(out_path),
+                         "--set", f"store.path={path}")
+    assert code == 0, err
+    assert f"exported 5 flows of session 'morning' ({morning}) through 'har' to {out_path}" in out
+    live, exported = (json.loads((tmp_path / name).read_text()) for name in ("live-morning.har", "exported.har"))
+    assert len(exported["log"]["entries"]) == 5
+    assert exported["log"]["entries"] == live["log"]["entries"]
+    code, out, _ = cli(capsys, "export", morning, "--sink", "har", "-o", str(out_path), "--filter", "~t png",
+                       "--set", f"store.path={path}")
+    entries = json.loads(out_path.read_text())["log"]["entries"]
+    assert code == 0 and [e["request"]["url"] for e in entries] == ["https://cdn.example.com/logo.png"]
+    with flowtap.open_store(path) as s:  # the export did not record itself into the store
+        assert len(s.sessions()) == 2
+
+
+JSONL_SINK = '''
+import flowtap
+from flowtap import serialize
+
+
+class Jsonl(flowtap.Sink):
+    def __init__(self, options):
+        self.template = options["path"]
+
+    def open(self, session):
+        from flowtap.paths import expand_path
+        self.file = open(expand_path(self.template, session), "w")
+        self.file.write(session.name + "\\n")
+
+    def write(self, flow):
+        self.file.write(serialize.dumps(flow) + "\\n")
+
+    def close(self):
+        self.file.close()
+
+
+class Pathless(flowtap.Sink):
+    def __init__(self, options):
+        pass
+
+    def write(self, flow):
+        pass
+
+
+@flowtap.hookimpl
+def flowtap_config_options(declare):
+    declare("sinks.jsonl", flowtap.Option("path", str, "flows.jsonl", "Where."))
+
+
+@flowtap.hookimpl
+def flowtap_register_sinks(register):
+    register("jsonl", Jsonl)
+    register("pathless", Pathless)
+'''
+
+
+def test_export_through_a_third_party_sink(recorded, tmp_path, capsys, monkeypatch):
+    path, morning, _ = recorded
+    site = make_distribution(tmp_path / "site", "flowtap-jsonl", {"jsonl": "flowtap_jsonl"},
+                             {"flowtap_jsonl": JSONL_SINK})
+    monkeypatch.syspath_prepend(str(site))
+    out_path = tmp_path / "x.jsonl"
+    code, _, err = cli(capsys, "export", "morning", "--sink", "jsonl", "-o", str(out_path),
+                       "--set", f"store.path={path}")
+    assert code == 0, err
+    name, *lines = out_path.read_text().splitlines()
+    with flowtap.open_store(path) as s:
+        assert name == "morning" and [serialize.loads(line) for line in lines] == list(s.flows(session=morning))
+    code, _, err = cli(capsys, "export", "morning", "--sink", "pathless", "-o", "x", "--set", f"store.path={path}")
+    assert code == 2 and err.strip() == (
+        "flowtap: error: sink 'pathless' has no path option in [sinks.pathless]: "
+        "it does not write a file to export to")
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_any(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.seen.append((self.command, self.path, dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_any
+
+    def log_message(self, *args):
+        pass
+
+
+def test_export_as_curl_sends_the_same_requests(tmp_path, capsys):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    path = tmp_path / "s.db"
+    binary = bytes(range(256))
+    pdf = b"%PDF-1.4 \xe2\xe3\xcf\xd3 it's\n\\x41"  # binary without NUL
+    with capture(config={"store": {"path": str(path)}}) as cap:
+        cap.feed(make_flow(url=f"{base}/items?q=a%20b&x='quote'", method="PUT", request_body="it's {\"a\": 1}\n",
+                           request_headers=[("Host", f"127.0.0.1:{server.server_port}"), ("X-Trace", "t 1"),
+                                            ("Content-Type", "application/json")]),
+                 make_flow(url=f"{base}/upload", method="POST", request_body=binary,
+                           request_headers=[("Content-Type", "application/octet-stream")]),
+                 make_flow(url=f"{base}/gone", method="DELETE"),
+                 make_flow(url=f"{base}/doc", method="POST", request_body=pdf,
+                           request_headers=[("Content-Type", "application/pdf")]))
+    try:
+        code, out, _ = cli(capsys, "export", "last", "--format", "curl", "--set", f"store.path={path}")
+        assert code == 0 and len(out.splitlines()) == 4
+        for command in out.splitlines():
+            subprocess.run(["bash", "-c", command + " --silent --show-error --max-time 10"], check=True,
+                           timeout=30, capture_output=True)
+    finally:
+        server.shutdown()
+    (m1, p1, h1, b1), (m2, p2, h2, b2), (m3, p3, _, b3), (_, _, _, b4) = _Recorder.seen
+    assert (m1, p1, h1["X-Trace"], h1["Content-Type"], b1) == (
+        "PUT", "/items?q=a%20b&x='quote'", "t 1", "application/json", b"it's {\"a\": 1}\n")
+    assert (m2, p2, h2["Content-Type"], b2) == ("POST", "/upload", "application/octet-stream", binary)
+    assert (m3, p3, b3) == ("DELETE", "/gone", b"")
+    assert b4 == pdf
+
+
+def test_rename_and_delete(recorded, capsys):
+    path, morning, evening = recorded
+    store = ("--set", f"store.path={path}")
+    assert db.bodies_dir(path).joinpath(morning).is_dir()
+    code, out, _ = cli(capsys, "sessions", "rename", "morning", "breakfast", *store)
+    assert code == 0 and f"session {morning}: renamed 'morning' to 'breakfast'" in out
+    code, out, _ = cli(capsys, "sessions", "delete", "breakfast", *store)
+    assert code == 0 and f"deleted session 'breakfast' ({morning}) and its 5 flows" in out
+    with flowtap.open_store(path) as s:
+        assert [x.id for x in s.sessions()] == [evening] and s.count() == 1
+        assert s._conn.execute("SELECT count(*) FROM contents").fetchone()[0] == 1
+        assert s._conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+    assert not db.bodies_dir(path).joinpath(morning).exists()
+
+
+def test_a_session_being_recorded_cannot_be_deleted(tmp_path, capsys):
+    path = tmp_path / "s.db"
+    with capture(config={"store": {"path": str(path)}, "session": {"name": "live"}}) as cap:
+        cap.feed(make_flow())
+        code, _, err = cli(capsys, "sessions", "delete", "live", "--set", f"store.path={path}")
+        assert code == 2 and f"is being recorded by pid {os.getpid()}" in err
+
+
+def test_errors_are_one_line_exit_2_and_reads_change_nothing(recorded, tmp_path, capsys):
+    path, morning, _ = recorded
+    store = ("--set", f"store.path={path}")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    for args, message in [
+        (("sessions", "show", "nope"), "no session 'nope'"),
+        (("show", "0123456789"), "no flow '0123456789'"),
+        (("search", "~d ("), "invalid filter expression '~d (': error at column"),
+        (("export", "morning", "--sink", "har", "-o", "x.har", "--filter", "~x"), "invalid filter expression"),
+        (("export", "nope", "--format", "curl"), "no session 'nope'"),
+        (("export", "morning"), "give --sink NAME (with -o PATH) or --format curl"),
+        (("export", "morning", "--sink", "nope", "-o", "x"), "no sink named 'nope'"),
+        (("search", "--limit", "-1"), "--limit -1: expected 0 or more"),
+    ]:
+        code, out, err = cli(capsys, *args, *store)
+        assert (code, err.count("\n"), out) == (2, 1, ""), (args, err)
+        assert err.startswith("flowtap: error: ") and message in err, (args, err)
+    for args in (("sessions",), ("sessions", "show", "last"), ("search", "~b ann"), ("show", "0"),
+                 ("export", "last", "--format", "curl")):
+        cli(capsys, *args, *store)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not sqlite" * 500)
+    newer = tmp_path / "newer.db"
+    conn = sqlite3.connect(newer)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    for target, message in [(garbage, "not a readable flowtap session store"), (newer, "newer flowtap")]:
+        for args in (("sessions",), ("search",), ("sessions", "delete", "x")):
+            code, out, err = cli(capsys, *args, "--set", f"store.path={target}")
+            assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
+    assert garbage.read_bytes() == b"not sqlite" * 500
+    code, out, _ = cli(capsys, "sessions", "--set", f"store.path={tmp_path / 'none.db'}")
+    assert code == 0 and "no sessions recorded yet" in out and not (tmp_path / "none.db").exists()
+
+
+def test_kill_9_keeps_every_flow_recorded_a_second_before(tmp_path):
+    site = stream_source(tmp_path / "site")
+    data = tmp_path / "data"
+    (tmp_path / "flowtap.toml").write_text("[sources.stream]\ninterval = 0.002\n")
+    env = dict(os.environ, PYTHONPATH=str(site), FLOWTAP_DATA_DIR=str(data))
+    proc = subprocess.Popen([sys.executable, "-m", "flowtap", "run", "--name", "doomed"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while "api.test/stream/300 " not in proc.stdout.readline() and time.monotonic() < deadline:
+            pass
+        time.sleep(1.5)  # it keeps capturing, and committing
+        killed_at = time.time()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    path = data / "flowtap.db"
+    with flowtap.open_store(path) as store:
+        assert store._conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        session = store.session("doomed")
+        assert session.state == "interrupted"  # its process is gone
+        stored = list(store.rows(session=session))
+    numbers = [int(row.path.rsplit("/", 1)[1]) for row in stored]
+    assert numbers == list(range(len(numbers)))  # nothing missing in between
+    assert len(numbers) > 300
+    assert stored[-1].time > killed_at - 1.0  # every flow older than a second is there
+    # The next run closes the interrupted session's books, and carries on in the same store.
+    with capture(config={"store": {"path": str(path)}}) as cap:
+        cap.feed(make_flow())
+    with flowtap.open_store(path) as store:
+        doomed = store.session("doomed")
+        assert (doomed.state, doomed.ended) == ("interrupted", stored[-1].time)
