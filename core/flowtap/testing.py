@@ -163,10 +163,13 @@ def capture(
     """A started capture with only the core and ``plugins``; stopped on exit.
 
     :param plugins: plugin objects or modules, or entry-point names (``"har"``).
-    :param config: nested dicts shaped like the TOML file.
+    :param config: nested dicts shaped like the TOML file. The session store
+        stays off unless it has a ``[store]`` table (tests never write to the
+        user's real store).
     :param record: add the ``recorded`` sink (``harness.recorded``).
     """
     config = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (config or {}).items()}
+    config.setdefault("store", {"enabled": False})
     recorder = _Recorder()
     cap = Capture(config, load_entrypoints=False)
     names = [p for p in plugins if isinstance(p, str)]
