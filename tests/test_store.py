@@ -128,7 +128,7 @@ def test_sessions_pause_resume_clear_and_marks_are_kept(tmp_path):
         cap.session.pause()
         cap.feed(make_flow(url="https://a.test/dropped"))
         cap.session.resume()
-        assert flowtap.store.mark(cap.capture, "logged in")
+        assert cap.session.mark("logged in")
         cap.feed(make_flow(url="https://a.test/4", status=500))
         first = cap.session.id
         with flowtap.open_store(path) as live:  # readable while the capture writes

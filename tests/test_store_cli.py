@@ -44,7 +44,7 @@ def recorded(tmp_path):
         cap.feed(make_flow(url="https://api.example.com/users", method="POST", status=201,
                            request_body='{"name":"ann","tags":["a","b"]}', response_body='{"id":7}'),
                  make_flow(url="https://api.example.com/users/7", response_body=b'{"id":7,"name":"ann"}'))
-        flowtap.store.mark(cap.capture, "logged in")
+        cap.session.mark("logged in")
         cap.feed(make_flow(url="https://cdn.example.com/logo.png", response_body=PNG,
                            response_headers=[("Content-Type", "image/png")]),
                  make_flow(url="https://api.example.com/report", response_body=b"x" * 5000,

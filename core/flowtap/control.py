@@ -136,13 +136,7 @@ class ControlServer:
         if op in ("pause", "resume", "clear"):
             changed = getattr(session, op)()
         elif op == "mark":
-            from flowtap.store import mark
-
-            text = str(request.get("text") or time.strftime("mark %H:%M:%S"))
-            if not mark(self.capture, text, _TIMEOUT):
-                return {"ok": False, "error": "the session store is off ([store] enabled = false): "
-                                              "nowhere to keep the marker"}
-            changed = True
+            changed = session.mark(str(request.get("text") or time.strftime("mark %H:%M:%S")))
         if op != "status":
             self.capture.dispatcher.sync(_TIMEOUT)  # the store has it when the reply arrives
         return {"ok": True, "changed": changed, **self.status()}

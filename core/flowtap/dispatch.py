@@ -53,7 +53,7 @@ class Dispatcher:
 
     def attach(self, session: Session, sinks: list[tuple[str, Sink]]) -> None:
         """Make ``session`` the current one, with the sinks built for it."""
-        session._post = lambda event: self.queue.put(("event", event, session))
+        session._post = lambda event, *args: self.queue.put(("event", event, session, *args))
         self.current = session
         self.queue.put(("attach", session, sinks))
 
@@ -141,11 +141,14 @@ class Dispatcher:
     def _on_cookies(self, cookies: list[Cookie], source: str) -> None:
         self.host.call("flowtap_cookies_seen", cookies=cookies, flow=None, source=source)
 
-    def _on_event(self, event: str, session: Session) -> None:
+    def _on_event(self, event: str, session: Session, *args: Any) -> None:
         if event == "clear":
             session.counts.recorded = session.counts.filtered = 0
         self._flush()
-        self.host.call(f"flowtap_session_{event}", session=session)
+        if event == "mark":
+            self.host.call("flowtap_session_mark", session=session, text=args[0])
+        else:
+            self.host.call(f"flowtap_session_{event}", session=session)
         if event == "end":
             self._close_sinks(session)
 

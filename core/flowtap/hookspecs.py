@@ -132,6 +132,15 @@ def flowtap_session_clear(session):
 
 
 @hookspec
+def flowtap_session_mark(session, text):
+    """A marker was set in the session (``flowtap ctl mark``, ``m`` in the live view).
+
+    :param session: the :class:`flowtap.Session`.
+    :param text: the marker's text; it sits between the flows before and after it.
+    """
+
+
+@hookspec
 def flowtap_session_end(session):
     """The session ended: every flow has reached the sinks, which are closed next.
 

@@ -47,7 +47,7 @@ class Session:
     ended: float | None = None
     state: State = State.RUNNING
     counts: Counts = attrs.field(factory=Counts)
-    _post: Callable[[str], None] | None = attrs.field(default=None, repr=False)
+    _post: Callable[..., None] | None = attrs.field(default=None, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
     _done: threading.Event = attrs.field(factory=threading.Event, repr=False)
 
@@ -74,6 +74,14 @@ class Session:
             if self.state is State.ENDED:
                 return False
         self._post_event("clear")
+        return True
+
+    def mark(self, text: str) -> bool:
+        """Set a marker between the flows so far and those to come. False if ended."""
+        with self._lock:
+            if self.state is State.ENDED:
+                return False
+        self._post_event("mark", text)
         return True
 
     def end(self, wait: bool = True) -> bool:
@@ -105,8 +113,8 @@ class Session:
         self._post_event(event)
         return True
 
-    def _post_event(self, event: str) -> None:
+    def _post_event(self, event: str, *args: object) -> None:
         if self._post is not None:
-            self._post(event)
+            self._post(event, *args)
         elif event == "end":
             self._done.set()

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from flowtap.model import Flow
     from flowtap.session import Session
 
-KEYS = "p pause  r resume  c clear  q end"
+KEYS = "p pause  r resume  c clear  m mark  q end"
 
 
 def _size(n: int | None) -> str:
@@ -144,7 +144,8 @@ class ConsoleView:
         session = self.capture.session
         if session is None:
             return
-        actions = {"p": session.pause, "r": session.resume, "c": session.clear}
+        actions = {"p": session.pause, "r": session.resume, "c": session.clear,
+                   "m": lambda: session.mark(time.strftime("mark %H:%M:%S"))}
         if key in actions:
             actions[key]()
         elif key == "q":

@@ -9,7 +9,7 @@ The store sink (:mod:`flowtap.store.sink`) writes it while a capture runs;
         for flow in store.flows("~d api.example.com & ~c 500", session="last"):
             print(flow.request.url)
 
-While a capture runs, :func:`mark` adds a marker to its session.
+While a capture runs, ``session.mark(text)`` adds a marker that the store keeps.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flowtap.store.db import StoreError, default_path
     from flowtap.store.reader import Event, FlowRow, SessionInfo, Store, open_store
-    from flowtap.store.sink import StoreSink, mark
+    from flowtap.store.sink import StoreSink
 
 # Imported on first use, so that the command line stays quick to start.
 _WHERE = {
     "StoreError": "db", "default_path": "db",
     "Event": "reader", "FlowRow": "reader", "SessionInfo": "reader", "Store": "reader", "open_store": "reader",
-    "StoreSink": "sink", "mark": "sink",
+    "StoreSink": "sink",
 }  # fmt: skip
 
 __all__ = sorted(_WHERE)

@@ -31,7 +31,6 @@ from flowtap.store.db import StoreError
 from flowtap.store.reader import pid_alive
 
 if TYPE_CHECKING:
-    from flowtap.capture import Capture
     from flowtap.config import Config
     from flowtap.model import Flow
     from flowtap.session import Session
@@ -229,9 +228,12 @@ class StoreSink(Sink):
             self._commit()  # the counts, reset by the clear
             shutil.rmtree(db.bodies_dir(self.path) / session.id, ignore_errors=True)
 
-    def mark(self, text: str) -> None:
-        """Add a marker to the session (any thread); it is written at the next flush."""
-        self._marks.append((time.time(), text))
+    @hookimpl
+    def flowtap_session_mark(self, session: Session, text: str) -> None:
+        """Keep the marker; it is written at once."""
+        if session is self.session:
+            self._marks.append((time.time(), text))
+            self.flush()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -270,20 +272,6 @@ class StoreSink(Sink):
                 self.conn.execute(
                     "UPDATE sessions SET state = 'interrupted', ended = coalesce("
                     "(SELECT max(time) FROM flows WHERE session = ?), started) WHERE id = ?", (sid, sid))
-
-
-def mark(capture: Capture, text: str, timeout: float = 10) -> bool:
-    """Add a marker to the running session of ``capture``, after what happened before it.
-
-    Kept by the session store (``flowtap sessions show`` lists it); False
-    when the store is off. Returns once the marker is written.
-    """
-    capture.dispatcher.sync(timeout)  # pauses, resumes and clears called before it come first
-    stores = [sink for _, sink in capture.dispatcher.sinks if isinstance(sink, StoreSink)]
-    for sink in stores:
-        sink.mark(text)
-    capture.dispatcher.sync(timeout)
-    return bool(stores)
 
 
 class _Transaction:
