@@ -13,7 +13,10 @@ from urllib.parse import urlsplit, urlunsplit
 from flowtap.model import Flow, Request, _Message
 
 Predicate = Callable[[Flow], bool]
-__all__ = ["FilterError", "compile_expression", "simple_filter"]
+__all__ = [
+    "ASSET_TYPES", "FilterError", "as_bytes", "compile_expression", "parse_authority", "pretty_url",
+    "simple_filter",
+]
 
 
 class FilterError(ValueError):
@@ -37,22 +40,22 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _AUTHORITY = re.compile(r"^(?P<host>[^:]+|\[.+\])(?::(?P<port>\d+))?$")
 
 
-def _enc(text: str) -> bytes:
+def as_bytes(text: str) -> bytes:
     """mitmproxy keeps header names/values and the method as UTF-8 (surrogateescape) bytes."""
     return text.encode("utf-8", "surrogateescape")
 
 
 def _header_block(message: _Message) -> bytes:
     """``bytes(mitmproxy.http.Headers)``: ``Name: value\\r\\n`` per field, names as sent."""
-    return b"".join(_enc(f"{name}: {value}\r\n") for name, value in message.headers.fields)
+    return b"".join(as_bytes(f"{name}: {value}\r\n") for name, value in message.headers.fields)
 
 
 def _content_types(message: _Message | None) -> list[bytes]:
-    fields = ((_enc(k), _enc(v)) for k, v in (message.headers.fields if message else ()))
+    fields = ((as_bytes(k), as_bytes(v)) for k, v in (message.headers.fields if message else ()))
     return [value for name, value in fields if name.lower() == b"content-type"]
 
 
-def _authority(value: str) -> tuple[str, int | None]:
+def parse_authority(value: str) -> tuple[str, int | None]:
     """Host and port from a Host header (mitmproxy's ``parse_authority(check=False)``)."""
     m = _AUTHORITY.match(value)
     if not m:
@@ -61,15 +64,15 @@ def _authority(value: str) -> tuple[str, int | None]:
     return host, int(m["port"]) if m["port"] else None
 
 
-def _pretty_url(request: Request) -> str:
+def pretty_url(request: Request) -> str:
     """mitmproxy's ``Request.pretty_url``: the URL, with the Host header's authority if any."""
     parts, host_header = urlsplit(request.url), request.headers.get("host")
     if host_header:
-        host, port = _authority(host_header)
+        host, port = parse_authority(host_header)
         port = port or _DEFAULT_PORTS.get(parts.scheme) or 443
     else:
-        # Port via _authority: ``parts.port`` raises on a malformed port.
-        host, port = parts.hostname or "", _authority(parts.netloc.rpartition("@")[2])[1]
+        # Port via parse_authority: ``parts.port`` raises on a malformed port.
+        host, port = parts.hostname or "", parse_authority(parts.netloc.rpartition("@")[2])[1]
         port = port or (443 if parts.scheme == "https" else 80)
     authority = host if _DEFAULT_PORTS.get(parts.scheme) == port else f"{host}:{port}"
     path = urlunsplit(("", "", parts.path, parts.query, parts.fragment))
@@ -102,7 +105,7 @@ def _search_address(attr: str) -> Callable[[re.Pattern], Predicate]:
     )
 
 
-_ASSET_TYPES = [
+ASSET_TYPES = [
     re.compile(p)
     for p in (b"text/javascript", b"application/x-javascript", b"application/javascript",
               b"text/css", b"image/.*", b"font/.*", b"application/font.*")
@@ -114,7 +117,7 @@ _UNARY: dict[str, Predicate] = {
     "q": lambda f: f.response is None,
     "s": lambda f: f.response is not None,
     "e": lambda f: bool(f.error),
-    "a": lambda f: any(rx.search(ct) for ct in _content_types(f.response) for rx in _ASSET_TYPES),
+    "a": lambda f: any(rx.search(ct) for ct in _content_types(f.response) for rx in ASSET_TYPES),
     "websocket": lambda f: f.websocket is not None,
     **dict.fromkeys(("http", "all"), lambda f: True),
     **dict.fromkeys(("tcp", "udp", "dns", "marked", "replay", "replayq", "replays"),
@@ -127,10 +130,10 @@ _REGEX: dict[str, Callable[[re.Pattern], Predicate]] = {
        for what in "htb" for side in ("", "q", "s")},
     "d": lambda rx: lambda f: bool(  # mitmproxy tries both host and pretty_host
         rx.search(f.request.host)
-        or rx.search(_authority(f.request.headers.get("host") or f.request.host)[0])
+        or rx.search(parse_authority(f.request.headers.get("host") or f.request.host)[0])
     ),
-    "m": lambda rx: lambda f: bool(rx.search(_enc(f.request.method))),
-    "u": lambda rx: lambda f: bool(rx.search(_pretty_url(f.request))),
+    "m": lambda rx: lambda f: bool(rx.search(as_bytes(f.request.method))),
+    "u": lambda rx: lambda f: bool(rx.search(pretty_url(f.request))),
     "src": _search_address("client_address"),
     "dst": _search_address("server_address"),
     "meta": lambda rx: lambda f: bool(

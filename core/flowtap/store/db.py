@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from flowtap import serialize
-from flowtap.filters import _pretty_url
+from flowtap.filters import pretty_url
 
 if TYPE_CHECKING:
     from flowtap.model import Flow
@@ -243,7 +243,7 @@ def flow_columns(flow: Flow) -> list[Any]:
     """The ``flows`` row of ``flow`` without ``seq``, ``session`` and ``files``."""
     req, resp = flow.request, flow.response
     parts = urlsplit(req.url)  # once, not once per Request property
-    pretty = _pretty_url(req)  # what ~u searches
+    pretty = pretty_url(req)  # what ~u searches
     port = parts.port if _valid_port(parts) else None
     return [
         flow.id,

@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from flowtap.filters import _ASSET_TYPES, FilterError, Predicate, _authority, _enc, compile_expression
+from flowtap.filters import ASSET_TYPES, FilterError, Predicate, parse_authority, as_bytes, compile_expression
 
 TRUE, FALSE = "1", "0"
 
@@ -84,7 +84,7 @@ def _not(part: str) -> str:
 
 
 def _split(values: str) -> list[bytes]:
-    return [_enc(v) for v in values.split("\n")] if values else []
+    return [as_bytes(v) for v in values.split("\n")] if values else []
 
 
 class _Builder:
@@ -146,11 +146,11 @@ class _Builder:
         if code in constant:
             return constant[code]
         if code == "m":
-            return self.distinct(lambda method: rx.search(_enc(method)), "method")
+            return self.distinct(lambda method: rx.search(as_bytes(method)), "method")
         if code == "d":
-            return self.distinct(lambda host, header: rx.search(host) or rx.search(_authority(header or host)[0]),
+            return self.distinct(lambda host, header: rx.search(host) or rx.search(parse_authority(header or host)[0]),
                                  "host", "host_header")
-        if code == "u":  # the stored pretty URL is filters._pretty_url(request)
+        if code == "u":  # the stored pretty URL is filters.pretty_url(request)
             return self.function(1, rx.search, "coalesce(f.pretty_url, f.url)")
         if code in ("t", "tq", "ts"):
             if code == "tq":
@@ -160,7 +160,7 @@ class _Builder:
             return self.distinct(lambda q, s: any(rx.search(ct) for ct in _split(q) + _split(s)),
                                  "request_type", "response_type")
         if code == "a":
-            return self.distinct(lambda s: any(asset.search(ct) for ct in _split(s) for asset in _ASSET_TYPES),
+            return self.distinct(lambda s: any(asset.search(ct) for ct in _split(s) for asset in ASSET_TYPES),
                                  "response_type")
         return None
 
