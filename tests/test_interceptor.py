@@ -532,8 +532,8 @@ def test_domain_cookies_and_samesite_are_converted():
 @pytest.mark.parametrize("table, problem", [
     ({"listen": "5005"}, "listen: expected \"HOST:PORT\""),
     ({"resource_types": ["xhr"]}, "'xhr' is not a resource type"),
-    ({"cookie_domains": ["https://example.com"]}, "is not a domain"),
-    ({"methods": ["GET POST"]}, "is not an HTTP method"),
+    ({"cookie_domains": ["https://example.com"]}, "expected domain names"),
+    ({"methods": ["GET POST"]}, "expected HTTP methods"),
     ({"max_message_size": "100kb", "max_body_size": "1MB"}, "max_message_size: must be at least"),
 ])
 def test_bad_options_are_plain_config_errors(table, problem):

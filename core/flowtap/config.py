@@ -106,6 +106,43 @@ def parse_size(value: str | int) -> int:
     return int(float(match.group(1)) * factor)
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:5555"`` for IPv6; port 0: any free port) → ``(host, port)``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f'expected "HOST:PORT", e.g. "127.0.0.1:5555", got {value!r}')
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+def parse_methods(values: list[str]) -> list[str]:
+    """HTTP method names → upper case; anything that is not a method token is refused."""
+    for method in values:
+        if not _TOKEN.match(method):
+            raise ValueError(f"expected HTTP methods such as GET or POST, got {method!r}")
+    return [method.upper() for method in values]
+
+
+def parse_domains(values: list[str]) -> list[str]:
+    """Domain names (or IP addresses) → lower case, without a leading dot."""
+    import ipaddress
+
+    domains = []
+    for value in values:
+        domain = value.strip().lstrip(".").lower()
+        try:
+            domains.append(str(ipaddress.ip_address(domain.strip("[]"))))
+            continue
+        except ValueError:
+            pass
+        if not domain or any(char in domain for char in "/:@ \t"):
+            raise ValueError(f"expected domain names such as example.com (no scheme, port or path), got {value!r}")
+        domains.append(domain)
+    return domains
+
+
 def default_config_path() -> Path:
     """The user-wide config file, used when there is no ``./flowtap.toml``."""
     import platformdirs

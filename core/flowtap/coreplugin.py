@@ -8,14 +8,10 @@ This plugin is essential: it cannot be disabled.
 
 from __future__ import annotations
 
-from flowtap.config import ConfigError, Option, parse_duration, parse_size
+from flowtap.config import ConfigError, Option, parse_duration, parse_methods, parse_size
 from flowtap.plugins import hookimpl
 
 NAME = "core"
-
-
-def _methods(value: list[str]) -> list[str]:
-    return [m.upper() for m in value]
 
 
 class CorePlugin:
@@ -43,7 +39,7 @@ class CorePlugin:
             Option("url_not_contains", str, "", "Do not record URLs containing this text (or regex)."),
             Option("url_regex", bool, False, "Treat url_contains and url_not_contains as regular expressions."),
             Option("methods", list, [], 'Record only these methods, e.g. ["GET", "POST"]; empty: all.',
-                   convert=_methods),
+                   convert=parse_methods),
             Option("skip_resources", bool, False, "Do not record images, JavaScript and CSS."),
         )
         declare(

@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import flowtap
-from flowtap import Option
+from flowtap import Option, parse_domains
 
 NAME = "cookiejar"
-
-
-def parse_domains(values: list[str]) -> list[str]:
-    """Domain names as the user wrote them, lower-cased and without a leading dot."""
-    domains = []
-    for value in values:
-        domain = value.strip().lstrip(".").lower()
-        try:
-            ipaddress.ip_address(domain.strip("[]"))
-            domains.append(domain.strip("[]"))
-            continue
-        except ValueError:
-            pass
-        if not domain or any(char in domain for char in "/:@ \t"):
-            raise ValueError(f"expected domain names such as example.com (no scheme, port or path), got {value!r}")
-        domains.append(domain)
-    return domains
 
 
 @flowtap.hookimpl

@@ -7,32 +7,14 @@ paired (``flowtap interceptor pair``).
 
 from __future__ import annotations
 
-import re
-
 import flowtap
-from flowtap import ConfigError, Option, parse_size
+from flowtap import ConfigError, Option, parse_address, parse_domains, parse_methods, parse_size
 
 NAME = "interceptor"
 
 #: chrome.webRequest resource types; "all" captures every one.
 RESOURCE_TYPES = ("main_frame", "sub_frame", "stylesheet", "script", "image", "font", "object",
                   "xmlhttprequest", "ping", "csp_report", "media", "websocket", "webbundle", "other", "all")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_DOMAIN = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
-
-
-def _listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f'expected "HOST:PORT", e.g. "127.0.0.1:5005", got {value!r}')
-    return (host.strip("[]") or "127.0.0.1", int(port))
-
-
-def _methods(value: list[str]) -> list[str]:
-    for method in value:
-        if not _TOKEN.match(method):
-            raise ValueError(f"{method!r} is not an HTTP method")
-    return [m.upper() for m in value]
 
 
 def _resource_types(value: list[str]) -> list[str]:
@@ -42,23 +24,13 @@ def _resource_types(value: list[str]) -> list[str]:
     return ["all"] if "all" in value else value
 
 
-def _domains(value: list[str]) -> list[str]:
-    domains = []
-    for domain in value:
-        cleaned = domain.strip().lstrip(".").lower()
-        if not _DOMAIN.match(cleaned):
-            raise ValueError(f'{domain!r} is not a domain; expected names like "example.com"')
-        domains.append(cleaned)
-    return domains
-
-
 @flowtap.hookimpl
 def flowtap_config_options(declare):
     declare(
         "sources.interceptor",
         Option("listen", str, "127.0.0.1:5005",
                "Address and port of the bridge the extension connects to (the extension's popup must name "
-               "the same port).", convert=_listen),
+               "the same port).", convert=parse_address),
         Option("key_file", str, "",
                "The pairing key file; default: interceptor.key in the user config directory. "
                "`flowtap interceptor pair` shows the key, `--new` replaces it."),
@@ -67,14 +39,14 @@ def flowtap_config_options(declare):
                "(capture can be switched on in the popup)."),
         Option("url_filter", str, "",
                "A JavaScript regular expression: only requests whose URL matches are captured. Empty: all."),
-        Option("methods", list, [], "Only these HTTP methods are captured. Empty: all.", convert=_methods),
+        Option("methods", list, [], "Only these HTTP methods are captured. Empty: all.", convert=parse_methods),
         Option("resource_types", list, ["main_frame", "sub_frame", "xmlhttprequest"],
                'Kinds of request captured, as chrome.webRequest names them: XHR/fetch ("xmlhttprequest") '
                'and documents by default; ["all"] for every request (scripts, images, fonts, ...).',
                convert=_resource_types),
         Option("cookie_domains", list, [],
                "Domains (with their subdomains) whose browser cookies are synced to the sinks: all of them "
-               "when the extension connects, then every change.", convert=_domains),
+               "when the extension connects, then every change.", convert=parse_domains),
         Option("capture_bodies", bool, False,
                "Also capture response bodies, through chrome.debugger: the browser then shows its "
                '"is debugging this browser" bar on every tab while capture is on.'),
