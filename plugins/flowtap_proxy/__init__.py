@@ -5,8 +5,10 @@ mitmproxy is imported only when the proxy starts, never at import time.
 
 from __future__ import annotations
 
+import re
+
 import flowtap
-from flowtap import Option, parse_size
+from flowtap import ConfigError, Option, parse_size
 
 NAME = "proxy"
 
@@ -18,6 +20,21 @@ def _mode(value: str) -> str:
     if kind in ("upstream", "reverse") and target.startswith(("http://", "https://")):
         return value
     raise ValueError(f'expected "regular", "upstream:http://HOST:PORT" or "reverse:https://HOST", got {value!r}')
+
+
+def _regexes(value: list[str]) -> list[str]:
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+    return value
+
+
+def _credentials(value: str) -> str:
+    if value and ":" not in value:
+        raise ValueError('expected "USER:PASSWORD"')
+    return value
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -35,14 +52,36 @@ def flowtap_config_options(declare):
         Option("mode", str, "regular",
                '"regular" (clients set it as their proxy), "upstream:URL" (chain to a corporate proxy) '
                'or "reverse:URL" (clients talk to flowtap as if it were URL).', convert=_mode),
+        Option("upstream_auth", str, "",
+               'Credentials for the upstream proxy in upstream mode, "USER:PASSWORD" (HTTP Basic); '
+               'use {env = "VAR"} to keep them out of the file.', convert=_credentials),
         Option("https", bool, True, "Intercept TLS with flowtap's CA; false passes all HTTPS through unseen."),
-        Option("ignore_hosts", list, [], "Host regexes whose TLS is passed through, not intercepted."),
-        Option("allow_hosts", list, [], "Only these host regexes are intercepted; all other TLS passes through."),
+        Option("ignore_hosts", list, [],
+               'Regexes matched against "host:port"; matching connections pass through unseen.',
+               convert=_regexes),
+        Option("allow_hosts", list, [],
+               'Only connections whose "host:port" matches one of these regexes are intercepted.',
+               convert=_regexes),
         Option("max_body_size", (int, str), "10MB",
                "Bodies larger than this are streamed to the client and recorded as omitted, with their size.",
                convert=parse_size),
         Option("ssl_insecure", bool, False, "Accept upstream servers whose certificates do not verify."),
     )
+
+
+@flowtap.hookimpl
+def flowtap_config_validate(config):
+    table = config.table("sources.proxy")
+    if table["ignore_hosts"] and table["allow_hosts"]:
+        raise ConfigError(f"{config.where('sources.proxy', 'allow_hosts')}: "
+                          "set ignore_hosts or allow_hosts, not both")
+
+
+@flowtap.hookimpl
+def flowtap_register_commands(register):
+    from flowtap_proxy import ca  # light: mitmproxy is imported when the command runs
+
+    register("ca", "where flowtap's CA certificate is and how to trust it; export, regenerate", ca.setup, ca.run)
 
 
 @flowtap.hookimpl

@@ -1,8 +1,218 @@
-"""Placeholder until this plugin's own issue lands: refuses to run, plainly."""
+"""The proxy source: an embedded mitmproxy ``Master`` on a thread and event loop of its own.
+
+The master carries only the addons capture needs (not mitmdump's ~35), plus
+flowtap's one addon. mitmproxy is imported when the proxy starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import threading
+from typing import Any
 
 import flowtap
+from flowtap_proxy import ca
+
+#: mitmproxy keeps its master in a module-level global: one proxy per process.
+_running = threading.Lock()
+_START_TIMEOUT = 30
 
 
 class ProxySource(flowtap.Source):
-    def __init__(self, options):
-        raise flowtap.SourceError("the proxy plugin is not implemented yet")
+    """Runs mitmproxy (regular, upstream or reverse mode) and emits every finished flow."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.host, self.port = options["listen"]
+        self.mode: str = options["mode"]
+        self.confdir = ca.ca_dir()
+        self._thread: threading.Thread | None = None
+        self._master: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: str | None = None
+        self._log_handler: logging.Handler | None = None
+        self._log_level = logging.NOTSET
+        self._owns_process_slot = False
+
+    # -- flowtap.Source ------------------------------------------------------------
+
+    def start(self, emitter: flowtap.Emitter) -> None:
+        """Start mitmproxy; return once it listens (``self.port`` is then the bound port)."""
+        if not _running.acquire(blocking=False):
+            raise flowtap.SourceError("another proxy source is already running in this process")
+        self._owns_process_slot = True
+        try:
+            try:
+                ca.ensure_ca(self.confdir)
+            except ca.CAError as exc:
+                raise flowtap.SourceError(f"flowtap's CA: {exc}") from None
+            self._forward_logs(emitter.log)
+            self._thread = threading.Thread(target=self._run, args=(emitter,), name="flowtap-proxy", daemon=True)
+            self._thread.start()
+            if not self._ready.wait(_START_TIMEOUT):
+                self._error = f"mitmproxy did not start within {_START_TIMEOUT}s"
+            if self._error:
+                self.stop()
+                raise flowtap.SourceError(self._error)
+        except BaseException:
+            self._release()
+            raise
+
+    def stop(self) -> None:
+        """Stop listening, drop open connections, and wait for the proxy thread to end."""
+        master, loop, thread = self._master, self._loop, self._thread
+        if master is not None and loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(master.should_exit.set)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
+        self._release()
+
+    def describe(self) -> list[str]:
+        shown = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        address = f"http://{f'[{shown}]' if ':' in shown else shown}:{self.port}"
+        where = " (all interfaces)" if shown != self.host else ""
+        kind, _, target = self.mode.partition(":")
+        lines = [f"{kind} proxy listening on {address}{where}"]
+        if kind == "reverse":
+            lines.append(f"point clients at {address} instead of {target}")
+        else:
+            if kind == "upstream":
+                lines.append(f"forwarding to the upstream proxy {target}")
+            lines.append(f"export http_proxy={address} https_proxy={address}")
+        if self.options["https"]:
+            lines.append(f"HTTPS: clients must trust {ca.cert_path(self.confdir)} (run `flowtap ca` for how)")
+        else:
+            lines.append("HTTPS is passed through unseen (https = false)")
+        return lines
+
+    # -- the proxy thread -------------------------------------------------------------
+
+    def _run(self, emitter: flowtap.Emitter) -> None:
+        try:
+            asyncio.run(self._main(emitter))
+        except flowtap.SourceError as exc:
+            self._error = str(exc)
+        except Exception as exc:  # a mitmproxy failure: report it, never die silently
+            if not self._ready.is_set():
+                self._error = f"mitmproxy failed to start: {exc!r}"
+            else:
+                emitter.log.exception("the proxy stopped unexpectedly")
+        finally:
+            self._ready.set()
+
+    async def _main(self, emitter: flowtap.Emitter) -> None:
+        from mitmproxy import exceptions, master, options
+        from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig, upstream_auth
+        from mitmproxy.utils import asyncio_utils
+
+        from flowtap_proxy.addon import FlowtapAddon
+
+        opts = options.Options(confdir=str(self.confdir))
+        m = master.Master(opts)
+        m._legacy_log_events.uninstall()  # deprecated add_log events: a cost on every log record
+        m.addons.add(
+            core.Core(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            upstream_auth.UpstreamAuth(),
+            disable_h2c.DisableH2C(),
+            FlowtapAddon(emitter.emit, self.name or "proxy", self.options["max_body_size"],
+                         self.options["upstream_auth"] or None),
+        )
+        try:
+            opts.update(**self._mitmproxy_options())
+        except exceptions.OptionsError as exc:
+            raise flowtap.SourceError(f"[sources.proxy]: {exc}") from None
+
+        with (
+            asyncio_utils.install_exception_handler(m._asyncio_exception_handler),
+            asyncio_utils.set_eager_task_factory(),
+        ):
+            ps = m.addons.get("proxyserver")
+            await ps.setup_servers()
+            failed = [s.last_exception for s in ps.servers if s.last_exception]
+            if failed or not ps.listen_addrs():
+                raise flowtap.SourceError(self._listen_error(failed[0] if failed else None))
+            await m.running()
+            self.port = ps.listen_addrs()[0][1]
+            self._master, self._loop = m, asyncio.get_running_loop()
+            self._ready.set()
+            try:
+                await m.should_exit.wait()
+            finally:
+                await ps.servers.update([])
+                await m.done()
+
+    def _mitmproxy_options(self) -> dict[str, Any]:
+        o = self.options
+        ignore, allow = list(o["ignore_hosts"]), list(o["allow_hosts"])
+        if not o["https"]:
+            ignore, allow = [".*"], []
+        return {
+            "listen_host": self.host,
+            "listen_port": self.port,
+            "mode": [self.mode],
+            "ignore_hosts": ignore,
+            "allow_hosts": allow,
+            "ssl_insecure": o["ssl_insecure"],
+            "upstream_auth": o["upstream_auth"] or None,
+        }
+
+    def _listen_error(self, exc: BaseException | None) -> str:
+        where = f"{self.host or '*'}:{self.port}"
+        code = getattr(exc, "errno", None)
+        if code == errno.EADDRINUSE:
+            return f"cannot listen on {where}: the port is in use; set [sources.proxy] listen to another port"
+        if code == errno.EACCES:
+            return f"cannot listen on {where}: permission denied; use a port above 1023"
+        if code == errno.EADDRNOTAVAIL:
+            return f"cannot listen on {where}: no such address on this machine"
+        return f"cannot listen on {where}: {getattr(exc, 'strerror', None) or exc or 'unknown error'}"
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _forward_logs(self, log: logging.Logger) -> None:
+        """Route mitmproxy's log records to flowtap's logger for this source.
+
+        Per-connection warnings (a client that does not trust the CA, an
+        upstream certificate that does not verify) become INFO: each is also
+        recorded as a flow with its error. Errors stay errors.
+        """
+        handler = _Forward(log)
+        mitm = logging.getLogger("mitmproxy")
+        self._log_level = mitm.level
+        mitm.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+        mitm.addHandler(handler)
+        mitm.propagate = False
+        self._log_handler = handler
+
+    def _release(self) -> None:
+        if self._log_handler is not None:
+            mitm = logging.getLogger("mitmproxy")
+            mitm.removeHandler(self._log_handler)
+            mitm.setLevel(self._log_level)
+            mitm.propagate = True
+            self._log_handler = None
+        self._thread = None
+        self._master = self._loop = None
+        if self._owns_process_slot:
+            self._owns_process_slot = False
+            _running.release()
+
+
+class _Forward(logging.Handler):
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelno if record.levelno >= logging.ERROR else min(record.levelno, logging.INFO)
+        if self.target.isEnabledFor(level):
+            self.target.log(level, "mitmproxy: %s", record.getMessage(), exc_info=record.exc_info)

@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""flowtap's proxy against bare mitmdump (and direct), on 127.0.0.1. Run by hand, not by CI.
+
+    python benchmarks/proxy.py [--requests 2000] [--reps 3]
+
+Needs ``hey`` and ``nginx`` (Debian: ``apt-get install hey nginx-light``) and
+flowtap installed (``flowtap`` and ``mitmdump`` next to this Python).
+
+The same load (keep-alive, small JSON, concurrency 1 and 20, HTTP and HTTPS)
+goes direct to nginx, through ``mitmdump -q`` and through ``flowtap run``
+with every bundled sink (and the session store, when installed), interleaved,
+``--reps`` times; medians are printed with the ratios flowtap/mitmdump:
+requests/s, p50/p99 latency, and the proxy process's CPU time per request
+(user+sys from /proc); ``--no-sinks-too`` adds "flowtap-0", the proxy source
+with no sink and no store, to tell the source's cost from the sinks'. Then, in a fresh ``flowtap run``: RSS after 1,000 and
+20,000 flows, and the time from SIGINT to exit with 10,000 flows captured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+BODY = '{"id": 1, "name": "flowtap", "tags": ["a", "b"], "ok": true}'
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port} after {timeout}s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+sys CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "nginx.pem", directory / "nginx-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def start_nginx(tmp: Path, http_port: int, https_port: int) -> subprocess.Popen:
+    cert, key = self_signed(tmp)
+    temp = tmp / "nginx-temp"
+    temp.mkdir()
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy; fastcgi_temp_path {temp}/fcgi;
+    uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
+    server {{
+        listen 127.0.0.1:{http_port};
+        listen 127.0.0.1:{https_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            default_type application/json;
+            add_header Set-Cookie "visit=1; Path=/";
+            return 200 '{BODY}';
+        }}
+    }}
+}}
+""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)], stderr=subprocess.DEVNULL)
+    wait_port(http_port, proc)
+    return proc
+
+
+def flowtap_config(tmp: Path, port: int, tag: str, sinks: bool = True) -> Path:
+    """A config with the proxy and every bundled sink and the store (or, ``sinks=False``, none)."""
+    out = tmp / f"out-{tag}"
+    out.mkdir(exist_ok=True)
+    tables: dict[str, dict] = {"sources.proxy": {"listen": f"127.0.0.1:{port}", "ssl_insecure": True}}
+    if sinks:
+        tables.update({
+            "sinks.har": {"path": str(out / "capture.har")},
+            "sinks.collection": {"path": str(out / "capture.postman_collection.json")},
+            "sinks.cookiejar": {"path": str(out / "cookies.txt")},
+            "store": {},
+        })
+    else:
+        tables["store"] = {"enabled": False}
+    path = tmp / f"flowtap-{tag}.toml"
+    while True:
+        path.write_text("".join(
+            f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) + "\n"
+            for name, values in tables.items()
+        ))
+        check = subprocess.run([str(BIN / "flowtap"), "-c", str(path), "config", "check"],
+                               capture_output=True, text=True, env=flowtap_env(tmp))
+        if check.returncode == 0:
+            return path
+        unknown = re.search(r"unknown table \[([\w.]+)\]", check.stderr)
+        if not unknown or unknown.group(1) not in tables:
+            raise SystemExit(f"flowtap config check failed:\n{check.stderr}")
+        print(f"note: [{unknown.group(1)}] is not available in this install; running without it")
+        del tables[unknown.group(1)]
+
+
+def flowtap_env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "FLOWTAP_DATA_DIR": str(tmp / "flowtap-data")}
+
+
+def start_flowtap(tmp: Path, tag: str, sinks: bool = True) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = flowtap_config(tmp, port, tag, sinks)
+    proc = subprocess.Popen([str(BIN / "flowtap"), "-c", str(config), "run", "--plain"], cwd=tmp,
+                            env=flowtap_env(tmp), stdout=subprocess.DEVNULL, stderr=open(tmp / f"flowtap-{tag}.log", "w"),
+                            stdin=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc, port
+
+
+def start_mitmdump(tmp: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(port),
+                             "--ssl-insecure", "--set", f"confdir={tmp / 'mitmproxy-conf'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc, port
+
+
+def hey(url: str, n: int, c: int, proxy_port: int | None) -> dict[str, float]:
+    cmd = ["hey", "-n", str(n), "-c", str(c), "-t", "30"]
+    if proxy_port:
+        cmd += ["-x", f"http://127.0.0.1:{proxy_port}"]
+    done = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    ok = sum(int(m) for m in re.findall(r"\[200\]\s+(\d+) responses", out))
+    if ok != n:
+        raise SystemExit(f"hey got {ok} of {n} responses with status 200 from {url}:\n{out}")
+    latency = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": latency[50], "p99": latency[99]}
+
+
+def measure(url: str, n: int, c: int, port: int | None, pid: int | None) -> dict[str, float]:
+    before = cpu_seconds(pid) if pid else 0.0
+    result = hey(url, n, c, port)
+    if pid:
+        result["cpu"] = (cpu_seconds(pid) - before) / n * 1000
+    return result
+
+
+def drive(port: int, url: str, n: int) -> None:
+    hey(url, n, 20, port)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per measurement (default 2000)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions, interleaved (default 3)")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the RSS and SIGINT measurements")
+    parser.add_argument("--no-sinks-too", action="store_true",
+                        help='also measure "flowtap-0": the proxy source alone, no sink, no store')
+    args = parser.parse_args()
+    for tool in ("hey", "nginx"):
+        if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
+            print(f"benchmark: {tool} not found; on Debian: apt-get install hey nginx-light", file=sys.stderr)
+            return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="flowtap-bench-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        http_port, https_port = free_port(), free_port()
+        procs.append(start_nginx(tmp, http_port, https_port))
+        urls = {"http": f"http://127.0.0.1:{http_port}/api/items", "https": f"https://127.0.0.1:{https_port}/api/items"}
+        mitm, mitm_port = start_mitmdump(tmp)
+        procs.append(mitm)
+        flow, flow_port = start_flowtap(tmp, "interleaved")
+        procs.append(flow)
+        targets = {"direct": (None, None), "mitmdump": (mitm_port, mitm.pid), "flowtap": (flow_port, flow.pid)}
+        if args.no_sinks_too:
+            bare, bare_port = start_flowtap(tmp, "bare", sinks=False)
+            procs.append(bare)
+            targets["flowtap-0"] = (bare_port, bare.pid)
+        scenarios = [(scheme, c) for scheme in ("http", "https") for c in (1, 20)]
+
+        for scheme, _ in scenarios[::2]:  # warm up: certificates, connections, imports
+            for port, _ in targets.values():
+                hey(urls[scheme], 200, 20, port)
+
+        results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
+        for rep in range(args.reps):
+            for scheme, c in scenarios:
+                for name, (port, pid) in targets.items():
+                    results.setdefault((scheme, c, name), []).append(
+                        measure(urls[scheme], args.requests, c, port, pid))
+            print(f"repetition {rep + 1}/{args.reps} done", file=sys.stderr)
+
+        print(f"\n{args.requests} requests per run, {args.reps} runs interleaved, medians; "
+              f"CPU = the proxy process's user+sys per request")
+        print(f"{'scenario':<14}{'target':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}")
+        ratios: dict[str, list[float]] = {}
+        for scheme, c in scenarios:
+            med = {}
+            for name in targets:
+                runs = results[(scheme, c, name)]
+                med[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                m = med[name]
+                cpu = f"{m['cpu']:.3f}" if "cpu" in m else "-"
+                print(f"{f'{scheme} c={c}':<14}{name:<10}{m['rps']:>9.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}{cpu:>12}")
+            f, m = med["flowtap"], med["mitmdump"]
+            row = {"req/s": f["rps"] / m["rps"], "p50": f["p50"] / m["p50"], "p99": f["p99"] / m["p99"],
+                   "CPU/req": f["cpu"] / m["cpu"]}
+            for k, v in row.items():
+                ratios.setdefault(k, []).append(v)
+            print(f"{'':<14}{'flowtap/mitmdump':<24}" + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
+            if "flowtap-0" in med:
+                z = med["flowtap-0"]
+                print(f"{'':<14}{'flowtap-0/mitmdump':<24}req/s {z['rps'] / m['rps']:.2f}  CPU/req {z['cpu'] / m['cpu']:.2f}")
+        print("\nratios flowtap/mitmdump over all scenarios (median): "
+              + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ratios.items())
+              + "   (target: req/s >= 1.0, CPU/req <= 1.0)")
+
+        for proc in procs[1:]:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+
+        if not args.skip_memory:
+            memory(tmp, urls["http"])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def memory(tmp: Path, url: str) -> None:
+    proc, port = start_flowtap(tmp, "memory")
+    try:
+        drive(port, url, 200)
+        base = rss_mb(proc.pid)
+        drive(port, url, 800)
+        at_1k = rss_mb(proc.pid)
+        for _ in range(19):
+            drive(port, url, 1000)
+        at_20k = rss_mb(proc.pid)
+        print(f"\nflowtap RSS: {base:.1f} MB after 200 flows, {at_1k:.1f} MB after 1,000, {at_20k:.1f} MB after 20,000 "
+              f"(growth 1,000 -> 20,000: {at_20k - at_1k:+.1f} MB; target < 30 MB)")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+
+    proc, port = start_flowtap(tmp, "sigint")
+    for _ in range(10):
+        drive(port, url, 1000)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(120)
+    took = time.monotonic() - started
+    har = tmp / "out-sigint" / "capture.har"
+    try:
+        entries = len(json.loads(har.read_text())["log"]["entries"])
+    except (OSError, ValueError, KeyError) as exc:
+        entries = f"unreadable ({exc.__class__.__name__})"
+    print(f"SIGINT to exit with 10,000 flows captured: {took:.2f} s (exit code {code}; target < 1 s); "
+          f"HAR entries written: {entries}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

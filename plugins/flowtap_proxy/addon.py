@@ -1,0 +1,54 @@
+"""The one mitmproxy addon flowtap runs: hands every finished flow to the session.
+
+Its hooks run on the proxy's event loop, so each does the least it can:
+convert the flow once and emit it. Filtering, pausing and the sinks happen
+on flowtap's dispatcher thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mitmproxy import http, tls
+
+from flowtap import Flow
+from flowtap_proxy.convert import Converter, tap
+
+
+class FlowtapAddon:
+    """Converts finished HTTP and WebSocket flows, and failed handshakes, and emits them."""
+
+    def __init__(self, emit: Callable[[Flow], None], source: str, max_body_size: int,
+                 upstream_auth: str | None = None) -> None:
+        self._emit = emit
+        self._convert = Converter(source, upstream_auth)
+        self._max_body_size = max_body_size
+
+    # Bodies: stream what mitmproxy would not buffer whole, counting it.
+
+    def requestheaders(self, f: http.HTTPFlow) -> None:
+        tap(f.request, self._max_body_size)
+
+    def responseheaders(self, f: http.HTTPFlow) -> None:
+        tap(f.response, self._max_body_size)
+
+    # Finished flows.
+
+    def response(self, f: http.HTTPFlow) -> None:
+        if f.websocket is None:  # a WebSocket is emitted when it ends, with its messages
+            self._emit(self._convert.http_flow(f))
+
+    def error(self, f: http.HTTPFlow) -> None:
+        if f.websocket is None:
+            self._emit(self._convert.http_flow(f))
+
+    def websocket_end(self, f: http.HTTPFlow) -> None:
+        self._emit(self._convert.http_flow(f))
+
+    def http_connect_error(self, f: http.HTTPFlow) -> None:
+        self._emit(self._convert.connect_error(f))
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        if data.conn.error == "connection closed early":
+            return  # the client opened a connection and closed it unused (browsers do): no exchange
+        self._emit(self._convert.tls_failure(data))

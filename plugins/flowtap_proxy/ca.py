@@ -1,0 +1,189 @@
+"""flowtap's certificate authority: where it lives, creating it, and the ``flowtap ca`` command.
+
+The CA is mitmproxy's certificate store in ``<data dir>/ca`` (the platformdirs
+user data dir, or ``$FLOWTAP_DATA_DIR``), never ``~/.mitmproxy``. mitmproxy
+names its files after its fixed basename, ``mitmproxy-ca*.pem``; the certificate
+inside is issued to "flowtap CA". mitmproxy is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+#: mitmproxy's tlsconfig addon looks for ``<confdir>/<BASENAME>-ca.pem``; it cannot be changed.
+BASENAME = "mitmproxy"
+CA_NAME = "flowtap CA"
+KEY_SIZE = 2048
+#: Files holding the private key: readable by the owner only.
+SECRET_FILES = (f"{BASENAME}-ca.pem", f"{BASENAME}-ca.p12")
+ALL_FILES = (*SECRET_FILES, f"{BASENAME}-ca-cert.pem", f"{BASENAME}-ca-cert.cer",
+             f"{BASENAME}-ca-cert.p12", f"{BASENAME}-dhparam.pem")
+
+
+class CAError(Exception):
+    """The CA cannot be created or read; the message names the path."""
+
+
+def ca_dir() -> Path:
+    """The directory of flowtap's CA: ``$FLOWTAP_DATA_DIR/ca`` or ``<user data dir>/ca``."""
+    base = os.environ.get("FLOWTAP_DATA_DIR")
+    if not base:
+        import platformdirs
+
+        base = platformdirs.user_data_dir("flowtap")
+    return Path(base) / "ca"
+
+
+def cert_path(confdir: Path | None = None) -> Path:
+    """The CA certificate (PEM, no key): the file clients must trust."""
+    return (confdir or ca_dir()) / f"{BASENAME}-ca-cert.pem"
+
+
+def ensure_ca(confdir: Path | None = None) -> tuple[Path, bool]:
+    """Create the CA on first use and keep its key files owner-only.
+
+    Returns the certificate path and whether the CA was created now.
+    :raises CAError: the directory is not writable or the CA file is unreadable.
+    """
+    from mitmproxy import certs
+
+    confdir = confdir or ca_dir()
+    created = False
+    try:
+        if not (confdir / f"{BASENAME}-ca.pem").exists():
+            confdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            certs.CertStore.create_store(confdir, BASENAME, KEY_SIZE, organization="flowtap", cn=CA_NAME)
+            created = True
+        os.chmod(confdir, 0o700)
+        for name in SECRET_FILES:
+            if (confdir / name).exists():
+                os.chmod(confdir / name, 0o600)
+        certs.CertStore.from_store(confdir, BASENAME, KEY_SIZE)
+    except OSError as exc:
+        raise CAError(f"{exc.filename or confdir}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CAError(f"{confdir / (BASENAME + '-ca.pem')}: cannot read the CA ({exc}); "
+                      "run `flowtap ca regenerate` to replace it") from None
+    return cert_path(confdir), created
+
+
+def load_cert(confdir: Path | None = None):
+    """The CA certificate as a :class:`mitmproxy.certs.Cert`, creating the CA if needed."""
+    from mitmproxy import certs
+
+    path, _ = ensure_ca(confdir)
+    return certs.Cert.from_pem(path.read_bytes())
+
+
+def regenerate(confdir: Path | None = None) -> Path:
+    """Replace the CA with a new one; clients must trust the new certificate."""
+    confdir = confdir or ca_dir()
+    for name in ALL_FILES:
+        try:
+            (confdir / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CAError(f"{confdir / name}: {exc.strerror}") from None
+    return ensure_ca(confdir)[0]
+
+
+def trust_instructions(path: Path) -> list[str]:
+    """How to make common systems and clients trust the certificate at ``path``."""
+    cer = path.with_suffix(".cer")
+    return [
+        "Clients must trust this certificate for flowtap to see their HTTPS traffic:",
+        f"  Debian/Ubuntu:  sudo cp {path} /usr/local/share/ca-certificates/flowtap.crt && sudo update-ca-certificates",
+        f"  Fedora/RHEL:    sudo cp {path} /etc/pki/ca-trust/source/anchors/flowtap.pem && sudo update-ca-trust",
+        f"  macOS:          sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {path}",
+        f"  Windows:        certutil -addstore root {cer}   (in an administrator prompt)",
+        "  Firefox:        Settings > Privacy & Security > Certificates > View Certificates > Authorities >",
+        f"                  Import {path}, tick \"Trust this CA to identify websites\"",
+        f"  Android:        copy {cer} to the device; Settings > Security > Encryption & credentials >",
+        "                  Install a certificate > CA certificate (apps must opt in to user CAs)",
+        f"  iOS:            send {path} to the device, install it in Settings > General > VPN & Device",
+        "                  Management, then enable it in Settings > General > About > Certificate Trust Settings",
+        f"  One tool only:  curl --cacert {path}; SSL_CERT_FILE={path} (Python, httpx);",
+        f"                  REQUESTS_CA_BUNDLE={path}; NODE_EXTRA_CA_CERTS={path}",
+    ]
+
+
+# -- the `flowtap ca` command ---------------------------------------------------------
+
+
+def setup(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="ca_action", metavar="ACTION")
+    export = actions.add_parser("export", help="write the CA certificate (never its key) to a file")
+    export.add_argument("--format", choices=("pem", "der", "p12"), default="pem",
+                        help="pem (default), der (binary), or p12 (PKCS#12, e.g. for Windows)")
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help='the file to write ("-" for stdout)')
+    actions.add_parser("regenerate", help="replace the CA with a new one (clients must trust it again)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        action = getattr(args, "ca_action", None)
+        if action == "export":
+            return _export(args.format, args.output)
+        if action == "regenerate":
+            path = regenerate()
+            print(f"flowtap: a new CA was created: {path}")
+            print("Clients that trusted the old one must now trust this one.")
+            _describe(path)
+            return 0
+        path, created = ensure_ca()
+        if created:
+            print("flowtap: created a new CA.")
+        _describe(path)
+        return 0
+    except CAError as exc:
+        print(f"flowtap: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _describe(path: Path) -> None:
+    cert = load_cert(path.parent)
+    print(f"CA certificate: {path}")
+    print(f"  issued to {cert.cn!r}, valid until {cert.notafter:%Y-%m-%d}, "
+          f"SHA-256 {cert.fingerprint().hex(':').upper()}")
+    if cert.has_expired():
+        print("  EXPIRED: run `flowtap ca regenerate` and trust the new certificate")
+    print()
+    for line in trust_instructions(path):
+        print(line)
+
+
+def _export(fmt: str, output: str) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    path, _ = ensure_ca()
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    if fmt == "pem":
+        data = cert.public_bytes(serialization.Encoding.PEM)
+    elif fmt == "der":
+        data = cert.public_bytes(serialization.Encoding.DER)
+    else:
+        data = pkcs12.serialize_key_and_certificates(
+            name=b"flowtap CA", key=None, cert=cert, cas=None,
+            encryption_algorithm=serialization.NoEncryption(),
+        )
+    if output == "-":
+        if fmt != "pem" and sys.stdout.isatty():
+            print(f"flowtap: error: refusing to write {fmt} (binary) to a terminal; use -o FILE",
+                  file=sys.stderr)
+            return 2
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return 0
+    try:
+        Path(output).write_bytes(data)
+    except OSError as exc:
+        print(f"flowtap: error: {output}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"flowtap: wrote the CA certificate ({fmt}) to {output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,400 @@
+"""The proxy source end to end: real mitmproxy, real curl and httpx, real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+import flowtap
+from flowtap.testing import capture
+from flowtap_proxy import ca
+from upstream import JSON_BODY, JSON_HEADERS, Upstream, free_port, self_signed, websocket_exchange
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def http_upstream():
+    with Upstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def upstream_cert(tmp_path_factory):
+    return self_signed(tmp_path_factory.mktemp("upstream-cert"))
+
+
+@pytest.fixture(scope="module")
+def https_upstream(upstream_cert):
+    with Upstream(upstream_cert) as server:
+        yield server
+
+
+@pytest.fixture
+def proxy():
+    """``proxy(**options)``: a started capture with the proxy source on a free port."""
+    with contextlib.ExitStack() as stack:
+        def start(**options):
+            table = {"listen": "127.0.0.1:0", "ssl_insecure": True, **options}
+            return stack.enter_context(capture("proxy", config={"sources": {"proxy": table}}))
+        yield start
+
+
+def port(harness) -> int:
+    return harness.capture.sources["proxy"].port
+
+
+def recorded(harness, expect: int | None = None) -> list[flowtap.Flow]:
+    """The flows recorded so far; with ``expect``, wait (up to 10 s) until there are that many.
+
+    Waiting is needed where mitmproxy's hook may run after the client is done:
+    a failed TLS handshake, a closed WebSocket, a client that went away, a streamed body.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        assert harness.capture.dispatcher.sync(10)
+        flows = list(harness.recorded.flows)
+        if expect is None or len(flows) >= expect or time.monotonic() > deadline:
+            return flows
+        time.sleep(0.02)
+
+
+def client(harness, trust_ca: bool = True, **kwargs) -> httpx.Client:
+    verify = ssl.create_default_context(cafile=str(ca.cert_path())) if trust_ca else True
+    return httpx.Client(proxy=f"http://127.0.0.1:{port(harness)}", verify=verify, trust_env=False,
+                        timeout=10, **kwargs)
+
+
+def curl(harness, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "-x", f"http://127.0.0.1:{port(harness)}",
+         "--cacert", str(ca.cert_path()), *args],
+        capture_output=True, timeout=20,
+    )
+
+
+# -- HTTP and HTTPS ------------------------------------------------------------------------
+
+
+def test_curl_http_get_records_headers_in_order_with_duplicates(proxy, http_upstream):
+    h = proxy()
+    out = curl(h, "-H", "X-Trace: a", "-H", "X-Trace: b", f"{http_upstream.url}/json?page=2")
+    assert out.returncode == 0 and out.stdout == JSON_BODY, out.stderr
+
+    (flow,) = recorded(h)
+    assert flow.source == "proxy"
+    assert (flow.request.method, flow.request.url) == ("GET", f"{http_upstream.url}/json?page=2")
+    assert flow.request.http_version == "HTTP/1.1"
+    assert flow.request.headers.get_all("x-trace") == ["a", "b"]
+    assert flow.response.status_code == 200 and flow.response.reason == "OK"
+    sent = [(k, v) for k, v in flow.response.headers.fields if k in {"Content-Type", "X-Dup", "Set-Cookie"}]
+    assert sent == JSON_HEADERS
+    assert flow.response.body == JSON_BODY and flow.response.body_size == len(JSON_BODY)
+    assert not flow.response.truncated
+    assert flow.server_ip == "127.0.0.1"
+    assert flow.server_address == ("127.0.0.1", http_upstream.server_port)
+    assert flow.client_address[0] == "127.0.0.1"
+    assert flow.tls is None and flow.error is None
+    t = flow.timings
+    assert t.connect is not None and t.tls is None
+    assert None not in (t.send, t.wait, t.receive) and t.end >= t.start
+    assert [c.name for c in flow.response_cookies] == ["session", "theme"]
+
+
+def test_curl_https_with_the_ca_trusted(proxy, https_upstream):
+    h = proxy()
+    out = curl(h, "--http1.1", "-d", "a=1&b=2", f"{https_upstream.url}/echo")
+    assert out.returncode == 0 and out.stdout == b"a=1&b=2", out.stderr
+
+    (flow,) = recorded(h)
+    assert (flow.request.method, flow.request.url) == ("POST", f"{https_upstream.url}/echo")
+    assert flow.request.body == b"a=1&b=2"
+    assert flow.response.body == b"a=1&b=2"
+    assert flow.tls.version in ("TLSv1.2", "TLSv1.3")
+    assert flow.tls.alpn == "http/1.1"
+    assert flow.timings.connect is not None and flow.timings.tls is not None
+
+
+def test_httpx_https_decodes_bodies_and_reports_connection_reuse(proxy, https_upstream):
+    h = proxy()
+    with client(h) as c:
+        first = c.get(f"{https_upstream.url}/gzip")
+        second = c.post(f"{https_upstream.url}/echo", content=b"\x00\xffbinary")
+    assert first.status_code == second.status_code == 200
+
+    gz, echo = recorded(h)
+    expected = json.loads(first.content)
+    assert json.loads(gz.response.body) == expected
+    assert gz.response.headers["Content-Encoding"] == "gzip"
+    assert gz.response.encoded_size == len(gzip.compress(json.dumps(expected).encode()))
+    assert gz.response.body_size == len(gz.response.body) > gz.response.encoded_size
+    assert echo.request.body == echo.response.body == b"\x00\xffbinary"
+    # The second request reused the connection: no connect or TLS time of its own.
+    assert gz.timings.connect is not None and gz.timings.tls is not None
+    assert echo.timings.connect is None and echo.timings.tls is None
+    assert echo.tls.sni is None or echo.tls.sni == "127.0.0.1"
+
+
+def test_http2(proxy, https_upstream):
+    h = proxy()
+    with client(h, http2=True) as c:
+        r = c.get(f"{https_upstream.url}/json")
+    assert r.status_code == 200 and r.http_version == "HTTP/2"
+    assert r.headers.get_list("set-cookie") == ["session=abc123; Path=/; HttpOnly", "theme=dark; Path=/"]
+
+    (flow,) = recorded(h)
+    assert flow.request.http_version == flow.response.http_version == "HTTP/2.0"
+    assert flow.tls.alpn == "h2"
+    assert flow.response.headers.get_all("x-dup") == ["one", "two"]
+    assert flow.response.body == JSON_BODY
+    assert flow.request.url == f"{https_upstream.url}/json"
+
+
+def test_upstream_mode_chains_to_another_proxy(proxy, http_upstream):
+    # The test server answers absolute-form requests by path, as a forward proxy would.
+    h = proxy(mode=f"upstream:{http_upstream.url}", upstream_auth="alice:s3cret")
+    with client(h) as c:
+        r = c.get("http://api.example.invalid/json")
+    assert r.status_code == 200 and r.content == JSON_BODY
+    method, target, headers, _ = http_upstream.seen[-1]
+    assert target == "http://api.example.invalid/json"
+    assert ("Proxy-Authorization", "Basic YWxpY2U6czNjcmV0") in headers
+    (flow,) = recorded(h)
+    assert flow.request.url == "http://api.example.invalid/json"
+    assert flow.server_address == ("api.example.invalid", 80)
+    assert flow.metadata["via"] == http_upstream.url
+    assert "proxy-authorization" not in flow.request.headers  # flowtap's own credentials are not recorded
+
+
+def test_reverse_mode(proxy, http_upstream):
+    h = proxy(mode=f"reverse:{http_upstream.url}")
+    r = httpx.get(f"http://127.0.0.1:{port(h)}/json", trust_env=False, timeout=10)
+    assert r.status_code == 200 and r.content == JSON_BODY
+    (flow,) = recorded(h)
+    assert flow.request.url == f"{http_upstream.url}/json"
+
+
+# -- WebSocket and bodies ------------------------------------------------------------------------
+
+
+def test_websocket_messages_are_recorded_once_when_it_closes(proxy, http_upstream):
+    h = proxy()
+    replies = websocket_exchange(port(h), "127.0.0.1", http_upstream.server_port, ["hello", b"\x01\x02"])
+    assert replies == ["hello", b"\x01\x02"]
+
+    (flow,) = recorded(h, expect=1)
+    assert flow.response.status_code == 101
+    assert sorted((m.from_client, m.content, m.is_text) for m in flow.websocket) == [
+        (False, b"\x01\x02", False), (False, b"hello", True), (True, b"\x01\x02", False), (True, b"hello", True),
+    ]
+    times = [m.timestamp for m in flow.websocket]
+    assert times == sorted(times)
+    assert type(flow.metadata["websocket_close_code"]) is int and flow.metadata["websocket_close_code"] == 1000
+    assert flow.timings.end >= flow.timings.start
+
+
+def test_bodies_over_max_body_size_are_streamed_and_recorded_as_omitted(proxy, http_upstream):
+    h = proxy(max_body_size="1kb")
+    with client(h) as c:
+        big = c.get(f"{http_upstream.url}/big?n=200000")
+        chunked = c.get(f"{http_upstream.url}/chunked?n=50000")
+        small_chunked = c.get(f"{http_upstream.url}/chunked?n=100")
+        upload = c.post(f"{http_upstream.url}/echo", content=b"u" * 5000)
+    assert big.content == b"x" * 200000 and chunked.content == b"y" * 50000
+    assert small_chunked.content == b"y" * 100 and upload.content == b"u" * 5000
+
+    big_f, chunked_f, small_f, upload_f = recorded(h, expect=4)  # streamed: the client may finish first
+    assert (big_f.response.truncated, big_f.response.body, big_f.response.body_size) == (True, b"", 200000)
+    assert (chunked_f.response.truncated, chunked_f.response.body_size) == (True, 50000)
+    assert (small_f.response.truncated, small_f.response.body) == (False, b"y" * 100)
+    assert (upload_f.request.truncated, upload_f.request.body_size) == (True, 5000)
+    assert upload_f.response.truncated and upload_f.response.body_size == 5000
+    assert http_upstream.seen[-1][3] == b"u" * 5000  # the server got the whole upload
+
+
+def test_a_body_of_unknown_length_reaches_the_client_as_it_comes(proxy, http_upstream):
+    h = proxy()
+    http_upstream.release.clear()
+    with client(h) as c, c.stream("GET", f"{http_upstream.url}/stream") as r:
+        chunks = r.iter_raw()
+        assert next(chunks) == b"data: first\n\n"  # before the server sends the rest
+        http_upstream.release.set()
+        assert b"".join(chunks) == b"data: second\n\n"
+    (flow,) = recorded(h, expect=1)
+    assert http_upstream.released is True  # the first event was not held back by the proxy
+    assert flow.response.body == b"data: first\n\ndata: second\n\n" and not flow.response.truncated
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def test_upstream_down_http(proxy):
+    h = proxy()
+    dead = free_port()
+    with client(h) as c:
+        r = c.get(f"http://127.0.0.1:{dead}/x")
+    assert r.status_code == 502
+
+    (flow,) = recorded(h)
+    assert flow.response is None
+    assert flow.request.url == f"http://127.0.0.1:{dead}/x"
+    assert "refused" in flow.error.lower() or "connect" in flow.error.lower()
+
+
+def test_upstream_down_https(proxy):
+    h = proxy()
+    dead = free_port()
+    with client(h) as c, pytest.raises(httpx.ProxyError):
+        c.get(f"https://127.0.0.1:{dead}/x")
+
+    (flow,) = recorded(h)
+    assert flow.request.method == "CONNECT"
+    assert flow.request.url == f"https://127.0.0.1:{dead}/"
+    assert flow.error.startswith(f"cannot connect to 127.0.0.1:{dead}: ")
+
+
+def test_client_that_does_not_trust_the_ca_is_told_plainly(proxy, https_upstream):
+    h = proxy()
+    with client(h, trust_ca=False) as c, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        c.get(f"{https_upstream.url}/json")
+
+    (flow,) = recorded(h, expect=1)
+    assert flow.request.method == "CONNECT"
+    assert flow.request.url == f"https://127.0.0.1:{https_upstream.server_port}/"
+    assert flow.error.startswith("client does not trust flowtap's CA (tlsv1 alert unknown ca); ")
+    assert flow.error.endswith("run `flowtap ca` to see how to trust it")
+    assert flow.response is None
+
+
+def test_upstream_certificate_is_verified_unless_ssl_insecure(proxy, https_upstream):
+    h = proxy(ssl_insecure=False)
+    with client(h) as c:
+        r = c.get(f"{https_upstream.url}/json")
+    assert r.status_code == 502
+    (flow,) = recorded(h)
+    assert flow.response is None and "certificate" in flow.error.lower()
+
+
+def test_client_abort_is_recorded(proxy, http_upstream):
+    h = proxy()
+    with socket.create_connection(("127.0.0.1", port(h)), timeout=10) as sock:
+        sock.sendall(f"GET {http_upstream.url}/slow?ms=400 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        threading.Event().wait(0.1)
+    # The server answers after 400 ms, to a client that is gone.
+    (flow,) = recorded(h, expect=1)
+    assert flow.request.url == f"{http_upstream.url}/slow?ms=400"
+    assert flow.error and flow.response is None
+
+
+@pytest.mark.parametrize("options", [
+    {"https": False}, {"ignore_hosts": [r"^127\.0\.0\.1:"]}, {"allow_hosts": [r"^api\.example\.com:"]},
+], ids=["https-false", "ignore_hosts", "allow_hosts"])
+def test_tls_passed_through_unseen(proxy, https_upstream, upstream_cert, options):
+    h = proxy(**options)
+    verify = ssl.create_default_context(cafile=str(upstream_cert[0]))  # the server's own cert, not flowtap's
+    with httpx.Client(proxy=f"http://127.0.0.1:{port(h)}", verify=verify, trust_env=False, timeout=10) as c:
+        assert c.get(f"{https_upstream.url}/json").content == JSON_BODY
+    assert recorded(h) == []
+
+
+# -- session semantics -------------------------------------------------------------------------
+
+
+def test_pause_resume_clear_while_traffic_flows(proxy, http_upstream):
+    h = proxy()
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic():
+        with client(h) as c:
+            while not stop.is_set():
+                statuses.append(c.get(f"{http_upstream.url}/big?n=10").status_code)
+
+    background = threading.Thread(target=traffic)
+    background.start()
+    try:
+        with client(h) as c:
+            c.get(f"{http_upstream.url}/json")
+            h.session.pause()
+            paused_before = recorded(h)
+            for _ in range(3):
+                assert c.get(f"{http_upstream.url}/json").status_code == 200  # still proxied
+            paused_after = recorded(h)
+            h.session.resume()
+            c.get(f"{http_upstream.url}/echo")
+            h.session.clear()
+            c.get(f"{http_upstream.url}/gzip")
+    finally:
+        stop.set()
+        background.join(10)
+
+    assert paused_after == paused_before  # nothing recorded while paused
+    assert h.session.counts.paused >= 3
+    assert [f.request.url for f in h.recorded.flows if "/big" not in f.request.url] == [f"{http_upstream.url}/gzip"]
+    assert "clear" in h.recorded.events and statuses and set(statuses) == {200}
+    # Cookies are still seen while paused.
+    assert {c.name for c in h.recorded.cookies} >= {"session", "theme"}
+
+
+# -- start-up ------------------------------------------------------------------------------------
+
+
+def test_port_in_use_is_a_plain_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        with pytest.raises(flowtap.StartupError, match=f"cannot listen on 127.0.0.1:{taken}: the port is in use"):
+            with capture("proxy", config={"sources": {"proxy": {"listen": f"127.0.0.1:{taken}"}}}):
+                pass
+    # The failed start released everything: a proxy starts again.
+    with capture("proxy", config={"sources": {"proxy": {"listen": "127.0.0.1:0"}}}) as h:
+        assert port(h) > 0
+
+
+def test_one_proxy_per_process(proxy):
+    proxy()
+    with pytest.raises(flowtap.StartupError, match="another proxy source is already running"):
+        with capture("proxy", config={"sources": {"proxy": {"listen": "127.0.0.1:0"}}}):
+            pass
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"ignore_hosts": ["a"], "allow_hosts": ["b"]}, "not both"),
+    ({"ignore_hosts": ["("]}, "not a valid regular expression"),
+    ({"mode": "socks"}, "expected \"regular\""),
+    ({"listen": "5555"}, "HOST:PORT"),
+    ({"upstream_auth": "alice"}, "USER:PASSWORD"),
+])
+def test_config_errors(table, message):
+    with pytest.raises(flowtap.ConfigError, match=message):
+        with capture("proxy", config={"sources": {"proxy": table}}):
+            pass
+
+
+def test_describe_tells_how_to_point_a_client(proxy):
+    h = proxy()
+    lines = h.capture.sources["proxy"].describe()
+    address = f"http://127.0.0.1:{port(h)}"
+    assert f"export http_proxy={address} https_proxy={address}" in lines
+    assert any(str(ca.cert_path()) in line and "flowtap ca" in line for line in lines)
+
+
+def test_ca_lives_in_the_data_dir_with_an_owner_only_key(proxy):
+    proxy()
+    directory = ca.ca_dir()
+    assert str(directory.parent) == os.environ["FLOWTAP_DATA_DIR"]  # never ~/.mitmproxy
+    assert ca.cert_path().is_file()
+    for name in ca.SECRET_FILES:
+        assert (directory / name).stat().st_mode & 0o777 == 0o600
+    assert b"PRIVATE KEY" not in ca.cert_path().read_bytes()
