@@ -81,7 +81,8 @@ class _Message:
     http_version: str = "HTTP/1.1"
     headers: Headers = attrs.field(factory=Headers, converter=_headers)
     body: bytes = b""
-    #: Length of the whole decoded body, even when ``body`` holds less of it.
+    #: Length of the whole decoded body, even when ``body`` holds less of it;
+    #: None when a truncated body's full length is unknown.
     body_size: int | None = None
     #: Bytes on the wire (before Content-Encoding was undone); None if unknown.
     encoded_size: int | None = None
@@ -89,7 +90,7 @@ class _Message:
     truncated: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.body_size is None:
+        if self.body_size is None and not self.truncated:
             self.body_size = len(self.body)
 
     @property

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import flowtap
-from flowtap import ConfigError, Option, parse_size
+from flowtap import ConfigError, Option, parse_address, parse_size
 
 NAME = "proxy"
 
@@ -37,18 +37,11 @@ def _credentials(value: str) -> str:
     return value
 
 
-def _listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f'expected "HOST:PORT", e.g. "127.0.0.1:5555", got {value!r}')
-    return (host.strip("[]") or "127.0.0.1", int(port))
-
-
 @flowtap.hookimpl
 def flowtap_config_options(declare):
     declare(
         "sources.proxy",
-        Option("listen", str, "127.0.0.1:5555", "Address and port the proxy listens on.", convert=_listen),
+        Option("listen", str, "127.0.0.1:5555", "Address and port the proxy listens on.", convert=parse_address),
         Option("mode", str, "regular",
                '"regular" (clients set it as their proxy), "upstream:URL" (chain to a corporate proxy) '
                'or "reverse:URL" (clients talk to flowtap as if it were URL).', convert=_mode),

@@ -188,23 +188,19 @@ def _request(req: http.Request, url: str, drop: tuple[str, str] | None = None) -
     body, body_size, encoded_size, truncated = _body(req, fields)
     if not url.isascii():
         url = quote(url.encode("utf-8", "surrogateescape"), safe=_URL_SAFE)
-    message = Request(
+    return Request(
         method=req.method, url=url, http_version=req.http_version, headers=fields,
         body=body, body_size=body_size, encoded_size=encoded_size, truncated=truncated,
     )
-    message.body_size = body_size  # None (unknown) survives: the model's default would be len(body)
-    return message
 
 
 def _response(resp: http.Response) -> Response:
     fields = _fields(resp.headers.fields)
     body, body_size, encoded_size, truncated = _body(resp, fields)
-    message = Response(
+    return Response(
         status_code=resp.status_code, reason=resp.reason, http_version=resp.http_version, headers=fields,
         body=body, body_size=body_size, encoded_size=encoded_size, truncated=truncated,
     )
-    message.body_size = body_size
-    return message
 
 
 def _body(message: http.Message, fields: list[tuple[str, str]]) -> tuple[bytes, int | None, int | None, bool]:
