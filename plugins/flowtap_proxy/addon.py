@@ -14,6 +14,8 @@ from mitmproxy import http, tls
 from flowtap import Flow
 from flowtap_proxy.convert import Converter, tap
 
+_EMITTED = "flowtap.emitted"
+
 
 class FlowtapAddon:
     """Converts finished HTTP and WebSocket flows, and failed handshakes, and emits them."""
@@ -39,14 +41,18 @@ class FlowtapAddon:
             self._emit(self._convert.http_flow(f))
 
     def error(self, f: http.HTTPFlow) -> None:
-        if f.websocket is None:
+        if f.request.method == "CONNECT":
+            self.http_connect_error(f)  # the client may hang up before mitmproxy reports the CONNECT
+        elif f.websocket is None:
             self._emit(self._convert.http_flow(f))
 
     def websocket_end(self, f: http.HTTPFlow) -> None:
         self._emit(self._convert.http_flow(f))
 
     def http_connect_error(self, f: http.HTTPFlow) -> None:
-        self._emit(self._convert.connect_error(f))
+        if not f.metadata.get(_EMITTED):  # mitmproxy may report one failed CONNECT twice
+            f.metadata[_EMITTED] = True
+            self._emit(self._convert.connect_error(f))
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         if data.conn.error == "connection closed early":
