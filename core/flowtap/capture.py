@@ -17,7 +17,7 @@ from flowtap.cookies import Cookie
 from flowtap.dispatch import Dispatcher
 from flowtap.model import Flow
 from flowtap.plugins import PluginHost
-from flowtap.session import Session
+from flowtap.session import Session, State
 
 log = logging.getLogger("flowtap")
 
@@ -121,7 +121,7 @@ class Capture:
             name = self.host.register(plugin, name)
             if self._validated:
                 self._validate()
-            if self.session is not None and self.session.state.value != "ended":
+            if self.session is not None and self.session.state is not State.ENDED:
                 added = [s for s in self.sink_factories if s not in before]
                 self.dispatcher.add_sinks(self._build_sinks(added, self.session))
         return name

@@ -121,6 +121,13 @@ class PluginHost:
 
     def _register(self, plugin: object, name: str) -> None:
         self.pm.register(plugin, name=name)
+        unknown = [c.name for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec()]
+        if unknown:  # a misspelled hook would otherwise never be called, silently
+            message = f"plugin {name!r} implements {', '.join(unknown)}, which flowtap does not call: misspelled?"
+            if self.strict:
+                self.pm.unregister(plugin)
+                raise PluginLoadError(message)
+            log.warning("%s", message)
         for hook, kwargs in self._history.items():
             for _ in self._call_impls(hook, kwargs, only=plugin):
                 pass
@@ -129,10 +136,6 @@ class PluginHost:
         """Stop calling the hooks of ``plugin``."""
         if self.pm.is_registered(plugin):
             self.pm.unregister(plugin)
-
-    def check_pending(self) -> None:
-        """Fail on a ``flowtap_*`` function that matches no hook (a misspelled hook)."""
-        self.pm.check_pending()
 
     def _hooks_of(self, plugin: object) -> list[str]:
         return sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ())
