@@ -294,3 +294,36 @@ def test_a_test_suite_asserts_on_traffic_captured_by_the_real_proxy(tmp_path):
         assert echo.request.body == b'{"order": 7}' and echo.response.body == b'{"order": 7}'
         assert [r.path for r in store.rows(session="last")] == ["/json", "/echo"]
         assert store.session("last").state == "ended"
+
+
+def test_flows_the_proxy_can_produce_are_stored_exactly(tmp_path):
+    """A body of unknown size and header bytes that are not UTF-8 (lone surrogates after decoding)."""
+    path = tmp_path / "s.db"
+    odd = make_flow(url="https://a.test/odd", response_headers=[("X-Raw", "caf\udce9"), ("Content-Type", "text/plain")])
+    odd.response.truncated, odd.response.body, odd.response.body_size = True, b"", None
+    with capture(config=store_config(path)) as cap:
+        cap.feed(odd, make_flow(url="https://a.test/plain"))
+    with flowtap.open_store(path) as store:
+        stored = {f.request.path: f for f in store.flows()}
+    assert stored["/odd"].response.headers.get("x-raw") == "caf\udce9"
+    assert stored["/odd"].response.body_size is None and stored["/odd"].response.truncated
+    assert "/plain" in stored
+
+
+def test_a_row_the_database_refuses_is_left_out_alone(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "s.db"
+    columns = db.flow_columns
+
+    def refuse_one(flow):
+        row = columns(flow)
+        if flow.request.path == "/bad":
+            row[4] = None  # host: NOT NULL
+        return row
+
+    monkeypatch.setattr(db, "flow_columns", refuse_one)
+    with capture(config=store_config(path)) as cap:
+        cap.feed(*(make_flow(url=f"https://a.test/{name}") for name in ("one", "bad", "two")))
+        cap.feed(make_flow(url="https://a.test/three"))
+    with flowtap.open_store(path) as store:
+        assert sorted(f.request.path for f in store.flows()) == ["/one", "/three", "/two"]
+    assert "(GET https://a.test/bad) not stored: NOT NULL constraint failed: flows.host" in caplog.text

@@ -142,14 +142,16 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-_COMPACT = json.JSONEncoder(default=_jsonable, separators=(",", ":"), ensure_ascii=False)
+# ASCII-only: header bytes that are not UTF-8 arrive as lone surrogates, which \udcXX escapes
+# keep exactly (and SQLite, which stores UTF-8, could not take as they are).
+_COMPACT = json.JSONEncoder(default=_jsonable, separators=(",", ":"))
 
 
 def to_json(data: dict[str, Any], indent: int | None = None) -> str:
     """JSON text of a :func:`flow_to_dict` dict (compact unless ``indent``)."""
     if indent is None:
         return _COMPACT.encode(data)
-    return json.dumps(data, default=_jsonable, ensure_ascii=False, indent=indent)
+    return json.dumps(data, default=_jsonable, indent=indent)
 
 
 def dumps(flow: Flow, indent: int | None = None) -> str:

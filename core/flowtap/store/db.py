@@ -74,7 +74,7 @@ CREATE TABLE flows (
     status INTEGER,                    -- NULL: no response
     request_type TEXT NOT NULL,        -- every Content-Type value, one per line; '' when none
     response_type TEXT NOT NULL,
-    request_size INTEGER NOT NULL,     -- decoded body lengths
+    request_size INTEGER,              -- decoded body lengths; NULL: unknown (a truncated body)
     response_size INTEGER,
     duration REAL,                     -- milliseconds
     source TEXT NOT NULL,
@@ -245,7 +245,7 @@ def flow_columns(flow: Flow) -> list[Any]:
     parts = urlsplit(req.url)  # once, not once per Request property
     pretty = pretty_url(req)  # what ~u searches
     port = parts.port if _valid_port(parts) else None
-    return [
+    return [_text(value) for value in (
         flow.id,
         flow.timings.start,
         req.method,
@@ -265,7 +265,17 @@ def flow_columns(flow: Flow) -> list[Any]:
         flow.source,
         flow.error,
         None if flow.websocket is None else len(flow.websocket),
-    ]
+    )]
+
+
+def _text(value: Any) -> Any:
+    """A column value SQLite can store: lone surrogates (bytes that were not UTF-8) become U+FFFD.
+
+    The columns are for searching; the exact text is in ``contents.data``.
+    """
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
 
 
 def _valid_port(parts) -> bool:

@@ -157,13 +157,7 @@ class StoreSink(Sink):
         try:
             with self._transaction():
                 if pending:
-                    seq = conn.execute("SELECT coalesce(max(seq), 0) FROM flows").fetchone()[0]
-                    flows, contents = [], []
-                    for seq, (columns, data, request_body, response_body, files) in enumerate(pending, seq + 1):
-                        flows.append((seq, columns[0], session.id, *columns[1:], files))
-                        contents.append((seq, data, request_body, response_body))
-                    conn.executemany(db.INSERT_FLOW, flows)
-                    conn.executemany(db.INSERT_CONTENT, contents)
+                    self._insert(conn, session, pending)
                 conn.executemany("INSERT INTO events (session, time, kind, text) VALUES (?, ?, 'mark', ?)",
                                  [(session.id, when, text) for when, text in marks])
                 self._events += len(marks)
@@ -174,6 +168,26 @@ class StoreSink(Sink):
             raise
         self._pending = []
         self._counts = counts
+
+    def _insert(self, conn: sqlite3.Connection, session: Session, pending: list[tuple]) -> None:
+        """Insert the buffered flows; a row the database refuses is logged and left out, not the batch."""
+        seq = conn.execute("SELECT coalesce(max(seq), 0) FROM flows").fetchone()[0]
+        rows = [((seq, columns[0], session.id, *columns[1:], files), (seq, data, request_body, response_body))
+                for seq, (columns, data, request_body, response_body, files) in enumerate(pending, seq + 1)]
+        conn.execute("SAVEPOINT batch")
+        try:
+            conn.executemany(db.INSERT_FLOW, [flow for flow, _ in rows])
+            conn.executemany(db.INSERT_CONTENT, [content for _, content in rows])
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError):
+            conn.execute("ROLLBACK TO batch")
+            for flow, content in rows:
+                try:
+                    conn.execute(db.INSERT_FLOW, flow)
+                    conn.execute(db.INSERT_CONTENT, content)
+                except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError) as exc:
+                    conn.execute("DELETE FROM flows WHERE seq = ?", (flow[0],))
+                    log.error("%s: flow %s (%s %s) not stored: %s", self.path, flow[1], flow[4], flow[10], exc)
+        conn.execute("RELEASE batch")
 
     def close(self) -> None:
         if self._committer is not None:
