@@ -132,6 +132,8 @@ class Browser:
         self.process = subprocess.Popen(
             [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--no-first-run", "--disable-component-update", "--disable-sync", "--remote-debugging-port=0",
+             # The browser's own background requests resolve to nothing: no lookup leaves the machine.
+             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
              f"--user-data-dir={self.profile}", f"--load-extension={extension}"],
             env={**os.environ, "TMPDIR": str(folder)}, stdin=subprocess.DEVNULL, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True,
