@@ -118,10 +118,11 @@ class Dispatcher:
         if not recording or session is not self.session:
             counts.paused += 1
             return
-        for _, keep in self.host.each("flowtap_filter", flow=flow):
-            if keep is False:
-                counts.filtered += 1
-                return
+        if self.host.impls("flowtap_filter"):
+            for _, keep in self.host.each("flowtap_filter", flow=flow):
+                if keep is False:
+                    counts.filtered += 1
+                    return
         counts.recorded += 1
         for name, sink in self.sinks:
             try:
@@ -173,4 +174,4 @@ class Dispatcher:
                 self.host.report_error(name, "flush")
 
     def _cookie_hooks(self) -> bool:
-        return bool(self.host.pm.hook.flowtap_cookies_seen.get_hookimpls())
+        return bool(self.host.impls("flowtap_cookies_seen"))

@@ -38,6 +38,32 @@ class PluginInfo:
     reason: str = ""
 
 
+class _Manager(pluggy.PluginManager):
+    """A PluginManager that counts registrations, so that callers can cache hook implementations."""
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self.version = 0
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        try:
+            return super().register(plugin, name)
+        finally:
+            self.version += 1
+
+    def unregister(self, plugin: object = None, name: str | None = None) -> Any:
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            self.version += 1
+
+    def add_hookspecs(self, module_or_class: object) -> None:
+        try:
+            super().add_hookspecs(module_or_class)
+        finally:
+            self.version += 1
+
+
 def _env_list(name: str) -> set[str] | None:
     value = os.environ.get(name)
     if value is None:
@@ -59,7 +85,7 @@ class PluginHost:
     """
 
     def __init__(self, disable: Iterable[str] = ()) -> None:
-        self.pm = pluggy.PluginManager("flowtap")
+        self.pm = _Manager("flowtap")
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         env_disable = _env_list("FLOWTAP_DISABLE_PLUGINS") or set()
@@ -69,6 +95,7 @@ class PluginHost:
         self._history: dict[str, dict[str, Any]] = {}
         #: The plugin whose hook implementation is running (for register callbacks).
         self.calling: str | None = None
+        self._impls: dict[str, tuple[int, tuple[Any, ...]]] = {}  # hook -> (pm.version, implementations)
 
     # -- loading ------------------------------------------------------------
 
@@ -157,8 +184,7 @@ class PluginHost:
     def _call_impls(
         self, hook: str, kwargs: dict[str, Any], only: object = None, reraise: type[Exception] | tuple = ()
     ) -> Iterator[tuple[str, Any]]:
-        caller = getattr(self.pm.hook, hook)
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in self.impls(hook):
             if only is not None and impl.plugin is not only:
                 continue
             args = [kwargs[name] for name in impl.argnames]
@@ -174,9 +200,17 @@ class PluginHost:
                 self.calling = None
             yield impl.plugin_name, result
 
+    def impls(self, hook: str) -> tuple[Any, ...]:
+        """The implementations of ``hook`` in calling order (cached until a plugin (un)registers)."""
+        cached = self._impls.get(hook)
+        if cached is None or cached[0] != self.pm.version:
+            impls = tuple(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
+            cached = self._impls[hook] = (self.pm.version, impls)
+        return cached[1]
+
     def call(self, hook: str, **kwargs: Any) -> None:
         """Call every implementation of a notification hook, isolating failures."""
-        for _ in self.each(hook, **kwargs):
+        for _ in self._call_impls(hook, kwargs):
             pass
 
     def call_historic(self, hook: str, **kwargs: Any) -> None:

@@ -28,6 +28,7 @@ The rules, in one place:
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from email import policy
@@ -55,6 +56,7 @@ _GRAPHQL = re.compile(r"^\s*(query|mutation|subscription|fragment)\b|^\s*\{")
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few names, over and over
 def is_secret(name: str) -> bool:
     """Whether a header or parameter called ``name`` carries a credential."""
     lower = unquote(name).strip().lower()
@@ -65,6 +67,7 @@ def is_secret(name: str) -> bool:
     return "auth" in re.split(r"[-_.\s]+", lower)
 
 
+@functools.lru_cache(maxsize=4096)
 def camel(name: str, default: str = "value") -> str:
     """``X-API-Key`` → ``xApiKey``: a variable name Postman shows well."""
     words = [w.lower() for w in _WORDS.findall(unquote(name))]

@@ -2,20 +2,23 @@
 
 Each request and each saved response is serialized once, when its flow
 arrives, and appended to a spool file (an unnamed temporary file next to the
-collection); memory holds only where each piece lies and which folder it
-belongs to. Rewriting the collection streams the pieces from the spool into
+collection; written in chunks of :data:`SPILL` bytes); memory holds only where
+each piece lies and which folder it belongs to. Rewriting the collection streams the pieces from the spool into
 a temporary file that then replaces the collection, so the file on disk is
 always a whole, valid collection.
 
 Rewrites happen on a timer thread: at most once a second while flows
-arrive (less often when a rewrite itself takes long), the last one within
-a second of the last flush, and once more when the session ends.
+arrive, and less often as the collection grows, so that rewriting takes at
+most about 1/:data:`BUDGET` of the time (a rewrite that took 0.2 s waits
+4 s for the next); the last one comes within that interval of the last
+flush, and once more when the session ends.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import re
 import tempfile
@@ -35,12 +38,18 @@ log = logging.getLogger("flowtap.collection")
 SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 #: Seconds between rewrites while flows keep arriving (at least).
 INTERVAL = 1.0
+#: The next rewrite waits this many times as long as the last one took.
+BUDGET = 20
+#: Bytes of pieces buffered before they go to the spool (at a flush or a rewrite, whichever comes first).
+SPILL = 1 << 16
 _ESCAPED = re.compile("[\udc80-\udcff]")
+# Compact; no circular check (the pieces are plain dicts and lists, built afresh).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
 def _dump(obj: Any) -> bytes:
     """Compact JSON in UTF-8; bytes smuggled in as surrogates are read as Latin-1."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODER.encode(obj)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
@@ -120,7 +129,8 @@ class CollectionSink(flowtap.Sink):
         self._seen: dict[str, tuple[_Folder, int]] = {}
         self._variables = Variables()
         self._convert = Converter(self._variables, self.use_variables, "endpoint" in self.organize)
-        self._end = 0
+        self._end = 0  # the spool's length, counting what is still buffered
+        self._buffer = bytearray()  # the spool's last pieces, not yet written
         self._dirty = True
 
     # -- the sink -----------------------------------------------------------
@@ -159,6 +169,8 @@ class CollectionSink(flowtap.Sink):
 
     def flush(self) -> None:
         with self._lock:
+            if len(self._buffer) >= SPILL:
+                self._spill()
             if not self._dirty or self._timer is not None or self._spool is None:
                 return
             delay = max(0.0, self._next - time.monotonic())
@@ -190,13 +202,21 @@ class CollectionSink(flowtap.Sink):
     # -- the index ----------------------------------------------------------
 
     def _append(self, data: bytes) -> tuple[int, int]:
+        """Add a piece to the spool (buffered); return where it lies."""
         offset = self._end
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._spool.fileno(), view, offset + len(data) - len(view))
-            view = view[written:]
+        self._buffer += data
         self._end += len(data)
         return offset, len(data)
+
+    def _spill(self) -> None:
+        """Write the buffered pieces into the spool (lock held); kept buffered if that fails."""
+        view = memoryview(self._buffer)
+        offset = self._end - len(view)
+        while view:
+            written = os.pwrite(self._spool.fileno(), view, offset)
+            view, offset = view[written:], offset + written
+        view.release()
+        self._buffer.clear()
 
     def _folder(self, flow: flowtap.Flow, method: str, endpoint: str) -> _Folder:
         folder = self._root
@@ -221,7 +241,12 @@ class CollectionSink(flowtap.Sink):
                     return
                 early = not final and time.monotonic() < self._next  # scheduled during the last rewrite
                 if not early:
-                    plan = self._root, self._root.plan()
+                    try:
+                        self._spill()
+                    except OSError as exc:  # still dirty: the next flush tries again
+                        log.error("%s: cannot write the collection: %s", self.path, exc.strerror or exc)
+                        return
+                    plan = self._root, self._root.plan(), self._end  # every piece is in the spool
                     self._dirty = False
             if early:
                 self.flush()  # schedules it again, for when it is due
@@ -235,33 +260,36 @@ class CollectionSink(flowtap.Sink):
                 log.error("%s: cannot write the collection: %s", self.path, exc.strerror or exc)
             finally:
                 elapsed = time.monotonic() - began
-                self._next = time.monotonic() + max(INTERVAL, 2 * elapsed)
+                self._next = time.monotonic() + max(INTERVAL, BUDGET * elapsed)
 
-    def _write_file(self, root: _Folder, plan: tuple) -> None:
+    def _write_file(self, root: _Folder, plan: tuple, end: int) -> None:
         info = {"_postman_id": self.postman_id, "name": self.title, "description": self._description,
                 "schema": SCHEMA}
-        fd = self._spool.fileno()
-        with atomic_writer(self.path) as out:
-            out.write(b'{"info":' + _dump(info) + b',"item":[')
-            self._write_folder(out, fd, root, plan)
-            with self._lock:  # now: every variable the items written so far refer to
-                variables = self._variables.as_list(self.include_secrets)
-            out.write(b'],"variable":' + _dump(variables) + b"}\n")
+        # A map of the spool: each piece is a slice, not a system call.
+        spool = mmap.mmap(self._spool.fileno(), end, access=mmap.ACCESS_READ) if end else b""
+        try:
+            with atomic_writer(self.path) as out:
+                out.write(b'{"info":' + _dump(info) + b',"item":[')
+                self._write_folder(out, spool, root, plan)
+                with self._lock:  # now: every variable the items written so far refer to
+                    variables = self._variables.as_list(self.include_secrets)
+                out.write(b'],"variable":' + _dump(variables) + b"}\n")
+        finally:
+            if end:
+                spool.close()
 
-    def _write_folder(self, out: BinaryIO, fd: int, folder: _Folder, plan: tuple) -> None:
+    def _write_folder(self, out: BinaryIO, spool: mmap.mmap, folder: _Folder, plan: tuple) -> None:
         folders, count = plan
         first = True
         for name, sub, sub_plan in folders:
             out.write((b"" if first else b",") + b'\n{"name":' + _dump(name) + b',"item":[')
-            self._write_folder(out, fd, sub, sub_plan)
+            self._write_folder(out, spool, sub, sub_plan)
             out.write(b"]}")
             first = False
         for number in range(count):
             (offset, length), responses = folder.pieces(number)
-            out.write((b"" if first else b",") + b"\n")
-            out.write(os.pread(fd, length, offset))
-            out.write(b',"response":[')
-            for i, (offset, length) in enumerate(responses):
-                out.write((b"," if i else b"") + os.pread(fd, length, offset))
-            out.write(b"]}")
+            out.write(b"".join((
+                b"" if first else b",", b"\n", spool[offset:offset + length], b',"response":[',
+                b",".join([spool[offset:offset + length] for offset, length in responses]), b"]}",
+            )))
             first = False

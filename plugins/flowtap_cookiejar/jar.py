@@ -82,6 +82,9 @@ class Jar:
         Returns True when the jar changed. A cookie a browser would refuse
         (see :func:`acceptable`) is ignored.
         """
+        by_path = self._cookies.get((cookie.domain, cookie.name))
+        if by_path is not None and by_path.get(cookie.path) == cookie and not cookie.is_expired(now):
+            return False  # already held as it is (most flows repeat the cookies they carry)
         if not acceptable(cookie):
             return False
         if cookie.domain != cookie.domain.lower():

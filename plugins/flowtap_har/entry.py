@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import functools
 import ipaddress
 import re
 from datetime import datetime, timezone
@@ -207,11 +208,18 @@ def _timings(flow: Flow) -> tuple[dict[str, float], float]:
 def _server_ip(flow: Flow) -> str | None:
     for candidate in (flow.server_ip, flow.server_address[0] if flow.server_address else None):
         if candidate:
-            try:
-                return str(ipaddress.ip_address(candidate.strip("[]").split("%", 1)[0]))
-            except ValueError:
-                continue
+            ip = _ip(candidate)
+            if ip:
+                return ip
     return None
+
+
+@functools.lru_cache(maxsize=1024)  # a capture talks to few servers
+def _ip(candidate: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(candidate.strip("[]").split("%", 1)[0]))
+    except ValueError:
+        return None
 
 
 def har_entry(flow: Flow, content: str = "full", max_size: int = 1 << 20) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from flowtap.paths import atomic_writer
 MARK = "flowtap_har_journal"
 SUFFIX = ".journal"
 _ESCAPED = re.compile("[\udc80-\udcff]")
+# Compact; no circular check (an entry is plain dicts and lists, built afresh).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
 def journal_path(target: Path) -> Path:
@@ -48,7 +50,7 @@ def dump(obj: Any) -> bytes:
     is written as the Latin-1 character it stands for, as HTTP/1.1 reads
     header bytes.
     """
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODER.encode(obj)
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
