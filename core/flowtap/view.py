@@ -62,6 +62,9 @@ class _ViewSink(Sink):
     def write(self, flow: Flow) -> None:
         self.view.add(flow)
 
+    def flush(self) -> None:
+        self.view.flush()
+
 
 class ConsoleView:
     """Shows flows as they are recorded, and takes p/r/c/q from the keyboard.
@@ -96,7 +99,12 @@ class ConsoleView:
                 if self._early is not None:
                     self._early.append(flow_line(flow))
                     return
-            print(flow_line(flow), file=self.out, flush=True)
+            self.out.write(flow_line(flow) + "\n")
+
+    def flush(self) -> None:
+        """Show the lines of a batch at once (one write per batch, not per flow)."""
+        if not self.interactive:
+            self.out.flush()
 
     def started(self) -> None:
         """Print where the sources listen and how to point clients at them."""
