@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,9 +32,9 @@ import flowtap
 from flowtap.session import Session
 from flowtap.store.sink import StoreSink
 from flowtap.testing import make_flow
+from proxy import cpu_seconds, free_port, wait_port  # benchmarks/proxy.py, beside this script
 
 BODY = json.dumps({"items": [{"id": i, "name": f"item {i}", "tags": ["a", "b"]} for i in range(15)]})
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def flows(n: int, start: int = 0) -> list[flowtap.Flow]:
@@ -89,30 +88,6 @@ def bench_insert(tmp: Path, n: int = 20_000) -> None:
 
 
 # -- the proxy under load ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def bench_proxy(tmp: Path, requests: int) -> None:
