@@ -37,7 +37,10 @@ class FlowtapAddon:
     # Finished flows.
 
     def response(self, f: http.HTTPFlow) -> None:
-        if f.websocket is None:  # a WebSocket is emitted when it ends, with its messages
+        if f.request.method == "CONNECT":  # a tunnel: its traffic is recorded, not the CONNECT itself
+            if not 200 <= f.response.status_code < 300:
+                self.http_connect_error(f)  # mitmproxy 10 reports a failed CONNECT here
+        elif f.websocket is None:  # a WebSocket is emitted when it ends, with its messages
             self._emit(self._convert.http_flow(f))
 
     def error(self, f: http.HTTPFlow) -> None:
