@@ -7,7 +7,7 @@ Needs ``hey`` and ``nginx`` (Debian: ``apt-get install hey nginx-light``) and
 flowtap installed (``flowtap`` and ``mitmdump`` next to this Python).
 
 The same load (keep-alive, small JSON, concurrency 1 and 20, HTTP and HTTPS)
-goes direct to nginx, through ``mitmdump -q`` and through ``flowtap run``
+goes direct to nginx, through ``mitmdump -q`` and through ``flowtap run --quiet``
 with every bundled sink (and the session store, when installed), interleaved,
 ``--reps`` times; medians are printed with the ratios flowtap/mitmdump:
 requests/s, p50/p99 latency, and the proxy process's CPU time per request
@@ -167,7 +167,7 @@ def flowtap_env(tmp: Path) -> dict[str, str]:
 def start_flowtap(tmp: Path, tag: str, sinks: bool = True) -> tuple[subprocess.Popen, int]:
     port = free_port()
     config = flowtap_config(tmp, port, tag, sinks)
-    proc = subprocess.Popen([str(BIN / "flowtap"), "-c", str(config), "run", "--plain"], cwd=tmp,
+    proc = subprocess.Popen([str(BIN / "flowtap"), "-c", str(config), "run", "--quiet"], cwd=tmp,
                             env=flowtap_env(tmp), stdout=subprocess.DEVNULL, stderr=open(tmp / f"flowtap-{tag}.log", "w"),
                             stdin=subprocess.DEVNULL)
     wait_port(port, proc)

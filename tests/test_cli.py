@@ -69,3 +69,12 @@ def test_sigint_ends_the_run_and_keeps_what_was_captured(tmp_path):
     assert paths == [i for i in range(20) if i != 1]
     assert "19 recorded, 1 filtered out" in out
 
+
+
+def test_quiet_run_prints_no_line_per_flow(tmp_path):
+    site = replay_source(tmp_path / "site")
+    (tmp_path / "flowtap.toml").write_text("[sources.replay]\ncount = 3\n[session]\nduration = '1s'\n")
+    result = run_cli("run", "--quiet", cwd=tmp_path, pythonpath=[site])
+    assert result.returncode == 0, result.stderr
+    assert "api.test/items/" not in result.stdout
+    assert "[replay] replaying 3 flows" in result.stdout and "3 recorded" in result.stdout.splitlines()[-1]

@@ -118,7 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not capture.configured_sources():
         available = ", ".join(f"[sources.{n}]" for n in capture.source_factories) or "none installed"
         raise UsageError(f"{config.origin}: no source to start; add a source table (available: {available})")
-    view = ConsoleView(capture, interactive=sys.stdin.isatty() and sys.stdout.isatty() and not args.plain)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not (args.plain or args.quiet)
+    view = ConsoleView(capture, interactive=interactive, per_flow=not args.quiet)
     capture.register(view, name="flowtap-view")
 
     stop = threading.Event()
@@ -189,6 +190,8 @@ def build_parser(plugin_commands: dict[str, Command] | None = None) -> argparse.
     run.add_argument("--name", help="name of the debug session")
     run.add_argument("--duration", help='end after this long, e.g. "30m"')
     run.add_argument("--plain", action="store_true", help="one line per flow, even on a terminal")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no line per flow (start-up lines and the summary still print), like mitmdump -q")
     run.set_defaults(func=cmd_run)
 
     plugins = sub.add_parser("plugins", help="list plugins: name, version, origin, hooks, status")

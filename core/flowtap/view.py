@@ -71,11 +71,14 @@ class ConsoleView:
 
     :param interactive: draw a live table and read keys (a terminal);
         otherwise print one line per flow to ``out``.
+    :param per_flow: False: no line per flow, only the start-up lines and the summary.
     """
 
-    def __init__(self, capture: Capture, interactive: bool, out: TextIO | None = None) -> None:
+    def __init__(self, capture: Capture, interactive: bool, out: TextIO | None = None,
+                 per_flow: bool = True) -> None:
         self.capture = capture
         self.interactive = interactive
+        self.per_flow = per_flow
         self.out = out or sys.stdout
         self.rows: collections.deque[tuple[str, ...]] = collections.deque(maxlen=200)
         self._lock = threading.Lock()
@@ -83,7 +86,8 @@ class ConsoleView:
 
     @hookimpl
     def flowtap_register_sinks(self, register):
-        register("console", lambda options: _ViewSink(self), default=True)
+        if self.per_flow:
+            register("console", lambda options: _ViewSink(self), default=True)
 
     @hookimpl
     def flowtap_session_clear(self):
