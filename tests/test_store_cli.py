@@ -20,6 +20,7 @@ import flowtap
 import flowtap.store
 from flowtap import serialize
 from flowtap.cli import main
+from flowtap.paths import DATE_FORMAT
 from flowtap.store import db
 from flowtap.testing import capture, make_flow
 
@@ -125,6 +126,19 @@ def test_export_through_a_bundled_sink_is_what_live_capture_wrote(recorded, tmp_
     assert code == 0 and [e["request"]["url"] for e in entries] == ["https://cdn.example.com/logo.png"]
     with flowtap.open_store(path) as s:  # the export did not record itself into the store
         assert len(s.sessions()) == 2
+
+
+def test_export_keeps_the_session_start_for_date_placeholders(recorded, tmp_path, capsys):
+    path, morning, _ = recorded
+    with sqlite3.connect(path) as conn:  # a session captured yesterday
+        conn.execute("UPDATE sessions SET started = started - 86400 WHERE id = ?", (morning,))
+    with flowtap.open_store(path) as store:
+        started = store.session(morning).started
+    code, _, err = cli(capsys, "export", morning, "--sink", "har", "-o", str(tmp_path / "{session}-{date}.har"),
+                       "--set", f"store.path={path}")
+    assert code == 0, err
+    stamp = time.strftime(DATE_FORMAT, time.localtime(started))
+    assert (tmp_path / f"morning-{stamp}.har").is_file()
 
 
 JSONL_SINK = '''

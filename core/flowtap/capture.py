@@ -165,9 +165,11 @@ class Capture:
 
     # -- running ---------------------------------------------------------------------
 
-    def start(self) -> Session:
+    def start(self, started: float | None = None) -> Session:
         """Validate the config, begin the first session, start the configured sources.
 
+        :param started: the first session's start time (Unix seconds); default now.
+            Replaying a stored session passes the time it was captured.
         :raises ConfigError: the config is wrong.
         :raises StartupError: a sink or source could not start (nothing keeps running).
         """
@@ -178,25 +180,28 @@ class Capture:
             self.dispatcher.start()
             self._started = True
             try:
-                session = self.begin()
+                session = self.begin(started=started)
                 self._start_sources()
             except BaseException:
                 self.stop()
                 raise
             return session
 
-    def begin(self, name: str | None = None, duration: float | None = None) -> Session:
+    def begin(self, name: str | None = None, duration: float | None = None,
+              started: float | None = None) -> Session:
         """End the current session (if any) and begin a new one; sources keep serving.
 
         :param name: the session's name; default ``[session] name`` or the start time.
         :param duration: seconds until it ends by itself; default ``[session] duration``.
+        :param started: its start time (Unix seconds); default now.
         """
         with self._lock:
             if self.session is not None:
                 self.session.end()
             table = self.config.table("session")
             name = name or table["name"] or time.strftime("session %Y-%m-%d %H:%M:%S")
-            session = Session(name=name, time_limit=duration if duration is not None else table["duration"])
+            session = Session(name=name, time_limit=duration if duration is not None else table["duration"],
+                              started=time.time() if started is None else started)
             sinks = self._build_sinks(self.sink_factories, session)
             self.session = session
             self.dispatcher.attach(session, sinks)

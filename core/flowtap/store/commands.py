@@ -296,7 +296,7 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
             _table(raw, other.table)["enabled"] = False
         raw.pop("filters", None)  # the stored flows passed the capture's filters already
         _table(raw, "session").update(name=session.name, duration="")
-        capture.start()
+        capture.start(started=session.started)
         count = 0
         try:
             for flow in store.flows(args.filter, session=session):
