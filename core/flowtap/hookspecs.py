@@ -57,10 +57,10 @@ def flowtap_register_sources(register):
 
     Called once when the plugin is registered.
 
-    :param register: ``register(name, factory, default=False)``. ``name`` is
-        the source's config table (``[sources.NAME]``); the source runs when
-        that table is in the config (or, with ``default=True``, unless the
-        table sets ``enabled = false``). ``factory(options)`` gets the table's
+    :param register: ``register(name, factory, default=False, table=None)``.
+        ``name`` names the source, whose config table is ``[sources.NAME]``
+        (or ``table``); the source runs when that table is in the config (or,
+        with ``default=True``, unless the table sets ``enabled = false``). ``factory(options)`` gets the table's
         validated values and returns a :class:`flowtap.Source`.
     """
 

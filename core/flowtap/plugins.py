@@ -167,9 +167,6 @@ class PluginHost:
     def _hooks_of(self, plugin: object) -> list[str]:
         return sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ())
 
-    def name_of(self, plugin: object) -> str:
-        return self.pm.get_name(plugin) or repr(plugin)
-
     # -- calling ------------------------------------------------------------
 
     def each(self, hook: str, reraise: type[Exception] | tuple = (), **kwargs: Any) -> Iterator[tuple[str, Any]]:

@@ -149,7 +149,7 @@ class CaptureHarness:
         if not self.capture.dispatcher.sync(timeout):
             raise TimeoutError("the dispatcher did not finish in time")
 
-    def end(self, timeout: float = 10) -> None:
+    def end(self) -> None:
         """End the session (sinks finalized) and stop the capture."""
         self.capture.stop()
 
