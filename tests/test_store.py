@@ -4,6 +4,7 @@ with the same results as the filter predicate, bodies in files, schema versions,
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
 
@@ -117,6 +118,16 @@ def test_serialize_round_trips_every_field():
         assert serialize.loads(serialize.dumps(flow)) == flow
     with pytest.raises(ValueError, match="unknown flow format"):
         serialize.loads('{"format": "something/9"}')
+
+
+def test_json_encoders_agree_with_the_standard_library_and_keep_odd_text():
+    plain = {"ü": ["café", 1.5, -2, None, True, (1, 2)], "n": 2 ** 40}
+    assert json.loads(serialize.json_bytes(plain)) == json.loads(json.dumps(plain))
+    assert serialize.json_bytes({"big": 2 ** 70}) == b'{"big":1180591620717411303424}'  # beyond orjson
+    # Bytes that were not UTF-8 (lone surrogates): Latin-1 in files for other tools, exact in the store.
+    assert json.loads(serialize.json_bytes({"h": "caf\udce9"})) == {"h": "café"}
+    odd = {"h": "caf\udce9", "meta": {1}, "t": (1,)}  # a set: metadata JSON cannot hold as it is
+    assert json.loads(serialize.to_json(odd)) == {"h": "caf\udce9", "meta": [1], "t": [1]}
 
 
 def test_sessions_pause_resume_clear_and_marks_are_kept(tmp_path):

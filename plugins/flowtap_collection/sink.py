@@ -16,20 +16,19 @@ flush, and once more when the session ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import mmap
 import os
-import re
 import tempfile
 import threading
 import time
 import uuid
 from array import array
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import flowtap
 from flowtap.paths import atomic_writer, check_writable, expand_path
+from flowtap.serialize import json_bytes
 
 from flowtap_collection.convert import Converter, Variables
 
@@ -42,20 +41,6 @@ INTERVAL = 1.0
 BUDGET = 20
 #: Bytes of pieces buffered before they go to the spool (at a flush or a rewrite, whichever comes first).
 SPILL = 1 << 16
-_ESCAPED = re.compile("[\udc80-\udcff]")
-# Compact; no circular check (the pieces are plain dicts and lists, built afresh).
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
-
-
-def _dump(obj: Any) -> bytes:
-    """Compact JSON in UTF-8; bytes smuggled in as surrogates are read as Latin-1."""
-    text = _ENCODER.encode(obj)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _ESCAPED.sub(lambda m: chr(ord(m.group()) - 0xDC00), text).encode("utf-8", "replace")
-
-
 class _Folder:
     """A folder's sub-folders, and where its items' pieces lie in the spool.
 
@@ -156,7 +141,7 @@ class CollectionSink(flowtap.Sink):
             seen = self._seen.get(key) if self.dedupe else None
             if seen is None:
                 name = f"{request['method']} {captured if 'domain' in self.organize else flow.request.host + captured}"
-                head = _dump({"name": name, "request": request})[:-1]  # without the closing brace
+                head = json_bytes({"name": name, "request": request})[:-1]  # without the closing brace
                 folder = self._folder(flow, request["method"], endpoint)
                 seen = folder, folder.add(self._append(head))
                 if self.dedupe:
@@ -164,7 +149,7 @@ class CollectionSink(flowtap.Sink):
             if self.save_responses:
                 example = self._convert.example(flow, request)
                 if example is not None:
-                    seen[0].add_response(seen[1], self._append(_dump(example)))
+                    seen[0].add_response(seen[1], self._append(json_bytes(example)))
             self._dirty = True
 
     def flush(self) -> None:
@@ -269,11 +254,11 @@ class CollectionSink(flowtap.Sink):
         spool = mmap.mmap(self._spool.fileno(), end, access=mmap.ACCESS_READ) if end else b""
         try:
             with atomic_writer(self.path) as out:
-                out.write(b'{"info":' + _dump(info) + b',"item":[')
+                out.write(b'{"info":' + json_bytes(info) + b',"item":[')
                 self._write_folder(out, spool, root, plan)
                 with self._lock:  # now: every variable the items written so far refer to
                     variables = self._variables.as_list(self.include_secrets)
-                out.write(b'],"variable":' + _dump(variables) + b"}\n")
+                out.write(b'],"variable":' + json_bytes(variables) + b"}\n")
         finally:
             if end:
                 spool.close()
@@ -282,7 +267,7 @@ class CollectionSink(flowtap.Sink):
         folders, count = plan
         first = True
         for name, sub, sub_plan in folders:
-            out.write((b"" if first else b",") + b'\n{"name":' + _dump(name) + b',"item":[')
+            out.write((b"" if first else b",") + b'\n{"name":' + json_bytes(name) + b',"item":[')
             self._write_folder(out, spool, sub, sub_plan)
             out.write(b"]}")
             first = False

@@ -11,19 +11,16 @@ left behind by a crashed run.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import flowtap
 from flowtap.paths import atomic_writer
+from flowtap.serialize import json_bytes
 
 MARK = "flowtap_har_journal"
 SUFFIX = ".journal"
-_ESCAPED = re.compile("[\udc80-\udcff]")
-# Compact; no circular check (an entry is plain dicts and lists, built afresh).
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
 def journal_path(target: Path) -> Path:
@@ -43,20 +40,8 @@ def header(target: Path, session: Any) -> dict[str, Any]:
 
 
 def dump(obj: Any) -> bytes:
-    """One JSON line in UTF-8.
-
-    Strings may hold bytes that were not UTF-8 as lone surrogates (Python's
-    ``surrogateescape``, as mitmproxy decodes header values); each such byte
-    is written as the Latin-1 character it stands for, as HTTP/1.1 reads
-    header bytes.
-    """
-    text = _ENCODER.encode(obj)
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = _ESCAPED.sub(lambda m: chr(ord(m.group()) - 0xDC00), text)
-        data = text.encode("utf-8", "replace")
-    return data + b"\n"
+    """One JSON line in UTF-8 (:func:`flowtap.serialize.json_bytes`)."""
+    return json_bytes(obj) + b"\n"
 
 
 def _log_head(meta: dict[str, Any]) -> bytes:
