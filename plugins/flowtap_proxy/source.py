@@ -1,7 +1,8 @@
 """The proxy source: an embedded mitmproxy ``Master`` on a thread and event loop of its own.
 
 The master carries only the addons capture needs (not mitmdump's ~35), plus
-flowtap's one addon. mitmproxy is imported when the proxy starts.
+flowtap's one addon, and an addon manager that finds each event's hooks
+once. mitmproxy is imported when the proxy starts.
 """
 
 from __future__ import annotations
@@ -112,9 +113,11 @@ class ProxySource(flowtap.Source):
         from mitmproxy.utils import asyncio_utils
 
         from flowtap_proxy.addon import FlowtapAddon
+        from flowtap_proxy.addon_manager import CachingAddonManager
 
         opts = options.Options(confdir=str(self.confdir))
         m = master.Master(opts)
+        m.addons = CachingAddonManager(m)  # before any addon is added
         m._legacy_log_events.uninstall()  # deprecated add_log events: a cost on every log record
         m.addons.add(
             core.Core(),
