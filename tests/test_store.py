@@ -236,6 +236,38 @@ def test_reading_never_changes_the_database(stored):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
 
 
+def test_flows_are_found_by_id_or_unique_prefix(tmp_path):
+    path = tmp_path / "s.db"
+    with capture(config=store_config(path)) as cap:
+        cap.feed(*(make_flow(url=f"https://a.test/{n}", id=n) for n in ("ab12", "ab1234", "cd55", "cd66")))
+    with flowtap.open_store(path) as store:
+        assert store.flow("ab12").request.url == "https://a.test/ab12"  # exact, though a longer id shares it
+        assert store.flow("ab123").id == "ab1234" and store.flow("cd5").id == "cd55"
+        with pytest.raises(StoreError, match="'cd' is ambiguous"):
+            store.flow("cd")
+        with pytest.raises(StoreError, match="no flow ''"):
+            store.flow("")
+
+
+def test_a_store_of_schema_version_1_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path):
+    path = tmp_path / "v1.db"
+    with capture(config=store_config(path)) as cap:
+        cap.feed(make_flow(url="https://old.test/", id="0ld"))
+    conn = sqlite3.connect(path)
+    # What version 1 had that version 2 dropped.
+    conn.executescript("CREATE INDEX flows_id ON flows(id); CREATE INDEX flows_time ON flows(time);"
+                       "PRAGMA user_version = 1;")
+    conn.close()
+    with flowtap.open_store(path) as store:
+        assert store.flow("0ld").request.host == "old.test"
+    with capture(config=store_config(path)) as cap:
+        cap.feed(make_flow(url="https://new.test/"))
+    conn = sqlite3.connect(path)
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 2
+    assert "flows_id" not in indexes and "flows_time" not in indexes and "flows_host" in indexes
+
+
 def test_bad_input_is_a_clear_error(stored, tmp_path):
     path, _ = stored
     with flowtap.open_store(path) as store:
@@ -279,6 +311,7 @@ def test_migrations_run_in_order_when_writing(tmp_path, monkeypatch):
                                                    "UPDATE flows SET note = 'migrated';"}
     monkeypatch.setattr(db, "MIGRATIONS", migrations)
     monkeypatch.setattr(db, "VERSION", db.VERSION + 1)
+    monkeypatch.setattr(db, "READS_FROM", db.VERSION)  # a new column: readers must wait for it
     with pytest.raises(StoreError, match="older than this flowtap's"):  # reads never migrate
         flowtap.open_store(path)
     with capture(config=store_config(path)) as cap:

@@ -228,15 +228,15 @@ class Store:
         :raises StoreError: no such flow, or several match the prefix.
         """
         cols = ", ".join(f"f.{c}" for c in db.FLOW_COLUMNS)
-        rows = self._execute(f"SELECT {cols} FROM flows f WHERE f.id = ? LIMIT 2", (ref,)).fetchall()
-        if not rows and ref:
-            rows = self._execute(f"SELECT {cols} FROM flows f WHERE f.id >= ? AND f.id < ? LIMIT 2",
-                                 (ref, ref + "\U0010ffff")).fetchall()
+        # One pass over the flows (ids are not indexed, see db.SCHEMA_V2): the exact id first.
+        rows = [] if not ref else [FlowRow(*row) for row in self._execute(
+            f"SELECT {cols} FROM flows f WHERE substr(f.id, 1, ?) = ? ORDER BY f.id = ? DESC LIMIT 2",
+            (len(ref), ref, ref))]
         if not rows:
             raise StoreError(f"no flow {ref!r} in {self.path} (`flowtap search` lists flows with their ids)")
-        if len(rows) > 1:
+        if len(rows) > 1 and rows[0].id != ref:
             raise StoreError(f"flow id {ref!r} is ambiguous: several flows start with it; give more of the id")
-        return FlowRow(*rows[0])
+        return rows[0]
 
     def count(self, session: str | None = None) -> int:
         """How many flows are stored (in one session, or in all)."""
