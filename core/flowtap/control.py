@@ -38,6 +38,8 @@ log = logging.getLogger("flowtap")
 OPS = ("status", "pause", "resume", "clear", "stop", "mark")
 _SUN_PATH_MAX = 107
 _TIMEOUT = 10
+#: Seconds between the control server's checks for shutdown (how long closing it may take).
+SHUTDOWN_POLL = 0.05
 
 
 class ControlError(Exception):
@@ -105,7 +107,9 @@ class ControlServer:
             log.warning("no live control (`flowtap ctl`): cannot listen on %s: %s", self.path, exc.strerror or exc)
             return False
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="flowtap-control", daemon=True)
+        # serve_forever checks for shutdown() between polls: 0.5 s by default, which Ctrl-C waited for.
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL},
+                                        name="flowtap-control", daemon=True)
         self._thread.start()
         return True
 
