@@ -132,7 +132,10 @@ class ConsoleView:
     def run_until(self, stop: threading.Event) -> None:
         """Block until ``stop`` is set, drawing the table and handling keys when interactive."""
         if not self.interactive:
-            stop.wait()
+            # In short waits: when Ctrl-C reaches another thread than this one, Python runs the
+            # handler here only between waits (an endless wait missed it, now and then, for good).
+            while not stop.wait(0.1):
+                pass
             return
         import termios
         import tty
