@@ -144,3 +144,29 @@ def _until(lines: queue.Queue[str], text: str) -> list[str]:
     while not seen or text not in seen[-1]:
         seen.append(_next(lines))
     return seen
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tgkill and /proc/PID/task are Linux's")
+def test_ctrl_c_delivered_to_another_thread_still_ends_the_run(tmp_path):
+    """The kernel may hand a process's SIGINT to any of its threads; run must end all the same."""
+    import ctypes
+
+    config = tmp_path / "flowtap.toml"
+    config.write_text('[sources.proxy]\nlisten = "127.0.0.1:0"\n[store]\nenabled = false\n')
+    env = {**os.environ, "FLOWTAP_DATA_DIR": str(tmp_path / "data")}
+    lines: queue.Queue[str] = queue.Queue()
+    proc = subprocess.Popen([sys.executable, "-m", "flowtap", "-c", str(config), "run", "--plain"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, env=env, cwd=tmp_path)
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        _until(lines, "Ctrl-C ends the session")
+        others = [int(tid) for tid in os.listdir(f"/proc/{proc.pid}/task") if int(tid) != proc.pid]
+        assert others, "flowtap run has no threads besides the main one"
+        tgkill = 234 if os.uname().machine == "x86_64" else 131  # the syscall number (aarch64: 131)
+        assert ctypes.CDLL(None, use_errno=True).syscall(tgkill, proc.pid, others[0], signal.SIGINT) == 0
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
