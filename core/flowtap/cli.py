@@ -7,6 +7,7 @@ arguments, a plugin that cannot start), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -132,6 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise StartupError(explain_in_use(str(exc))) from None
         control.start()
         view.started()
+        # What start-up made (modules, plugins, mitmproxy) lives as long as the run: out of the
+        # cyclic collector's sight, full collections skip it (a fifth of the time they took).
+        gc.freeze()
         watcher = threading.Thread(target=lambda: (capture.wait(), stop.set()), daemon=True)
         watcher.start()
         view.run_until(stop)
