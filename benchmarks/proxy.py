@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """flowtap's proxy against bare mitmdump (and direct), on 127.0.0.1. Run by hand, not by CI.
 
-    python benchmarks/proxy.py [--requests 2000] [--reps 3]
+    python benchmarks/proxy.py [--requests 3000] [--reps 5]
 
 Needs ``hey`` and ``nginx`` (Debian: ``apt-get install hey nginx-light``) and
 flowtap installed (``flowtap`` and ``mitmdump`` next to this Python).
@@ -211,8 +211,8 @@ def drive(port: int, url: str, n: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per measurement (default 2000)")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions, interleaved (default 3)")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per measurement (default 3000)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions, interleaved (default 5: single runs vary)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the RSS and SIGINT measurements")
     parser.add_argument("--no-sinks-too", action="store_true",
                         help='also measure "flowtap-0": the proxy source alone, no sink, no store')
