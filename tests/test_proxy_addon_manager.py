@@ -61,6 +61,7 @@ def run(manager_class, build, events):
     lambda calls: [Recorder("a", calls, halt=True), Recorder("b", calls)],
 ], ids=["children-in-order", "an-error-is-isolated", "halt-stops-the-chain"])
 def test_the_same_hooks_run_as_with_mitmproxys_manager(build, caplog):
+    assert CachingAddonManager.fits(), "mitmproxy's AddonManager changed: check addon_manager.py against it"
     events = [http_layer.HttpRequestHook, http_layer.HttpResponseHook, http_layer.HttpRequestHook,
               "add-late", http_layer.HttpRequestHook, "remove-first", http_layer.HttpRequestHook]
     with caplog.at_level(logging.ERROR, logger="mitmproxy"):
@@ -71,3 +72,10 @@ def test_the_same_hooks_run_as_with_mitmproxys_manager(build, caplog):
         cached_errors = [r.getMessage() for r in caplog.records]
     assert cached == stock and "late" in stock and "b:response" in stock
     assert cached_errors == stock_errors
+
+
+def test_the_proxy_runs_with_the_caching_manager():
+    from flowtap.testing import capture
+
+    with capture("proxy", config={"sources": {"proxy": {"listen": "127.0.0.1:0"}}}) as harness:
+        assert isinstance(harness.capture.sources["proxy"]._master.addons, CachingAddonManager)

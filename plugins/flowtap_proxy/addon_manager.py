@@ -22,6 +22,11 @@ from mitmproxy import addonmanager, exceptions, hooks
 class CachingAddonManager(addonmanager.AddonManager):
     """An ``AddonManager`` that remembers which hook functions each event calls."""
 
+    @staticmethod
+    def fits() -> bool:
+        """Whether this mitmproxy has the internals it builds on (10.x and 11.x have)."""
+        return hasattr(addonmanager.AddonManager, "_iter_hooks") and hasattr(addonmanager, "safecall")
+
     def __init__(self, master: Any) -> None:
         super().__init__(master)
         self._handlers: dict[str, list[Callable[..., Any]]] = {}

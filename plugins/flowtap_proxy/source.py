@@ -117,7 +117,8 @@ class ProxySource(flowtap.Source):
 
         opts = options.Options(confdir=str(self.confdir))
         m = master.Master(opts)
-        m.addons = CachingAddonManager(m)  # before any addon is added
+        if CachingAddonManager.fits():  # else mitmproxy's own: slower, but a newer mitmproxy still runs
+            m.addons = CachingAddonManager(m)  # before any addon is added
         m._legacy_log_events.uninstall()  # deprecated add_log events: a cost on every log record
         m.addons.add(
             core.Core(),
