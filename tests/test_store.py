@@ -69,6 +69,14 @@ EXPRESSIONS = [
 ]
 
 
+def test_sql_alone_decides_all_but_bodies_in_files_and_unsupported_operators():
+    from flowtap.store import query
+
+    for expression in ("~d api & ~m POST", "~h Authorization", "!~hs 'Set-Cookie: a'", "~u x | ~c 500"):
+        assert query.plan(expression).exact, expression
+    assert not query.plan("~b needle").exact and not query.plan("~src 127.0.0.1").exact
+
+
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
     """The corpus in a store (bodies over 1 KB in files), and the flows as fed."""
@@ -349,6 +357,12 @@ def test_flows_the_proxy_can_produce_are_stored_exactly(tmp_path):
         cap.feed(odd, make_flow(url="https://a.test/plain"))
     with flowtap.open_store(path) as store:
         stored = {f.request.path: f for f in store.flows()}
+        matched = []  # the header's bytes, as the filter reads them: b"X-Raw: caf\xe9\r\n"
+        for expression in ("~hs 'X-Raw: caf\xe9'", r"~h 'caf.\r'", "!~hq Raw", "~hq Raw"):
+            found = [r.path for r in store.rows(expression) if r.path == "/odd"]
+            assert found == (["/odd"] if compile_expression(expression)(odd) else []), expression
+            matched += [expression] if found else []
+        assert matched == [r"~h 'caf.\r'", "!~hq Raw"]
     assert stored["/odd"].response.headers.get("x-raw") == "caf\udce9"
     assert stored["/odd"].response.body_size is None and stored["/odd"].response.truncated
     assert "/plain" in stored

@@ -45,9 +45,9 @@ def as_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def _header_block(message: _Message) -> bytes:
-    """``bytes(mitmproxy.http.Headers)``: ``Name: value\\r\\n`` per field, names as sent."""
-    return b"".join(as_bytes(f"{name}: {value}\r\n") for name, value in message.headers.fields)
+def header_block(fields: Iterable[tuple[str, str]]) -> bytes:
+    """What ``~h`` searches, as ``bytes(mitmproxy.http.Headers)``: ``Name: value\\r\\n`` per field, names as sent."""
+    return b"".join(as_bytes(f"{name}: {value}\r\n") for name, value in fields)
 
 
 def _content_types(message: _Message | None) -> list[bytes]:
@@ -89,7 +89,7 @@ def _searching(what: str, request: bool, response: bool) -> Callable[[re.Pattern
     def subjects(f: Flow) -> list[bytes]:
         messages = _messages(f, request, response)
         if what == "h":
-            return [_header_block(m) for m in messages]
+            return [header_block(m.headers.fields) for m in messages]
         if what == "t":
             return [ct for m in messages for ct in _content_types(m)]
         ws = [m.content for m in f.websocket or () if (request if m.from_client else response)]

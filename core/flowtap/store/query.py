@@ -13,6 +13,7 @@ matches as they are; the others are loaded and checked with the Python
 predicate. Regexes run in SQL functions on the very subjects the Python
 predicate searches (the same compiled pattern), so results are identical;
 when ``sure`` and ``maybe`` coincide for the whole tree, SQL alone decides.
+Headers (``~h``) are searched in the stored JSON, without building flows.
 Fields with few distinct values (host, method, content types) are tested
 once per distinct value, and the matching rows found through the index.
 """
@@ -20,12 +21,14 @@ once per distinct value, and the matching rows found through the index.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from flowtap.filters import ASSET_TYPES, FilterError, Predicate, parse_authority, as_bytes, compile_expression
+from flowtap.filters import (ASSET_TYPES, FilterError, Predicate, as_bytes, compile_expression, header_block,
+                             parse_authority)
 
 TRUE, FALSE = "1", "0"
 
@@ -132,6 +135,9 @@ class _Builder:
             return exact, exact
         if code in ("b", "bq", "bs"):
             return self.body(code, node.re)
+        if code in ("h", "hq", "hs"):
+            exact = self.headers(code, node.re)
+            return exact, exact
         return FALSE, TRUE  # only Python can tell
 
     def leaf(self, code: str | None, rx: Any) -> str | None:
@@ -163,6 +169,17 @@ class _Builder:
             return self.distinct(lambda s: any(asset.search(ct) for ct in _split(s) for asset in ASSET_TYPES),
                                  "response_type")
         return None
+
+    def headers(self, code: str, rx: Any) -> str:
+        """``~h``/``~hq``/``~hs``: the regex over the header blocks, read from the stored JSON."""
+        parts = [part for part, wanted in (("request", code != "hs"), ("response", code != "hq")) if wanted]
+
+        def search(data: str) -> bool:
+            stored = json.loads(data)  # no Flow built, no body read
+            return any(rx.search(header_block(stored[part]["headers"])) for part in parts if stored[part])
+
+        self.contents = True
+        return self.function(1, search, "c.data")
 
     def body(self, code: str, rx: Any) -> tuple[str, str]:
         """``~b``/``~bq``/``~bs``: decided in SQL unless a body is in a file or WebSocket messages count too."""
