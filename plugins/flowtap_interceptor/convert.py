@@ -86,11 +86,8 @@ class Assembler:
     def body(self, message: dict[str, Any]) -> list[Flow]:
         """Take one ``body`` message (a response body read through chrome.debugger)."""
         key = (message["tabId"], message["method"].upper(), message["url"])
-        waiting = self._awaiting.get(key)
-        if waiting:
-            _, flow = waiting.popleft()
-            if not waiting:
-                del self._awaiting[key]
+        flow = _take_first(self._awaiting, key)
+        if flow is not None:
             _set_body(flow, message)
             return [flow]
         self._bodies.setdefault(key, collections.deque()).append((self.clock() + BODY_KEEP, message))
@@ -131,15 +128,23 @@ class Assembler:
 
     def _join_body(self, flow: Flow, event: dict[str, Any]) -> Flow | None:
         key = (event.get("tabId"), flow.request.method, flow.request.url)
-        bodies = self._bodies.get(key)
-        if bodies:
-            _, message = bodies.popleft()
-            if not bodies:
-                del self._bodies[key]
+        message = _take_first(self._bodies, key)
+        if message is not None:
             _set_body(flow, message)
             return flow
         self._awaiting.setdefault(key, collections.deque()).append((self.clock() + self.body_wait, flow))
         return None
+
+
+def _take_first(table: dict[tuple, collections.deque[tuple[float, Any]]], key: tuple) -> Any:
+    """The oldest item waiting under ``key`` (dropping the key when none is left), or None."""
+    queue = table.get(key)
+    if not queue:
+        return None
+    _, item = queue.popleft()
+    if not queue:
+        del table[key]
+    return item
 
 
 def _flow(entry: _Pending, end: dict[str, Any] | None, source: str, error: str | None = None) -> Flow:
