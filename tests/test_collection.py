@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -274,3 +275,155 @@ def test_weird_flows_never_stop_the_sink(tmp_path, judge, caplog):
     weird = doc["item"][1]["item"][0]["item"][0]["request"]
     assert {"key": "X-Raw", "value": "café"} in weird["header"]
     assert doc["item"][1]["item"][2]["item"][0]["response"] == []  # no response, no example
+
+
+class _Rewrites:
+    """Watches the collection sink's rewrites from the inside, to drive them from a test.
+
+    Wraps the sink's ``atomic_writer``: ``during(sink)`` runs at each write into
+    a rewrite's temporary file (the rewrite is under way: its plan is made, the
+    file is half written), and ``done`` is set each time a rewrite has replaced
+    the collection on disk; ``snapshots`` holds the file as each rewrite left it.
+    """
+
+    def __init__(self, monkeypatch, during=None):
+        import contextlib
+
+        import flowtap_collection.sink as module
+
+        self.during = during  # called with the data of each write
+        self.done = threading.Event()
+        self.snapshots: list[bytes] = []
+        real = module.atomic_writer
+        rewrites = self
+
+        class Out:
+            def __init__(self, fh):
+                self.fh = fh
+
+            def write(self, data):
+                result = self.fh.write(data)
+                if rewrites.during is not None:
+                    rewrites.during(bytes(data))
+                return result
+
+            def __getattr__(self, name):
+                return getattr(self.fh, name)
+
+        @contextlib.contextmanager
+        def watched(path, *args, **kwargs):
+            with real(path, *args, **kwargs) as fh:
+                yield Out(fh)
+            rewrites.snapshots.append(path.read_bytes())
+            rewrites.done.set()
+
+        monkeypatch.setattr(module, "atomic_writer", watched)
+
+    def wait(self, timeout=10):
+        assert self.done.wait(timeout), "no rewrite in time"
+        self.done.clear()
+
+
+def test_a_response_added_during_a_rewrite_leaves_valid_json(tmp_path, monkeypatch, judge):
+    """dedupe = true: a second response to a request arrives while the collection is being rewritten."""
+    import flowtap_collection.sink as module
+
+    monkeypatch.setattr(module, "INTERVAL", 0.0)  # rewrite at each flush: the test needs no waiting
+    out = tmp_path / "live.json"
+    later = [make_flow(url="https://a.example/users/1", response_body=b'{"n": 2}')]
+
+    def respond(data):  # once, at the rewrite's first write into its temporary file
+        if later:
+            cap.sink("collection").write(later.pop())
+
+    rewrites = _Rewrites(monkeypatch)
+    with capture("collection", config=config(out, dedupe=True)) as cap:
+        cap.feed(make_flow(url="https://a.example/users/1", response_body=b'{"n": 1}'))
+        while b"users/1" not in (rewrites.snapshots or [b""])[-1]:
+            rewrites.wait()  # the request and its first response are on disk; no rewrite is due
+        rewrites.during = respond
+        cap.feed(make_flow(url="https://a.example/users/2"))
+        rewrites.wait()
+        assert not later
+        doc = json.loads(rewrites.snapshots[-1])  # the file as that rewrite left it
+        assert [r["body"] for r in doc["item"][0]["response"]] in (['{"n": 1}'], ['{"n": 1}', '{"n": 2}'])
+        assert judge.postman_errors(out) == ""
+    doc = load_json(out)
+    assert [r["body"] for r in doc["item"][0]["response"]] == ['{"n": 1}', '{"n": 2}']
+
+
+def _requests(doc):
+    """Every request of a collection, folders flattened."""
+    for item in doc["item"]:
+        yield from (_requests(item) if "item" in item else [item])
+
+
+@pytest.mark.parametrize(("organize", "dedupe"), [("none", False), ("none", True), ("endpoint", False),
+                                                  ("domain+endpoint", True)])
+def test_the_file_is_a_whole_collection_whenever_it_is_read(tmp_path, monkeypatch, judge, organize, dedupe):
+    """Flows arrive while rewrites are under way (one at each write into the rewrite's file), and a
+    reader reads the file all along: every read, and the file each rewrite leaves, is a valid collection."""
+    import flowtap_collection.sink as module
+
+    monkeypatch.setattr(module, "INTERVAL", 0.0)
+    monkeypatch.setattr(module, "BUDGET", 0)  # a rewrite as soon as one is due
+    out = tmp_path / "live.json"
+    flows = [make_flow(url=f"https://{'ab'[i % 2]}.example/{('users', 'items', 'v1/orders')[i % 3]}/{i % 5}",
+                       method=("GET", "POST")[i % 4 == 3], response_body=f'{{"i": {i}}}') for i in range(90)]
+    during = flows[1::2]  # added by the sink's own thread, at a random write of a rewrite
+    fed = flows[::2]
+    rng = random.Random(organize)
+    added_in = []  # the rewrites during which one was added
+
+    def arrive(data):  # one flow in each rewrite, after a random write (at the latest, its last)
+        rewrite = len(rewrites.snapshots)
+        if during and rewrite not in added_in and (rng.random() < 0.3 or data.endswith(b"}\n")):
+            added_in.append(rewrite)
+            cap.sink("collection").write(during.pop(0))
+
+    reads, bad = [], []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                data = out.read_bytes()
+            except FileNotFoundError:  # not written yet
+                continue
+            try:
+                reads.append(len(list(_requests(json.loads(data)))))
+            except ValueError as exc:
+                bad.append((exc, data))
+            time.sleep(0.001)
+
+    rewrites = _Rewrites(monkeypatch, during=arrive)
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        with capture("collection", config=config(out, organize=organize, dedupe=dedupe)) as cap:
+            for flow in fed:
+                done = len(rewrites.snapshots)
+                cap.feed(flow)
+                while len(rewrites.snapshots) == done:
+                    rewrites.wait()
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not bad, bad[0]
+    assert reads and len(rewrites.snapshots) > len(fed) and not during
+    counts = []
+    for snapshot in rewrites.snapshots:
+        doc = json.loads(snapshot)
+        requests = list(_requests(doc))
+        counts.append(sum(len(r["response"]) for r in requests))
+        assert all(r["response"] and all(e["body"].startswith('{"i": ') for e in r["response"]) for r in requests)
+    assert counts == sorted(counts)  # nothing a rewrite wrote is missing from a later one
+    for number in (len(rewrites.snapshots) // 2, -1):
+        (tmp_path / "snapshot.json").write_bytes(rewrites.snapshots[number])
+        assert judge.postman_errors(tmp_path / "snapshot.json") == ""
+
+    requests = list(_requests(load_json(out)))
+    bodies = sorted(int(json.loads(e["body"])["i"]) for r in requests for e in r["response"])
+    assert bodies == list(range(len(flows)))  # every flow, once
+    keys = [(r["request"]["method"], r["request"]["url"]["raw"]) for r in requests]
+    assert len(keys) == (len(set(keys)) if dedupe else len(flows))

@@ -1,11 +1,18 @@
 """The collection sink: kept flows as a Postman Collection v2.1.0, rewritten whole and atomically.
 
 Each request and each saved response is serialized once, when its flow
-arrives, and appended to a spool file (an unnamed temporary file next to the
-collection; written in chunks of :data:`SPILL` bytes); memory holds only where
-each piece lies and which folder it belongs to. Rewriting the collection streams the pieces from the spool into
-a temporary file that then replaces the collection, so the file on disk is
-always a whole, valid collection.
+arrives, and appended to a spool (an unnamed temporary file next to the
+collection); memory holds only where each piece lies and which folder it
+belongs to (about 32 bytes per request). A rewrite streams the pieces, in
+the collection's order, into a temporary file that then replaces the
+collection (``os.replace``): whoever reads the file reads a whole, valid
+collection, the last one or the one before.
+
+What a rewrite writes is fixed by one number, the spool's length when it
+starts: pieces are only ever appended, so the pieces below it are exactly
+the requests and responses that had arrived by then, each complete. A flow
+that arrives during a rewrite is in the next one. A rewrite reads one piece
+at a time (``os.pread``), so its memory does not grow with the collection.
 
 Rewrites happen on a timer thread: at most once a second while flows
 arrive, and less often as the collection grows, so that rewriting takes at
@@ -17,7 +24,6 @@ flush, and once more when the session ends.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import tempfile
 import threading
@@ -39,23 +45,29 @@ SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 INTERVAL = 1.0
 #: The next rewrite waits this many times as long as the last one took.
 BUDGET = 20
-#: Bytes of pieces buffered before they go to the spool (at a flush or a rewrite, whichever comes first).
-SPILL = 1 << 16
+
+
 class _Folder:
     """A folder's sub-folders, and where its items' pieces lie in the spool.
 
     ``items`` holds four numbers per item: its head's offset and length, and
     its first response's (-1 when it has none); ``more`` holds further
     responses (with ``dedupe``) as offset, length pairs per item number.
-    About 32 bytes per item, whatever the item holds.
+    About 32 bytes per item, whatever the item holds. ``born`` is where the
+    folder's first item lies: a rewrite that ends before it leaves the folder out.
+
+    Everything here is only ever appended to, in the order of the offsets,
+    and each read is a single step under the GIL: a rewrite reads the live
+    index while flows keep coming, and skips what lies at or beyond its end.
     """
 
-    __slots__ = ("folders", "items", "more")
+    __slots__ = ("folders", "items", "more", "born")
 
-    def __init__(self) -> None:
+    def __init__(self, born: int) -> None:
         self.folders: dict[str, _Folder] = {}
         self.items = array("q")
         self.more: dict[int, array] = {}
+        self.born = born
 
     def add(self, head: tuple[int, int]) -> int:
         """Add an item; return its number."""
@@ -68,23 +80,17 @@ class _Folder:
         else:
             self.more.setdefault(number, array("q")).extend(piece)
 
-    def pieces(self, number: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-        """Item ``number``'s head, and its responses."""
+    def pieces(self, number: int, end: int) -> tuple[tuple[int, int], list[tuple[int, int]]] | None:
+        """Item ``number``'s head and responses that lie before ``end``; None if its head does not."""
         head_offset, head_length, offset, length = self.items[4 * number: 4 * number + 4]
-        responses = [] if offset < 0 else [(offset, length)]
+        if head_offset >= end:
+            return None
+        responses = [(offset, length)] if 0 <= offset < end else []
         more = self.more.get(number)
-        if more is not None:
+        if more is not None and responses:
             more = more.tolist()
-            responses += list(zip(more[::2], more[1::2]))
+            responses += [piece for piece in zip(more[::2], more[1::2]) if piece[0] < end]
         return (head_offset, head_length), responses
-
-    def plan(self) -> tuple[list[tuple[str, _Folder, tuple]], int]:
-        """What a rewrite writes: the folders and item counts as they are now.
-
-        Items and responses are only ever appended, so a rewrite can read
-        the live folders up to these counts while new flows keep coming.
-        """
-        return [(name, sub, sub.plan()) for name, sub in list(self.folders.items())], len(self.items) // 4
 
 
 class CollectionSink(flowtap.Sink):
@@ -110,12 +116,11 @@ class CollectionSink(flowtap.Sink):
         self._reset()
 
     def _reset(self) -> None:
-        self._root = _Folder()
+        self._root = _Folder(-1)
         self._seen: dict[str, tuple[_Folder, int]] = {}
         self._variables = Variables()
         self._convert = Converter(self._variables, self.use_variables, "endpoint" in self.organize)
-        self._end = 0  # the spool's length, counting what is still buffered
-        self._buffer = bytearray()  # the spool's last pieces, not yet written
+        self._end = 0  # the spool's length: every piece below it is written whole
         self._dirty = True
 
     # -- the sink -----------------------------------------------------------
@@ -139,23 +144,26 @@ class CollectionSink(flowtap.Sink):
             request, captured, endpoint = self._convert.request(flow)
             key = f"{request['method']} {request['url']['raw']}"
             seen = self._seen.get(key) if self.dedupe else None
+            head = b""
             if seen is None:
                 name = f"{request['method']} {captured if 'domain' in self.organize else flow.request.host + captured}"
                 head = json_bytes({"name": name, "request": request})[:-1]  # without the closing brace
-                folder = self._folder(flow, request["method"], endpoint)
-                seen = folder, folder.add(self._append(head))
+            example = self._convert.example(flow, request) if self.save_responses else None
+            response = b"" if example is None else json_bytes(example)
+            if not head and not response:
+                return
+            offset = self._put(head + response)  # raises before anything refers to it
+            if head:
+                folder = self._folder(flow, request["method"], endpoint, offset)
+                seen = folder, folder.add((offset, len(head)))
                 if self.dedupe:
                     self._seen[key] = seen
-            if self.save_responses:
-                example = self._convert.example(flow, request)
-                if example is not None:
-                    seen[0].add_response(seen[1], self._append(json_bytes(example)))
+            if response:
+                seen[0].add_response(seen[1], (offset + len(head), len(response)))
             self._dirty = True
 
     def flush(self) -> None:
         with self._lock:
-            if len(self._buffer) >= SPILL:
-                self._spill()
             if not self._dirty or self._timer is not None or self._spool is None:
                 return
             delay = max(0.0, self._next - time.monotonic())
@@ -186,24 +194,18 @@ class CollectionSink(flowtap.Sink):
 
     # -- the index ----------------------------------------------------------
 
-    def _append(self, data: bytes) -> tuple[int, int]:
-        """Add a piece to the spool (buffered); return where it lies."""
+    def _put(self, data: bytes) -> int:
+        """Write ``data`` at the spool's end; return its offset. The end moves only once it is all written."""
         offset = self._end
-        self._buffer += data
-        self._end += len(data)
-        return offset, len(data)
-
-    def _spill(self) -> None:
-        """Write the buffered pieces into the spool (lock held); kept buffered if that fails."""
-        view = memoryview(self._buffer)
-        offset = self._end - len(view)
+        view = memoryview(data)
         while view:
-            written = os.pwrite(self._spool.fileno(), view, offset)
-            view, offset = view[written:], offset + written
-        view.release()
-        self._buffer.clear()
+            written = os.pwrite(self._spool.fileno(), view, offset + len(data) - len(view))
+            view = view[written:]
+        self._end += len(data)
+        return offset
 
-    def _folder(self, flow: flowtap.Flow, method: str, endpoint: str) -> _Folder:
+    def _folder(self, flow: flowtap.Flow, method: str, endpoint: str, offset: int) -> _Folder:
+        """The folder for this flow, made (as born at ``offset``) if it is new."""
         folder = self._root
         names = []
         if "domain" in self.organize:
@@ -213,7 +215,10 @@ class CollectionSink(flowtap.Sink):
         if "endpoint" in self.organize:
             names.append(f"{method} {endpoint}")
         for name in names:
-            folder = folder.folders.setdefault(name, _Folder())
+            sub = folder.folders.get(name)
+            if sub is None:
+                sub = folder.folders[name] = _Folder(offset)
+            folder = sub
         return folder
 
     # -- rewriting ----------------------------------------------------------
@@ -226,19 +231,14 @@ class CollectionSink(flowtap.Sink):
                     return
                 early = not final and time.monotonic() < self._next  # scheduled during the last rewrite
                 if not early:
-                    try:
-                        self._spill()
-                    except OSError as exc:  # still dirty: the next flush tries again
-                        log.error("%s: cannot write the collection: %s", self.path, exc.strerror or exc)
-                        return
-                    plan = self._root, self._root.plan(), self._end  # every piece is in the spool
+                    end = self._end  # this rewrite writes the collection as it is now
                     self._dirty = False
             if early:
                 self.flush()  # schedules it again, for when it is due
                 return
             began = time.monotonic()
             try:
-                self._write_file(*plan)
+                self._write_file(end)
             except OSError as exc:
                 with self._lock:
                     self._dirty = True
@@ -247,34 +247,46 @@ class CollectionSink(flowtap.Sink):
                 elapsed = time.monotonic() - began
                 self._next = time.monotonic() + max(INTERVAL, BUDGET * elapsed)
 
-    def _write_file(self, root: _Folder, plan: tuple, end: int) -> None:
+    def _write_file(self, end: int) -> None:
+        """Write the collection as it was when the spool was ``end`` bytes long."""
         info = {"_postman_id": self.postman_id, "name": self.title, "description": self._description,
                 "schema": SCHEMA}
-        # A map of the spool: each piece is a slice, not a system call.
-        spool = mmap.mmap(self._spool.fileno(), end, access=mmap.ACCESS_READ) if end else b""
-        try:
-            with atomic_writer(self.path) as out:
-                out.write(b'{"info":' + json_bytes(info) + b',"item":[')
-                self._write_folder(out, spool, root, plan)
-                with self._lock:  # now: every variable the items written so far refer to
-                    variables = self._variables.as_list(self.include_secrets)
-                out.write(b'],"variable":' + json_bytes(variables) + b"}\n")
-        finally:
-            if end:
-                spool.close()
+        with atomic_writer(self.path) as out:
+            out.write(b'{"info":' + json_bytes(info) + b',"item":[')
+            self._write_folder(out, self._root, end)
+            with self._lock:  # every variable the items written refer to (and maybe a few more)
+                variables = self._variables.as_list(self.include_secrets)
+            out.write(b'],"variable":' + json_bytes(variables) + b"}\n")
 
-    def _write_folder(self, out: BinaryIO, spool: mmap.mmap, folder: _Folder, plan: tuple) -> None:
-        folders, count = plan
+    def _write_folder(self, out: BinaryIO, folder: _Folder, end: int) -> None:
+        fd = self._spool.fileno()
         first = True
-        for name, sub, sub_plan in folders:
+        for name, sub in list(folder.folders.items()):
+            if sub.born >= end:
+                break  # made after this rewrite began, as were those after it (dicts keep their order)
             out.write((b"" if first else b",") + b'\n{"name":' + json_bytes(name) + b',"item":[')
-            self._write_folder(out, spool, sub, sub_plan)
+            self._write_folder(out, sub, end)
             out.write(b"]}")
             first = False
-        for number in range(count):
-            (offset, length), responses = folder.pieces(number)
-            out.write(b"".join((
-                b"" if first else b",", b"\n", spool[offset:offset + length], b',"response":[',
-                b",".join([spool[offset:offset + length] for offset, length in responses]), b"]}",
-            )))
+        for number in range(len(folder.items) // 4):
+            pieces = folder.pieces(number, end)
+            if pieces is None:
+                break  # arrived after this rewrite began, as did those after it
+            (offset, length), responses = pieces
+            out.write(b"\n" if first else b",\n")
+            comma = b""
+            if responses and responses[0][0] == offset + length:  # written together: one read
+                both = memoryview(os.pread(fd, length + responses[0][1], offset))
+                out.write(both[:length])
+                out.write(b',"response":[')
+                out.write(both[length:])
+                comma, responses = b",", responses[1:]
+            else:
+                out.write(os.pread(fd, length, offset))
+                out.write(b',"response":[')
+            for offset, length in responses:  # one at a time, however many there are
+                out.write(comma)
+                out.write(os.pread(fd, length, offset))
+                comma = b","
+            out.write(b"]}")
             first = False
