@@ -192,6 +192,42 @@ def test_entries_go_to_the_journal_as_they_come_and_clear_empties_it(tmp_path):
     assert load_json(path)["log"]["comment"] == "flowtap session demo"
 
 
+def test_the_journal_is_fsynced_throttled_and_soon_after_the_last_flush(tmp_path, monkeypatch):
+    """Many flushes in a row: at most one fsync of the journal per FSYNC_INTERVAL, and one within
+    FSYNC_INTERVAL of the last flush (a machine crash loses at most that much)."""
+    import os
+    import threading
+    import time
+
+    import flowtap_har.sink as module
+
+    synced = []  # (when, journal bytes on disk) at each fsync of the journal
+    happened = threading.Event()
+    real = os.fsync
+
+    def fsync(fd):
+        real(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".journal"):
+            synced.append((time.monotonic(), os.fstat(fd).st_size))
+            happened.set()
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with capture("har", config=har_config(tmp_path / "out.har")) as cap:
+        began = time.monotonic()
+        for number in range(20):
+            cap.feed(make_flow(url=f"https://a.example/{number}"))  # a flush each
+        fed, size = time.monotonic(), cap.sink("har").journal_path.stat().st_size
+        deadline = fed + 5
+        while not any(written >= size for _, written in synced) and time.monotonic() < deadline:
+            happened.clear()
+            happened.wait(0.05)
+        assert any(written >= size for _, written in synced), "the last flush was never fsynced"
+        when = min(t for t, written in synced if written >= size)
+        assert when - fed < module.FSYNC_INTERVAL + 0.5  # soon after the last flush (a loaded machine's margin)
+        during = [t for t, _ in synced if began <= t <= fed]
+        assert len(during) <= (fed - began) / module.FSYNC_INTERVAL + 2, (len(during), fed - began)
+
+
 def crashed_journal(tmp_path) -> Path:
     """A journal as a crashed run leaves it: never closed, its last line torn."""
     sink = HarSink({"path": str(tmp_path / "crash.har"), "content": "full", "max_body_size": 1 << 20})
