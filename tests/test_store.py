@@ -306,7 +306,7 @@ def test_a_newer_store_is_refused_and_left_alone(tmp_path):
     with pytest.raises(StoreError, match="newer flowtap"):
         flowtap.open_store(path)
     cap = flowtap.Capture(store_config(path), load_entrypoints=False)
-    with pytest.raises(flowtap.StartupError, match=r"sink 'store': .*newer flowtap.*\[store\] enabled = false"):
+    with pytest.raises(flowtap.StartupError, match=r"sink 'store': .*newer flowtap.*upgrade flowtap, or set \[store\] path"):
         cap.start()
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == db.VERSION + 1
 

@@ -75,7 +75,7 @@ class StoreSink(Sink):
         try:
             self.conn = db.connect(self.path, write=True)
         except StoreError as exc:
-            raise SinkError(f"{exc}; set [store] path to another file, or [store] enabled = false") from None
+            raise SinkError(str(exc)) from None
         self.session = session
         try:
             with self._transaction():
@@ -85,7 +85,8 @@ class StoreSink(Sink):
                     (session.id, session.name, session.started, session.state.value, os.getpid(), self.config))
         except sqlite3.Error as exc:
             self.conn.close()
-            raise SinkError(f"{self.path}: cannot write the store: {exc}") from None
+            self.conn = None
+            raise SinkError(str(db.error(self.path, exc, "write"))) from None
         if self.interval:
             self._committer = threading.Thread(target=self._commit_when_due, name="flowtap-store", daemon=True)
             self._committer.start()

@@ -1,0 +1,292 @@
+"""The store fails loudly, not silently: a damaged store or one from a newer flowtap refuses to open
+with one line (for `flowtap run` and every store command), and runs starting together on a new store
+both start.
+
+Everything here is real: SQLite files damaged by overwriting their pages, real processes starting at once."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import flowtap
+from flowtap.cli import main
+from flowtap.store import StoreError, db
+from flowtap.store.sink import StoreSink
+from flowtap.testing import capture, make_flow
+
+from clirun import flowtap as flowtap_cli
+from fakedist import stream_source
+
+GARBAGE = b"\xde\xad\xbe\xef" * 1024  # one 4 KiB page of it
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record(path: Path, flows: int = 300, name: str = "kept") -> list[str]:
+    """A store at ``path`` holding one session of ``flows`` flows; their ids."""
+    made = [make_flow(url=f"https://api.test/items/{i}", response_body=b'{"item": %d}' % i) for i in range(flows)]
+    with capture(config={"store": {"path": str(path)}, "session": {"name": name}}) as cap:
+        cap.feed(*made)
+    assert not path.with_name(path.name + "-wal").exists()  # all of it in the file, checkpointed
+    return [f.id for f in made]
+
+
+def page_size(path: Path) -> int:
+    return struct.unpack(">H", path.read_bytes()[16:18])[0]
+
+
+def overwrite_middle(path: Path, pages: int = 3) -> None:
+    """Overwrite ``pages`` pages in the middle of the file with garbage."""
+    size, total = page_size(path), path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.seek((total // size // 2) * size)
+        fh.write(GARBAGE[:size] * pages)
+
+
+def overwrite_flows_leaf(path: Path) -> None:
+    """Overwrite one leaf page of the ``flows`` table, from the middle of its b-tree, with garbage.
+
+    Found by reading the b-tree's root (an interior table page: type 5, its cells each starting with a
+    child's page number), so that a scan reads good rows on either side of it.
+    """
+    conn = sqlite3.connect(path)
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'flows'").fetchone()[0]
+    conn.close()
+    size, data = page_size(path), path.read_bytes()
+    page = data[(root - 1) * size:root * size]
+    assert page[0] == 5, "the flows table fits one page: record more flows"
+    cells = struct.unpack(">H", page[3:5])[0]
+    pointer = struct.unpack(">H", page[12 + 2 * (cells // 2):14 + 2 * (cells // 2)])[0]
+    child = struct.unpack(">I", page[pointer:pointer + 4])[0]
+    with open(path, "r+b") as fh:
+        fh.seek((child - 1) * size)
+        fh.write(GARBAGE[:size])
+
+
+def damaged_line(path: Path) -> str:
+    """The one line, as a regex: SQLite's own words (its version's) between the parentheses."""
+    before, after = str(db.damaged(path, "\0")).split("\0")
+    return (re.escape(before) + r"(SQLite: database disk image is malformed|SQLite's quick_check: [^\n]+)"
+            + re.escape(after))
+
+
+def run(tmp_path: Path, store: Path, *args: str, interval: str = "0.01", timeout: float = 60,
+        preexec_fn=None) -> subprocess.CompletedProcess:
+    """``flowtap run`` in a process of its own, fed by the stream source, storing into ``store``."""
+    site = stream_source(tmp_path / "site") if not (tmp_path / "site").exists() else tmp_path / "site"
+    config = tmp_path / "flowtap.toml"
+    config.write_text(f"[sources.stream]\ninterval = {interval}\n\n[store]\npath = {str(store)!r}\n")
+    if preexec_fn is None:
+        return flowtap_cli("run", "--plain", "-c", str(config), *args, pythonpath=[site], timeout=timeout)
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "flowtap", "run", "--plain", "-c", str(config), *args],
+                          capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL,
+                          preexec_fn=preexec_fn)
+
+
+STORE_COMMANDS = [("sessions",), ("sessions", "show", "last"), ("search", "~d api.test"), ("show", "0"),
+                  ("export", "last", "--format", "curl")]
+
+
+# -- a store that cannot be used refuses to open --------------------------------------------------------
+
+
+def test_a_damaged_store_refuses_to_open_with_one_line(tmp_path, capsys):
+    path = tmp_path / "store.db"
+    record(path)
+    overwrite_middle(path)
+    before = digest(path)
+    line = damaged_line(path)
+
+    result = run(tmp_path, path, "--duration", "5s")
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(f"flowtap: error: sink 'store': {line}\n", result.stderr), result.stderr
+    for args in STORE_COMMANDS:
+        code, out, err = cli(capsys, *args, "--set", f"store.path={path}")
+        assert (code, out) == (2, ""), (args, err)
+        assert re.fullmatch(f"flowtap: error: {line}\n", err), (args, err)
+    with pytest.raises(StoreError, match=line):
+        flowtap.open_store(path)
+    assert digest(path) == before  # refused, and left as it was: `sqlite3 .recover` can still save it
+
+
+def test_damage_a_read_reaches_is_the_same_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """A store too big to check in full at open: the damage is found while fetching rows."""
+    path = tmp_path / "store.db"
+    ids = record(path, flows=600)
+    overwrite_flows_leaf(path)
+    monkeypatch.setattr(db, "CHECK_BUDGET", 0)  # as if the store were too big to check at open
+    line = damaged_line(path)
+    code, out, err = cli(capsys, "search", "--set", f"store.path={path}")
+    assert code == 2 and re.fullmatch(f"flowtap: error: {line}\n", err), err
+    assert out.count(" /items/") > 10  # rows came before the damaged page did: fetched, then failed
+    for args in (("show", ids[1]), ("export", "last", "--format", "curl"), ("search", "~b item")):
+        code, out, err = cli(capsys, *args, "--set", f"store.path={path}")
+        assert code == 2 and re.fullmatch(f"flowtap: error: {line}\n", err), (args, err)
+    with flowtap.open_store(path) as store, pytest.raises(StoreError, match=line):
+        list(store.flows())
+    # What the damage spares is still there: the session, and the newest flows.
+    code, out, err = cli(capsys, "sessions", "--set", f"store.path={path}")
+    assert code == 0 and "kept" in out and "600" in out, err
+
+
+def test_a_store_from_a_newer_flowtap_refuses_to_open_with_one_line(tmp_path, capsys):
+    path = tmp_path / "store.db"
+    record(path, flows=3)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {db.VERSION + 1}")
+    conn.close()
+    before = digest(path)
+    line = (f"{path}: this store was written by a newer flowtap (schema version {db.VERSION + 1}; this flowtap "
+            f"knows up to {db.VERSION}); upgrade flowtap, or set [store] path to another file")
+
+    result = run(tmp_path, path, "--duration", "5s")
+    assert (result.returncode, result.stderr) == (2, f"flowtap: error: sink 'store': {line}\n")
+    for args in STORE_COMMANDS:
+        assert cli(capsys, *args, "--set", f"store.path={path}") == (2, "", f"flowtap: error: {line}\n"), args
+    assert digest(path) == before
+
+
+# -- runs starting together --------------------------------------------------------------------------------
+
+
+HOLDER = """
+import sqlite3, sys, time
+from flowtap.store import db
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")  # as the first run does while it creates the schema
+for statement in db._statements(db.SCHEMA_V1):
+    conn.execute(statement)
+conn.execute("PRAGMA user_version = 1")
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def test_a_run_waits_while_another_process_creates_the_store(tmp_path):
+    """Before, the second run failed at once: "not a readable flowtap session store: database is locked"
+    (switching the journal to WAL does not wait for a lock, whatever the busy timeout)."""
+    path = tmp_path / "new.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "0.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        sink = StoreSink({"path": str(path), "body_file_threshold": 1 << 20, "batch_interval": 0})
+        session = flowtap.Session(name="second")
+        sink.open(session)  # waits for the lock, then carries on
+        session.counts.received = session.counts.recorded = 1
+        sink.flowtap_session_start(session)
+        sink.write(make_flow())
+        sink.flush()
+        sink.close()
+        assert holder.wait(10) == 0
+    finally:
+        holder.kill()
+    with flowtap.open_store(path) as store:
+        assert [(s.name, s.flows) for s in store.sessions()] == [("second", 1)]
+
+
+OPENER = """
+import sys, time
+import flowtap
+import flowtap.testing
+from flowtap.store.sink import StoreSink
+base, at, rounds, name = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+for n in range(rounds):
+    due = at + n * 0.2
+    time.sleep(max(0.0, due - time.time() - 0.02))
+    while time.time() < due:  # the last 20 ms spent spinning: the processes open within microseconds
+        pass
+    sink = StoreSink({"path": f"{base}/new-{n}.db", "body_file_threshold": 1 << 20, "batch_interval": 0})
+    try:
+        session = flowtap.Session(name=name)
+        sink.open(session)
+        session.counts.received = session.counts.recorded = 1
+        sink.flowtap_session_start(session)
+        sink.write(flowtap.testing.make_flow())
+        sink.flush()
+        sink.close()
+        print("started", flush=True)
+    except Exception as exc:
+        print(f"failed: {exc}", flush=True)
+"""
+
+
+def test_runs_opening_a_new_store_at_the_same_moment_all_start(tmp_path):
+    """Three processes open the store sink as a run starts, at the same instant, on fresh paths."""
+    import time
+
+    rounds = 6
+    at = time.time() + 2  # after every process has imported flowtap
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path), str(at), str(rounds), f"run {n}"],
+                              stdout=subprocess.PIPE, text=True) for n in range(3)]
+    try:
+        outputs = [p.communicate(timeout=60)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert outputs == ["started\n" * rounds] * 3
+    for n in range(rounds):
+        with flowtap.open_store(tmp_path / f"new-{n}.db") as store:
+            assert sorted((s.name, s.flows) for s in store.sessions()) == [("run 0", 1), ("run 1", 1), ("run 2", 1)]
+
+
+def test_two_runs_started_together_on_a_new_store_both_run(tmp_path):
+    path = tmp_path / "data" / "new.db"
+    site = stream_source(tmp_path / "site")
+    config = tmp_path / "flowtap.toml"
+    config.write_text(f"[sources.stream]\ncount = 20\ninterval = 0.01\n\n[store]\npath = {str(path)!r}\n")
+    import os
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(site))
+    at = time.time() + 3  # both import flowtap first; then they open the store within a millisecond
+    launcher = ("import sys, time; from flowtap.cli import main; at = float(sys.argv[1]); "
+                "time.sleep(max(0, at - time.time())); sys.exit(main(sys.argv[2:]))")
+    procs = [subprocess.Popen([sys.executable, "-c", launcher, str(at), "run", "--plain", "-q", "-c", str(config),
+                               "--name", f"run {n}", "--duration", "2s"], env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]
+    try:
+        results = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    with flowtap.open_store(path) as store:
+        assert sorted((s.name, s.flows, s.state) for s in store.sessions()) == [
+            ("run 0", 20, "ended"), ("run 1", 20, "ended")]
+
+
+def test_a_database_that_is_not_a_store_is_refused_unchanged(tmp_path):
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE accounts (name TEXT)")
+    conn.commit()
+    conn.close()
+    before = digest(path)
+    cap = flowtap.Capture({"store": {"path": str(path)}}, load_entrypoints=False)
+    with pytest.raises(flowtap.StartupError) as refused:
+        cap.start()
+    assert str(refused.value) == (f"sink 'store': {path}: not a flowtap session store (an SQLite database with "
+                                  "other tables); set [store] path to another file")
+    assert digest(path) == before  # not even switched to WAL
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("delete",)
