@@ -1,8 +1,9 @@
 """The store fails loudly, not silently: a damaged store or one from a newer flowtap refuses to open
-with one line (for `flowtap run` and every store command), and runs starting together on a new store
-both start.
+with one line (for `flowtap run` and every store command), runs starting together on a new store both
+start, and a commit the disk refuses is reported with SQLite's own message, its flows dropped and counted.
 
-Everything here is real: SQLite files damaged by overwriting their pages, real processes starting at once."""
+Everything here is real: SQLite files damaged by overwriting their pages, a really full filesystem
+(a 2 MB tmpfs), real processes starting at once."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 import flowtap
 from flowtap.cli import main
 from flowtap.store import StoreError, db
-from flowtap.store.sink import StoreSink
+from flowtap.store.sink import SinkFailed, StoreSink
 from flowtap.testing import capture, make_flow
 
 from clirun import flowtap as flowtap_cli
@@ -208,7 +209,7 @@ OPENER = """
 import sys, time
 import flowtap
 import flowtap.testing
-from flowtap.store.sink import StoreSink
+from flowtap.store.sink import SinkFailed, StoreSink
 base, at, rounds, name = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 for n in range(rounds):
     due = at + n * 0.2
@@ -290,3 +291,72 @@ def test_a_database_that_is_not_a_store_is_refused_unchanged(tmp_path):
                                   "other tables); set [store] path to another file")
     assert digest(path) == before  # not even switched to WAL
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+# -- commits the disk refuses --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real filesystem of 2 MB: a tmpfs (needs root, or CAP_SYS_ADMIN)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()} (the RLIMIT_FSIZE test fails writes instead)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_each_commit_once_with_sqlites_message_and_drops_its_flows(full_disk):
+    path = full_disk / "store.db"
+    sink = StoreSink({"path": str(path), "body_file_threshold": 1 << 20, "batch_interval": 0})
+    session = flowtap.Session(name="filling")
+    sink.open(session)
+    stored, failures = 0, []
+    for i in range(400):  # 2 MB fill up after ~40 of these
+        sink.write(make_flow(url=f"https://a.test/{i}", response_body=b"x" * 16_000))
+        try:
+            sink.flush()
+        except SinkFailed as exc:
+            failures.append(exc)
+            if len(failures) == 3:
+                break
+        else:
+            assert not failures, "a commit succeeded on the full disk"
+            stored += 1
+    assert 10 < stored < 200 and len(failures) == 3
+    for exc in failures:  # SQLite's own message, not "cannot rollback - no transaction is active"
+        assert (str(exc), exc.lost) == (f"{path}: cannot write the store (SQLite: database or disk is full); "
+                                        "1 flow lost", 1)
+    assert sink._pending == []  # dropped, not held for a retry that would fail the same way
+    with pytest.raises(SinkFailed, match=re.escape(f"{path}: cannot write the store (SQLite: database or disk is "
+                                                   "full); the session's end is not recorded")):
+        sink.close()
+    with flowtap.open_store(path) as store:  # everything committed before is there, whole
+        assert store.count() == stored
+        assert [f.request.path for f in store.flows()] == [f"/{i}" for i in range(stored)]
+        assert store.session("filling").state == "running"  # this process is alive; after: "interrupted"
+
+
+def test_a_body_file_the_full_disk_refuses_loses_that_flow_only(full_disk):
+    path = full_disk / "store.db"
+    sink = StoreSink({"path": str(path), "body_file_threshold": 1024, "batch_interval": 0})
+    session = flowtap.Session(name="bodies")
+    sink.open(session)
+    written = 0
+    with pytest.raises(SinkFailed) as failed:
+        for i in range(100):  # 2 MB hold fewer than 30 of these
+            sink.write(make_flow(url=f"https://a.test/{i}", response_body=bytes([i]) * 80_000))
+            sink.flush()
+            written += 1
+    assert (str(failed.value), failed.value.lost) == (
+        f"{path}: cannot write a body file beside the store (No space left on device); the flow is lost", 1)
+    bodies = db.bodies_dir(path) / session.id
+    assert len(list(bodies.iterdir())) == written  # no half-written file left behind
+    with flowtap.open_store(path) as store:
+        assert [f.response.body[:1] for f in store.flows()] == [bytes([i]) for i in range(written)]
+        assert all(len(f.response.body) == 80_000 for f in store.flows())

@@ -25,6 +25,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from flowtap.api import Sink, SinkError
+
+try:
+    from flowtap.api import SinkFailed
+except ImportError:  # TEMPORARY, until the sink engine (issue 10) lands on main: remove after merging it
+
+    class SinkFailed(Exception):  # type: ignore[no-redef]
+        def __init__(self, message: str, lost: int = 0) -> None:
+            super().__init__(message)
+            self.lost = lost
+
 from flowtap.plugins import hookimpl
 from flowtap.store import db
 from flowtap.store.db import StoreError
@@ -68,6 +78,7 @@ class StoreSink(Sink):
         self._last_commit = float("-inf")  # the first flush commits at once
         self._committer: threading.Thread | None = None
         self._closing = False
+        self._failure: SinkFailed | None = None  # a commit of the committer thread that failed
 
     # -- flowtap.Sink --------------------------------------------------------------
 
@@ -94,24 +105,31 @@ class StoreSink(Sink):
     def write(self, flow: Flow) -> None:
         files = 0
         request_body: bytes | None = flow.request.body
-        if len(request_body) > self.threshold:
-            request_body, files = None, db.REQUEST_FILE
-            request_file = self._body_file(flow.request.body, "request")
-        else:
-            request_file = None
-        response_body = response_file = None
-        if flow.response is not None:
-            response_body = flow.response.body
-            if len(response_body) > self.threshold:
-                response_file = self._body_file(response_body, "response")
-                response_body, files = None, files | db.RESPONSE_FILE
+        request_file = response_file = None
+        response_body = None
+        try:
+            if len(request_body) > self.threshold:
+                request_body, files = None, db.REQUEST_FILE
+                request_file = self._body_file(flow.request.body, "request")
+            if flow.response is not None:
+                response_body = flow.response.body
+                if len(response_body) > self.threshold:
+                    response_file = self._body_file(response_body, "response")
+                    response_body, files = None, files | db.RESPONSE_FILE
+        except OSError as exc:
+            self._remove_bodies(request_file)
+            raise SinkFailed(f"{self.path}: cannot write a body file beside the store "
+                             f"({exc.strerror or exc}); the flow is lost", lost=1) from None
         row = (db.flow_columns(flow), db.flow_data(flow, request_file, response_file), request_body,
-               response_body, files)
+               response_body, files, (request_file, response_file))
         with self._lock:
             self._pending.append(row)
 
     def flush(self) -> None:
         with self._lock:
+            if self._failure is not None:  # the committer thread's
+                failure, self._failure = self._failure, None
+                raise failure
             if self.conn is None:
                 return
             due = self._last_commit + self.interval
@@ -137,11 +155,19 @@ class StoreSink(Sink):
                     self._deadline = None
                     try:
                         self._commit()
-                    except Exception:  # the rows stay buffered; the next flush tries again
-                        log.exception("%s: cannot write the store", self.path)
+                    except SinkFailed as exc:  # for the next flush to raise
+                        if self._failure is None:
+                            self._failure = exc
+                        else:
+                            self._failure.lost += exc.lost
 
     def _commit(self) -> None:
-        """Commit what is buffered, the marks and the counts, in one transaction (lock held)."""
+        """Commit what is buffered, the marks and the counts, in one transaction (lock held).
+
+        :raises SinkFailed: the commit failed (a full disk, an I/O error, a damaged
+            store): its flows and marks are dropped and counted as lost, not held
+            for a retry that would fail the same way while memory grows.
+        """
         session, conn = self.session, self.conn
         if session is None or conn is None:
             return
@@ -152,29 +178,31 @@ class StoreSink(Sink):
         counts = (c.recorded, c.filtered, c.paused, c.received)
         if not self._pending and not self._marks and counts == self._counts:
             return
-        pending, marks = self._pending, []
-        while self._marks:
-            marks.append(self._marks.popleft())
+        pending, marks = self._pending, list(self._marks)
+        self._pending = []
+        self._marks.clear()
         try:
             with self._transaction():
                 if pending:
                     self._insert(conn, session, pending)
                 conn.executemany("INSERT INTO events (session, time, kind, text) VALUES (?, ?, 'mark', ?)",
                                  [(session.id, when, text) for when, text in marks])
-                self._events += len(marks)
                 conn.execute("UPDATE sessions SET recorded = ?, filtered = ?, paused = ?, received = ? "
                              "WHERE id = ?", (*counts, session.id))
-        except BaseException:
-            self._marks.extendleft(reversed(marks))  # kept for the next flush
-            raise
-        self._pending = []
+        except sqlite3.Error as exc:
+            for row in pending:
+                self._remove_bodies(*row[5])
+            lost = f"; {_many(len(pending), 'flow')} lost" if pending else ""
+            lost += f"; {_many(len(marks), 'marker')} lost" if marks else ""
+            raise SinkFailed(f"{self._failed(exc)}{lost}", lost=len(pending)) from None
+        self._events += len(marks)
         self._counts = counts
 
     def _insert(self, conn: sqlite3.Connection, session: Session, pending: list[tuple]) -> None:
         """Insert the buffered flows; a row the database refuses is logged and left out, not the batch."""
         seq = conn.execute("SELECT coalesce(max(seq), 0) FROM flows").fetchone()[0]
         rows = [((seq, columns[0], session.id, *columns[1:], files), (seq, data, request_body, response_body))
-                for seq, (columns, data, request_body, response_body, files) in enumerate(pending, seq + 1)]
+                for seq, (columns, data, request_body, response_body, files, _) in enumerate(pending, seq + 1)]
         conn.execute("SAVEPOINT batch")
         try:
             conn.executemany(db.INSERT_FLOW, [flow for flow, _ in rows])
@@ -203,14 +231,25 @@ class StoreSink(Sink):
         if self.conn is None:
             return
         try:
-            self._commit()
+            failure, self._failure = self._failure, None
+            try:
+                self._commit()
+            except SinkFailed as exc:
+                if failure is not None:
+                    exc.lost += failure.lost
+                raise
+            if failure is not None:
+                raise failure
             session = self.session
-            with self._transaction():
-                if self._started and (session.counts.received or self._events):
-                    self.conn.execute("UPDATE sessions SET state = 'ended', ended = ? WHERE id = ?",
-                                      (session.ended or time.time(), session.id))
-                else:  # it never ran (a sink or source failed to start), or nothing happened in it
-                    self.conn.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
+            try:
+                with self._transaction():
+                    if self._started and (session.counts.received or self._events):
+                        self.conn.execute("UPDATE sessions SET state = 'ended', ended = ? WHERE id = ?",
+                                          (session.ended or time.time(), session.id))
+                    else:  # it never ran (a sink or source failed to start), or nothing happened in it
+                        self.conn.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
+            except sqlite3.Error as exc:
+                raise SinkFailed(f"{self._failed(exc)}; the session's end is not recorded") from None
         finally:
             self.conn.close()
             self.conn = None
@@ -237,9 +276,12 @@ class StoreSink(Sink):
             if session is not self.session or self.conn is None:
                 return
             self._pending = []
-            with self._transaction():
-                self.conn.execute("DELETE FROM flows WHERE session = ?", (session.id,))
-                self._record(session, "clear")
+            try:
+                with self._transaction():
+                    self.conn.execute("DELETE FROM flows WHERE session = ?", (session.id,))
+                    self._record(session, "clear")
+            except sqlite3.Error as exc:
+                raise SinkFailed(f"{self._failed(exc)}; the session's flows were not cleared") from None
             self._commit()  # the counts, reset by the clear
             shutil.rmtree(db.bodies_dir(self.path) / session.id, ignore_errors=True)
 
@@ -257,9 +299,12 @@ class StoreSink(Sink):
             if session is not self.session or self.conn is None:
                 return
             self._commit()
-            with self._transaction():
-                self.conn.execute("UPDATE sessions SET state = ? WHERE id = ?", (state, session.id))
-                self._record(session, kind)
+            try:
+                with self._transaction():
+                    self.conn.execute("UPDATE sessions SET state = ? WHERE id = ?", (state, session.id))
+                    self._record(session, kind)
+            except sqlite3.Error as exc:
+                raise SinkFailed(f"{self._failed(exc)}; the {kind} is not recorded") from None
 
     def _record(self, session: Session, kind: str) -> None:
         self.conn.execute("INSERT INTO events (session, time, kind) VALUES (?, ?, ?)",
@@ -267,7 +312,20 @@ class StoreSink(Sink):
         self._events += 1
 
     def _transaction(self):
-        return _Transaction(self.conn)
+        return db.transaction(self.conn)
+
+    def _failed(self, exc: sqlite3.Error) -> str:
+        """A failed write as one line, with SQLite's own message."""
+        return str(db.error(self.path, exc, "write"))
+
+    def _remove_bodies(self, *names: str | None) -> None:
+        """Delete body files whose rows were not stored."""
+        for name in names:
+            if name:
+                try:
+                    (db.bodies_dir(self.path) / name).unlink()
+                except OSError:
+                    pass
 
     def _body_file(self, body: bytes, part: str) -> str:
         """Write a body beside the database; its name relative to the bodies directory."""
@@ -275,8 +333,12 @@ class StoreSink(Sink):
         target = db.bodies_dir(self.path) / name
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(body)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(body)
+        except OSError:
+            target.unlink(missing_ok=True)  # not half a body
+            raise
         return name
 
     def _close_interrupted(self) -> None:
@@ -289,14 +351,5 @@ class StoreSink(Sink):
                     "(SELECT max(time) FROM flows WHERE session = ?), started) WHERE id = ?", (sid, sid))
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on an exception."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+def _many(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
