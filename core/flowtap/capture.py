@@ -101,6 +101,8 @@ class Capture:
         self.scheduler = Scheduler()
         self.dispatcher = Dispatcher(self.host, self.host.errors)
         self.session: Session | None = None
+        #: The sinks of the current (or last) session, each on its worker.
+        self.workers: list[SinkWorker] = []
         self._started = False
         self._validated = False
         self._lock = threading.RLock()
@@ -130,7 +132,9 @@ class Capture:
                 self._validate()
             if self.session is not None and self.session.state is not State.ENDED:
                 added = [s for s in self.sink_factories if s not in before]
-                self.dispatcher.add_workers(self._build_sinks(added, self.session))
+                workers = self._build_sinks(added, self.session)
+                self.workers = self.workers + workers
+                self.dispatcher.add_workers(workers)
         return name
 
     def _declare(self, table: str, *options: Option) -> None:
@@ -211,9 +215,9 @@ class Capture:
             name = name or table["name"] or time.strftime("session %Y-%m-%d %H:%M:%S")
             session = Session(name=name, time_limit=duration if duration is not None else table["duration"],
                               started=time.time() if started is None else started)
-            sinks = self._build_sinks(self.sink_factories, session)
-            self.session = session
-            self.dispatcher.attach(session, sinks)
+            workers = self._build_sinks(self.sink_factories, session)
+            self.session, self.workers = session, workers
+            self.dispatcher.attach(session, workers)
             if session.time_limit:
                 self.scheduler.call_later(session.time_limit, lambda: session.end(wait=False))
             return session
@@ -233,7 +237,7 @@ class Capture:
                     continue
                 owner = entry.owner
                 sink = self._build(entry, "sink", name)
-                worker = SinkWorker(sink, owner, limits, self.scheduler, self.host.errors, session)
+                worker = SinkWorker(sink, owner, limits, self.scheduler, self.host.errors)
                 try:
                     sink.open(session)
                 except SinkError as exc:
@@ -314,8 +318,7 @@ class Capture:
 
     def health(self) -> list[SinkHealth]:
         """How each sink of the current (or last) session is doing: written, errors, missed, state."""
-        session = self.session
-        return [w.snapshot() for w in self.dispatcher.history if w.session is session]
+        return [worker.snapshot() for worker in self.workers]
 
     @property
     def clean(self) -> bool:

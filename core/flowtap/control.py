@@ -157,7 +157,7 @@ class ControlServer:
             }  # fmt: skip
         info["sources"] = {name: source.describe() for name, source in list(self.capture.sources.items())}
         info["listening"] = listening(os.getpid())
-        stores = [str(w.sink.path) for w in self.capture.dispatcher.workers if w.sink.name == "store"]
+        stores = [str(w.sink.path) for w in self.capture.workers if w.sink.name == "store"]
         info["store"] = stores[0] if stores else None
         info["sinks"] = [health.as_dict() for health in self.capture.health()]
         info["clean"] = self.capture.clean

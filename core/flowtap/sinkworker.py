@@ -59,13 +59,10 @@ class SinkWorker:
 
     :param sink: the sink (opened before the worker starts).
     :param plugin: the plugin that registered it (for messages).
-    :param session: the session it is built for.
     """
 
-    def __init__(self, sink: Sink, plugin: str, limits: Limits, scheduler: Scheduler, errors: ErrorLog,
-                 session: object = None) -> None:
+    def __init__(self, sink: Sink, plugin: str, limits: Limits, scheduler: Scheduler, errors: ErrorLog) -> None:
         self.sink = sink
-        self.session = session
         self.health = SinkHealth(sink.name, plugin)
         self.who = f"sink {sink.name!r}" + (f" (plugin {plugin!r})" if plugin and plugin != sink.name else "")
         self.limits = limits
@@ -75,6 +72,7 @@ class SinkWorker:
         self._items: collections.deque[tuple[Any, ...]] = collections.deque()
         self._flows = 0  # flows waiting or in the batch being handled
         self._bytes = 0  # their bodies' bytes
+        self._handed = 0  # flows of the batch being handled that write() has been given
         self._behind = False  # missing flows since the backlog last overflowed
         self._cond = threading.Condition(threading.Lock())
         self._unflushed = False
@@ -171,7 +169,7 @@ class SinkWorker:
             if self.detached or self.finished.is_set():
                 return
             self.detached = True
-            self.health.missed += self._flows
+            self.health.missed += self._flows - self._handed  # the flow it is stuck on included
             self.health.state, self.health.stuck_in = state, f"{self.call or 'idle'} at {where}"
             for item in self._items:
                 if item[0] == "sync":
@@ -198,13 +196,13 @@ class SinkWorker:
             items, self._items = self._items, collections.deque()
             self._behind = False
         sink = self.sink
-        handed = size = 0  # flows (and their bytes) handled, still counted in the backlog until the batch is done
+        self._handed = size = 0  # flows (and their bytes) handled, counted in the backlog until the batch is done
         for item in items:
             kind = item[0]
             if kind == "flow":
-                if self._invoke("write", sink.write, item[1]):
+                if self._invoke("write", sink.write, item[1]) and not self.detached:
                     self.health.written += 1
-                handed += 1
+                self._handed += 1
                 size += item[2]
                 self._unflushed = True
             elif kind == "hook":
@@ -229,8 +227,9 @@ class SinkWorker:
         self._invoke("flush", sink.flush)  # after every batch, as the Sink API promises
         with self._cond:
             if not self.detached:
-                self._flows -= handed
+                self._flows -= self._handed
                 self._bytes -= size
+                self._handed = 0
         return not self.detached
 
     def _flush(self) -> None:

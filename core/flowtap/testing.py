@@ -137,7 +137,7 @@ class CaptureHarness:
 
     def sink(self, name: str) -> Sink:
         """The current session's sink registered as ``name``."""
-        for worker in self.capture.dispatcher.workers:
+        for worker in self.capture.workers:
             if worker.sink.name == name:
                 return worker.sink
         raise KeyError(f"no sink {name!r} in this session")
