@@ -138,7 +138,8 @@ def parse_domains(values: list[str]) -> list[str]:
         except ValueError:
             pass
         if not domain or any(char in domain for char in "/:@ \t"):
-            raise ValueError(f"expected domain names such as example.com (no scheme, port or path), got {value!r}")
+            raise ValueError(
+                f"expected domain names such as example.com (no scheme, port or path), got {value!r}")
         domains.append(domain)
     return domains
 

@@ -60,8 +60,9 @@ def flowtap_register_sources(register):
     :param register: ``register(name, factory, default=False, table=None)``.
         ``name`` names the source, whose config table is ``[sources.NAME]``
         (or ``table``); the source runs when that table is in the config (or,
-        with ``default=True``, unless the table sets ``enabled = false``). ``factory(options)`` gets the table's
-        validated values and returns a :class:`flowtap.Source`.
+        with ``default=True``, unless the table sets ``enabled = false``).
+        ``factory(options)`` gets the table's validated values and returns a
+        :class:`flowtap.Source`.
     """
 
 

@@ -234,7 +234,8 @@ class Flow:
     request: Request
     response: Response | None = None
     source: str = "unknown"
-    id: str = attrs.field(factory=lambda: os.urandom(16).hex())  # 32 random hex digits, as uuid4().hex but 4x faster
+    # 32 random hex digits, as uuid4().hex but 4x faster
+    id: str = attrs.field(factory=lambda: os.urandom(16).hex())
     timings: Timings = attrs.field(factory=Timings)
     client_address: tuple[str, int] | None = None
     server_address: tuple[str, int] | None = None

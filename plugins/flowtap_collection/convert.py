@@ -203,7 +203,8 @@ class Converter:
         endpoint = "/" + "/".join(segments)
         search = ""
         if query:
-            search = "?" + "&".join(q["key"] + ("" if q["value"] is None else "=" + q["value"]) for q in query)
+            search = "?" + "&".join(
+                q["key"] + ("" if q["value"] is None else "=" + q["value"]) for q in query)
         url = {"raw": base + endpoint + search, **url, "path": segments}
         if query:
             url["query"] = query

@@ -73,7 +73,8 @@ class Converter:
 
     def __init__(self, source: str, upstream_auth: str | None = None) -> None:
         self.source = source
-        # The Proxy-Authorization header flowtap adds for the upstream proxy: not the client's, never recorded.
+        # The Proxy-Authorization header flowtap adds for the upstream proxy: not the client's, never
+        # recorded.
         self._added_auth = None
         if upstream_auth:
             from mitmproxy.addons.upstream_auth import parse_upstream_auth
