@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mitmproxy import flow as mflow
-from mitmproxy import flowfilter, http, websocket
+from mitmproxy import flow as mflow, flowfilter, http, websocket
 from mitmproxy.test import tflow
 from wsproto.frame_protocol import Opcode
 
