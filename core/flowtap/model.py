@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -80,10 +80,10 @@ def _split(url: str) -> tuple[str, str, int | None, str, str]:
     return parts.scheme, parts.hostname or "", port, parts.path, parts.query
 
 
-def _headers(value: Headers | Iterable[tuple[str, str]] | dict[str, str]) -> Headers:
+def _headers(value: Headers | Iterable[tuple[str, str]] | Mapping[str, str]) -> Headers:
     if isinstance(value, Headers):
         return value
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return Headers(value.items())
     return Headers(value)
 
