@@ -13,7 +13,16 @@ plugin's name and traceback, and the others still run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import pluggy
+
+if TYPE_CHECKING:
+    from flowtap.config import Config
+    from flowtap.cookies import Cookie
+    from flowtap.model import Flow
+    from flowtap.session import Session
 
 hookspec = pluggy.HookspecMarker("flowtap")
 
@@ -23,7 +32,7 @@ hookspec = pluggy.HookspecMarker("flowtap")
 
 
 @hookspec(historic=True)
-def flowtap_config_options(declare):
+def flowtap_config_options(declare: Callable[..., None]) -> None:
     """Declare the options of your config table(s).
 
     Called once when the plugin is registered, before the config is validated.
@@ -35,7 +44,7 @@ def flowtap_config_options(declare):
 
 
 @hookspec
-def flowtap_config_validate(config):
+def flowtap_config_validate(config: Config) -> None:
     """Check rules that span several keys of your table(s).
 
     Called after every option passed its own type and value checks, before
@@ -52,7 +61,7 @@ def flowtap_config_validate(config):
 
 
 @hookspec(historic=True)
-def flowtap_register_sources(register):
+def flowtap_register_sources(register: Callable[..., None]) -> None:
     """Register capture sources.
 
     Called once when the plugin is registered.
@@ -60,13 +69,14 @@ def flowtap_register_sources(register):
     :param register: ``register(name, factory, default=False, table=None)``.
         ``name`` names the source, whose config table is ``[sources.NAME]``
         (or ``table``); the source runs when that table is in the config (or,
-        with ``default=True``, unless the table sets ``enabled = false``). ``factory(options)`` gets the table's
-        validated values and returns a :class:`flowtap.Source`.
+        with ``default=True``, unless the table sets ``enabled = false``).
+        ``factory(options)`` gets the table's validated values and returns a
+        :class:`flowtap.Source`.
     """
 
 
 @hookspec(historic=True)
-def flowtap_register_sinks(register):
+def flowtap_register_sinks(register: Callable[..., None]) -> None:
     """Register sinks: where kept flows go.
 
     Called once when the plugin is registered.
@@ -81,7 +91,7 @@ def flowtap_register_sinks(register):
 
 
 @hookspec(historic=True)
-def flowtap_register_commands(register):
+def flowtap_register_commands(register: Callable[..., None]) -> None:
     """Add subcommands to the ``flowtap`` command line.
 
     Called when the command line starts, before arguments are parsed, so
@@ -100,7 +110,7 @@ def flowtap_register_commands(register):
 
 
 @hookspec
-def flowtap_session_start(session):
+def flowtap_session_start(session: Session) -> None:
     """A debug session began; sources are about to start.
 
     :param session: the :class:`flowtap.Session` (name, id, state, counts).
@@ -108,7 +118,7 @@ def flowtap_session_start(session):
 
 
 @hookspec
-def flowtap_session_pause(session):
+def flowtap_session_pause(session: Session) -> None:
     """The session was paused: sources keep serving, flows are not recorded.
 
     :param session: the :class:`flowtap.Session`.
@@ -116,7 +126,7 @@ def flowtap_session_pause(session):
 
 
 @hookspec
-def flowtap_session_resume(session):
+def flowtap_session_resume(session: Session) -> None:
     """The session records flows again after a pause.
 
     :param session: the :class:`flowtap.Session`.
@@ -124,7 +134,7 @@ def flowtap_session_resume(session):
 
 
 @hookspec
-def flowtap_session_clear(session):
+def flowtap_session_clear(session: Session) -> None:
     """Forget what was recorded so far; the session goes on.
 
     :param session: the :class:`flowtap.Session`, its counts already reset.
@@ -132,7 +142,7 @@ def flowtap_session_clear(session):
 
 
 @hookspec
-def flowtap_session_mark(session, text):
+def flowtap_session_mark(session: Session, text: str) -> None:
     """A marker was set in the session (``flowtap ctl mark``, ``m`` in the live view).
 
     :param session: the :class:`flowtap.Session`.
@@ -141,7 +151,7 @@ def flowtap_session_mark(session, text):
 
 
 @hookspec
-def flowtap_session_end(session):
+def flowtap_session_end(session: Session) -> None:
     """The session ended: every flow has reached the sinks, which are closed next.
 
     :param session: the :class:`flowtap.Session`, in state ``ended``.
@@ -154,7 +164,7 @@ def flowtap_session_end(session):
 
 
 @hookspec
-def flowtap_filter(flow):
+def flowtap_filter(flow: Flow) -> bool | None:
     """Say whether to record a flow.
 
     Called for every flow that arrives while the session is running.
@@ -171,12 +181,13 @@ def flowtap_filter(flow):
 
 
 @hookspec
-def flowtap_cookies_seen(cookies, flow, source):
+def flowtap_cookies_seen(cookies: list[Cookie], flow: Flow | None, source: str) -> None:
     """Cookies were seen, whether or not the session is paused.
 
     Called with the cookies a flow's headers carry (the request's ``Cookie``
-    pairs, then the response's ``Set-Cookie``) and with cookie events a source reports directly (a browser
-    extension's cookie store changes, with ``flow`` None).
+    pairs, then the response's ``Set-Cookie``) and with cookie events a
+    source reports directly (a browser extension's cookie store changes, with
+    ``flow`` None).
 
     :param cookies: list of :class:`flowtap.Cookie`; one whose ``expires`` is
         in the past is a deletion.
