@@ -1,4 +1,4 @@
-"""Each sink on its own worker: a failing, hanging or slow sink costs the others nothing, and is reported once."""
+"""Each sink on its own worker: a failing, hung or slow sink costs the others nothing; reported once."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def test_a_raising_sink_is_reported_once_then_summarised_and_the_others_get_ever
         assert not cap.capture.clean
     errors = _errors(caplog)
     first = [r for r in errors if r.exc_info]
-    assert len(first) == 1 and "sink 'faulty'" in first[0].getMessage() and "bad flow 1" in first[0].getMessage()
+    assert len(first) == 1
+    assert "sink 'faulty'" in first[0].getMessage() and "bad flow 1" in first[0].getMessage()
     summaries = [r.getMessage() for r in errors if "more time" in r.getMessage()]
     assert summaries == ["sink 'faulty' raised in write 49 more times; last: ValueError: bad flow 50"]
     assert len(errors) == 2, "never one line per flow"
@@ -116,7 +117,8 @@ class SlowToClose(flowtap.Sink):
 def test_a_sink_stuck_in_close_is_abandoned_within_close_timeout(caplog):
     SlowToClose.release.clear()
     try:
-        with capture(_plugin("slowclose", SlowToClose), config={"dispatch": {"close_timeout": "0.5s"}}) as cap:
+        config = {"dispatch": {"close_timeout": "0.5s"}}
+        with capture(_plugin("slowclose", SlowToClose), config=config) as cap:
             cap.feed(make_flow())
             recorder = cap.recorded
             started = time.monotonic()

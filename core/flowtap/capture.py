@@ -12,8 +12,8 @@ import attrs
 
 from flowtap.api import SinkError, Source, SourceError
 from flowtap.config import Config, ConfigError, Option
-from flowtap.coreplugin import NAME as CORE, CorePlugin
 from flowtap.cookies import Cookie
+from flowtap.coreplugin import NAME as CORE, CorePlugin
 from flowtap.dispatch import Dispatcher
 from flowtap.health import SUMMARY_INTERVAL, SinkHealth
 from flowtap.model import Flow
@@ -145,10 +145,11 @@ class Capture:
 
         def register(name: str, factory: Callable[[dict], Any], default: bool = False,
                      table: str | None = None) -> None:
-            """Register a source or sink factory; its config table is ``[KIND.NAME]`` unless ``table`` says."""
+            """Register a source or sink factory; its table is ``[KIND.NAME]`` unless ``table`` says."""
             owner = self.host.calling or ""
             if name in factories and factories[name].owner != owner:
-                raise ValueError(f"{kind[:-1]} {name!r} is already registered by plugin {factories[name].owner!r}")
+                raise ValueError(
+                    f"{kind[:-1]} {name!r} is already registered by plugin {factories[name].owner!r}")
             factories[name] = _Factory(owner, factory, default, table or f"{kind}.{name}")
             self.options.setdefault(factories[name].table, [])
 
@@ -260,7 +261,8 @@ class Capture:
         except (SinkError, SourceError) as exc:
             raise StartupError(f"{kind} {name!r}: {exc}") from None
         except Exception as exc:
-            raise StartupError(f"{kind} {name!r} (plugin {entry.owner!r}) could not be built: {exc!r}") from exc
+            raise StartupError(
+                f"{kind} {name!r} (plugin {entry.owner!r}) could not be built: {exc!r}") from exc
         obj.name = name
         return obj
 
@@ -280,7 +282,8 @@ class Capture:
             except SourceError as exc:
                 raise StartupError(f"source {name!r}: {exc}") from None
             except Exception as exc:
-                raise StartupError(f"source {name!r} (plugin {entry.owner!r}) failed to start: {exc!r}") from exc
+                raise StartupError(
+                    f"source {name!r} (plugin {entry.owner!r}) failed to start: {exc!r}") from exc
             self.sources[name] = source
             self.host.pm.register(source, name=f"source:{name}")
 
@@ -298,7 +301,7 @@ class Capture:
         return True if session is None else session.wait(timeout)
 
     def stop(self) -> None:
-        """Stop the sources, end the session (sinks finalized or, if stuck, abandoned), stop the dispatcher."""
+        """Stop the sources, end the session (sinks finalized, or abandoned if stuck), stop the dispatcher."""
         with self._lock:
             for name, source in reversed(list(self.sources.items())):
                 try:

@@ -1,4 +1,4 @@
-"""The dispatcher: moves flows from sources through the filters to each sink's worker, off the sources' threads.
+"""The dispatcher: moves flows from sources through the filters to each sink's worker, off the sources'.
 
 Sources put flows on a bounded queue without ever waiting (a flow that finds
 the queue full is counted as dropped and reported). One thread takes them
@@ -100,8 +100,8 @@ class Dispatcher:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     self.errors.report("flowtap", "the dispatcher", QueueFull(
-                        f"{self.dropped} flow(s) dropped: the filters and hooks cannot keep up with the sources"),
-                        trace=False)
+                        f"{self.dropped} flow(s) dropped: the filters and hooks cannot keep up with the "
+                        "sources"), trace=False)
 
     def cookies(self, cookies: list[Cookie], source: str) -> None:
         """Queue cookie changes a source saw outside any flow."""
@@ -197,7 +197,8 @@ class Dispatcher:
         try:
             cookies = flow.cookies
         except Exception:  # a flow no parser foresaw must still reach the sinks
-            log.warning("cannot read the cookies of %s %s", flow.request.method, flow.request.url, exc_info=True)
+            log.warning("cannot read the cookies of %s %s", flow.request.method, flow.request.url,
+                        exc_info=True)
             return
         if cookies:
             self._hook("flowtap_cookies_seen", cookies=cookies, flow=flow, source=flow.source)
@@ -217,13 +218,13 @@ class Dispatcher:
             self._end(session)
 
     def _hook(self, hook: str, **kwargs: Any) -> None:
-        """Call the plugins' implementations now; the sinks' come through their workers, in order with flows."""
+        """Call the plugins' implementations now; the sinks' go through their workers, in order with flows."""
         self.host.call(hook, **kwargs)
         if self.workers:
             self._out.append(("hook", hook, kwargs))
 
     def _end(self, session: Session) -> None:
-        """Feed each sink the end; a closer thread waits for them (abandoning stuck ones), then ends the session."""
+        """Feed each sink the end; a closer thread waits for them (abandoning stuck ones), then ends it."""
         self._feed()
         workers = self.workers if session is self.session else []
         for worker in workers:
@@ -232,10 +233,12 @@ class Dispatcher:
             self.session, self.workers, self._sink_cookies = None, [], False
         if session is self.current:
             self.current = None
-        threading.Thread(target=self._close, args=(session, workers), name="flowtap-close", daemon=True).start()
+        closer = threading.Thread(target=self._close, args=(session, workers), name="flowtap-close")
+        closer.daemon = True
+        closer.start()
 
     def _close(self, session: Session, workers: list[SinkWorker]) -> None:
-        """Wait until every sink has closed; one whose call stalls past its close timeout is abandoned."""
+        """Wait until every sink has closed; one whose call stalls past close_timeout is abandoned."""
         pending = list(workers)
         while pending:
             for worker in list(pending):
