@@ -3,9 +3,10 @@
 A plugin implements any of these with ``@flowtap.hookimpl`` on a module-level
 function or a method; it may omit trailing arguments it does not need.
 Sources and sinks are plain objects (see :mod:`flowtap.api`) registered
-through the ``flowtap_register_*`` hooks; once the host builds them for a
-run, they are registered as plugins too, so a sink may implement the session
-and cookie hooks below as methods.
+through the ``flowtap_register_*`` hooks. A source, once started, is
+registered as a plugin too. A sink may implement the session and cookie
+hooks below as methods: they are called on the sink's own worker thread, in
+order with its flows, not with the plugins' implementations.
 
 Each implementation is called on its own: one that raises is logged with its
 plugin's name and traceback, and the others still run.
