@@ -194,7 +194,7 @@ def test_flows_are_committed_in_batches_and_at_once_with_no_interval(tmp_path):
             deadline = time.monotonic() + 10
             while store.count(cap.session.id) < 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert store.count(cap.session.id) == 4  # the committer thread committed them
+            assert store.count(cap.session.id) == 4  # committed when the interval was up (call_later)
     with capture(config=store_config(path, batch_interval=0)) as cap:
         for i in range(3):
             cap.feed(make_flow(url=f"https://b.test/{i}"))
@@ -373,7 +373,7 @@ def test_flows_the_proxy_can_produce_are_stored_exactly(tmp_path):
     assert "/plain" in stored
 
 
-def test_a_row_the_database_refuses_is_left_out_alone(tmp_path, monkeypatch, caplog):
+def test_a_row_the_database_refuses_is_left_out_alone(tmp_path, monkeypatch):
     path = tmp_path / "s.db"
     columns = db.flow_columns
 
@@ -387,6 +387,9 @@ def test_a_row_the_database_refuses_is_left_out_alone(tmp_path, monkeypatch, cap
     with capture(config=store_config(path)) as cap:
         cap.feed(*(make_flow(url=f"https://a.test/{name}") for name in ("one", "bad", "two")))
         cap.feed(make_flow(url="https://a.test/three"))
+        (health,) = [h for h in cap.capture.health() if h.name == "store"]
     with flowtap.open_store(path) as store:
         assert sorted(f.request.path for f in store.flows()) == ["/one", "/three", "/two"]
-    assert "(GET https://a.test/bad) not stored: NOT NULL constraint failed: flows.host" in caplog.text
+    assert (health.written, health.missed, health.errors) == (4, 1, 1)  # lost, and counted
+    assert health.last_error == (f"flush: {path}: a flow (GET https://a.test/bad) not stored: "
+                                 "NOT NULL constraint failed: flows.host")
