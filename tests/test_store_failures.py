@@ -7,12 +7,18 @@ Everything here is real: SQLite files damaged by overwriting their pages, a real
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
+import resource
+import signal
 import sqlite3
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +29,6 @@ from flowtap.store import StoreError, db
 from flowtap.store.sink import SinkFailed, StoreSink
 from flowtap.testing import capture, make_flow
 
-from clirun import flowtap as flowtap_cli
 from fakedist import stream_source
 
 GARBAGE = b"\xde\xad\xbe\xef" * 1024  # one 4 KiB page of it
@@ -41,7 +46,8 @@ def digest(path: Path) -> str:
 
 def record(path: Path, flows: int = 300, name: str = "kept") -> list[str]:
     """A store at ``path`` holding one session of ``flows`` flows; their ids."""
-    made = [make_flow(url=f"https://api.test/items/{i}", response_body=b'{"item": %d}' % i) for i in range(flows)]
+    made = [make_flow(url=f"https://api.test/items/{i}", response_body=b'{"item": %d}' % i)
+            for i in range(flows)]
     with capture(config={"store": {"path": str(path)}, "session": {"name": name}}) as cap:
         cap.feed(*made)
     assert not path.with_name(path.name + "-wal").exists()  # all of it in the file, checkpointed
@@ -87,19 +93,23 @@ def damaged_line(path: Path) -> str:
             + re.escape(after))
 
 
-def run(tmp_path: Path, store: Path, *args: str, interval: str = "0.01", timeout: float = 60,
+def run_config(tmp_path: Path, store: Path, stream: str = "interval = 0.01") -> tuple[Path, dict[str, str]]:
+    """A config for `flowtap run` fed by the stream source (``stream``: its options) into ``store``, and
+    the environment that finds the source."""
+    site = tmp_path / "site"
+    if not site.exists():
+        stream_source(site)
+    config = tmp_path / "flowtap.toml"
+    config.write_text(f"[sources.stream]\n{stream}\n\n[store]\npath = {str(store)!r}\n")
+    return config, dict(os.environ, PYTHONPATH=str(site))
+
+
+def run(tmp_path: Path, store: Path, *args: str, stream: str = "interval = 0.01",
         preexec_fn=None) -> subprocess.CompletedProcess:
     """``flowtap run`` in a process of its own, fed by the stream source, storing into ``store``."""
-    site = stream_source(tmp_path / "site") if not (tmp_path / "site").exists() else tmp_path / "site"
-    config = tmp_path / "flowtap.toml"
-    config.write_text(f"[sources.stream]\ninterval = {interval}\n\n[store]\npath = {str(store)!r}\n")
-    if preexec_fn is None:
-        return flowtap_cli("run", "--plain", "-c", str(config), *args, pythonpath=[site], timeout=timeout)
-    import os
-
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    config, env = run_config(tmp_path, store, stream)
     return subprocess.run([sys.executable, "-m", "flowtap", "run", "--plain", "-c", str(config), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
                           preexec_fn=preexec_fn)
 
 
@@ -156,8 +166,8 @@ def test_a_store_from_a_newer_flowtap_refuses_to_open_with_one_line(tmp_path, ca
     conn.execute(f"PRAGMA user_version = {db.VERSION + 1}")
     conn.close()
     before = digest(path)
-    line = (f"{path}: this store was written by a newer flowtap (schema version {db.VERSION + 1}; this flowtap "
-            f"knows up to {db.VERSION}); upgrade flowtap, or set [store] path to another file")
+    line = (f"{path}: this store was written by a newer flowtap (schema version {db.VERSION + 1}; this "
+            f"flowtap knows up to {db.VERSION}); upgrade flowtap, or set [store] path to another file")
 
     result = run(tmp_path, path, "--duration", "5s")
     assert (result.returncode, result.stderr) == (2, f"flowtap: error: sink 'store': {line}\n")
@@ -187,7 +197,8 @@ def test_a_run_waits_while_another_process_creates_the_store(tmp_path):
     """Before, the second run failed at once: "not a readable flowtap session store: database is locked"
     (switching the journal to WAL does not wait for a lock, whatever the busy timeout)."""
     path = tmp_path / "new.db"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "0.5"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "0.5"], stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline() == "holding\n"
         sink = StoreSink({"path": str(path), "body_file_threshold": 1 << 20, "batch_interval": 0})
@@ -232,9 +243,10 @@ for n in range(rounds):
 
 
 def test_runs_opening_a_new_store_at_the_same_moment_all_start(tmp_path):
-    """Three processes open the store sink as a run starts, at the same instant, on fresh paths."""
-    import time
+    """Three processes open the store sink as a run starts, at the same instant, on fresh paths.
 
+    Timing decides whether the race happens: before, about one start in three failed on this machine
+    when idle, fewer when it was busy. The test above makes the lock certain."""
     rounds = 6
     at = time.time() + 2  # after every process has imported flowtap
     procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path), str(at), str(rounds), f"run {n}"],
@@ -247,31 +259,27 @@ def test_runs_opening_a_new_store_at_the_same_moment_all_start(tmp_path):
     assert outputs == ["started\n" * rounds] * 3
     for n in range(rounds):
         with flowtap.open_store(tmp_path / f"new-{n}.db") as store:
-            assert sorted((s.name, s.flows) for s in store.sessions()) == [("run 0", 1), ("run 1", 1), ("run 2", 1)]
+            assert sorted((s.name, s.flows) for s in store.sessions()) == [
+                ("run 0", 1), ("run 1", 1), ("run 2", 1)]
 
 
 def test_two_runs_started_together_on_a_new_store_both_run(tmp_path):
     path = tmp_path / "data" / "new.db"
-    site = stream_source(tmp_path / "site")
-    config = tmp_path / "flowtap.toml"
-    config.write_text(f"[sources.stream]\ncount = 20\ninterval = 0.01\n\n[store]\npath = {str(path)!r}\n")
-    import os
-    import time
-
-    env = dict(os.environ, PYTHONPATH=str(site))
-    at = time.time() + 3  # both import flowtap first; then they open the store within a millisecond
+    config, env = run_config(tmp_path, path, "count = 20\ninterval = 0.01")
+    at = time.time() + 3  # both import flowtap first; then both start within a few milliseconds
     launcher = ("import sys, time; from flowtap.cli import main; at = float(sys.argv[1]); "
                 "time.sleep(max(0, at - time.time())); sys.exit(main(sys.argv[2:]))")
-    procs = [subprocess.Popen([sys.executable, "-c", launcher, str(at), "run", "--plain", "-q", "-c", str(config),
-                               "--name", f"run {n}", "--duration", "2s"], env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", launcher, str(at), "run", "--plain", "-q", "-c",
+                               str(config), "--name", f"run {n}", "--duration", "2s"], env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for n in range(2)]
     try:
-        results = [p.communicate(timeout=60) for p in procs]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
     finally:
         for p in procs:
             p.kill()
-    for p, (out, err) in zip(procs, results):
-        assert p.returncode == 0, err
+    assert [(p.returncode, err) for p, err in zip(procs, errors, strict=True)] == [(0, ""), (0, "")]
     with flowtap.open_store(path) as store:
         assert sorted((s.name, s.flows, s.state) for s in store.sessions()) == [
             ("run 0", 20, "ended"), ("run 1", 20, "ended")]
@@ -287,8 +295,8 @@ def test_a_database_that_is_not_a_store_is_refused_unchanged(tmp_path):
     cap = flowtap.Capture({"store": {"path": str(path)}}, load_entrypoints=False)
     with pytest.raises(flowtap.StartupError) as refused:
         cap.start()
-    assert str(refused.value) == (f"sink 'store': {path}: not a flowtap session store (an SQLite database with "
-                                  "other tables); set [store] path to another file")
+    assert str(refused.value) == (f"sink 'store': {path}: not a flowtap session store (an SQLite database "
+                                  "with other tables); set [store] path to another file")
     assert digest(path) == before  # not even switched to WAL
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("delete",)
 
@@ -296,19 +304,104 @@ def test_a_database_that_is_not_a_store_is_refused_unchanged(tmp_path):
 # -- commits the disk refuses --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A real filesystem of 2 MB: a tmpfs (needs root, or CAP_SYS_ADMIN)."""
-    mount = tmp_path / "disk"
+#: `flowtap run` does not turn Capture.clean into its exit code yet (the lead's part of issue 10).
+NO_EXIT_CODE_YET = pytest.mark.xfail(strict=True, reason="flowtap run exits 0 whatever Capture.clean says; "
+                                     "remove this marker when it exits 1")
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str = "2m") -> Iterator[Path]:
+    """A real filesystem of ``size`` at ``mount``: a tmpfs (needs root or CAP_SYS_ADMIN; else: skip)."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
     if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()} (the RLIMIT_FSIZE test fails writes instead)")
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()} (the RLIMIT_FSIZE test fails writes "
+                    "without one)")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    with tmpfs(tmp_path / "disk") as mount:
+        yield mount
+
+
+def store_lines(stderr: str, path: Path, problem: str) -> list[str]:
+    """The lines that report the store's failed commits; each must be the store's one line."""
+    lines = [line for line in stderr.splitlines() if str(path) in line]
+    one = (rf"flowtap: ERROR: sink 'store' .*: {re.escape(str(path))}: cannot write the store "
+           rf"\(SQLite: {re.escape(problem)}\); \d+ flows? lost")
+    for line in lines:
+        assert re.fullmatch(one, line), line
+    return lines
+
+
+def stored_numbers(path: Path) -> list[int]:
+    """The numbers of the stream source's flows in the store, each loaded whole."""
+    with flowtap.open_store(path) as store:
+        assert store._conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+        return [int(flow.request.path.rsplit("/", 1)[1]) for flow in store.flows()]
+
+
+@pytest.fixture(scope="module")
+def full_disk_run(tmp_path_factory):
+    """`flowtap run` recording into a store on a 2 MB tmpfs left with 250 KB free: the disk fills within
+    a second (the WAL grows), and for two more seconds every commit fails."""
+    tmp_path = tmp_path_factory.mktemp("full-run")
+    with tmpfs(tmp_path / "disk") as mount:
+        (mount / "filler").write_bytes(b"\0" * (2 * 1024 * 1024 - 250 * 1024))
+        path = mount / "store.db"
+        result = run(tmp_path, path, "-q", "--duration", "3s", stream="interval = 0.002")
+        yield result, path, stored_numbers(path)
+
+
+def test_a_run_on_a_full_disk_reports_sqlites_message_and_keeps_what_it_committed(full_disk_run):
+    result, path, numbers = full_disk_run
+    lines = store_lines(result.stderr, path, "database or disk is full")
+    assert 1 <= len(lines) <= 8, result.stderr  # once per call that failed, then summaries: not per flow
+    assert "cannot rollback" not in result.stderr and "Traceback" not in result.stderr
+    assert numbers[:1] == [0] and numbers == sorted(numbers) and len(numbers) > 20  # committed: kept whole
+
+
+@NO_EXIT_CODE_YET
+def test_a_run_on_a_full_disk_exits_1(full_disk_run):
+    result, _, _ = full_disk_run
+    assert result.returncode == 1, result.stderr
+
+
+def limit_file_size() -> None:
+    """In the child: files may not grow past 300 KB (writes past it fail with EFBIG, not a signal)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+
+@pytest.fixture(scope="module")
+def io_error_run(tmp_path_factory):
+    """`flowtap run` whose file writes fail past 300 KB: RLIMIT_FSIZE (needs no privilege), a real
+    failing write() that SQLite reports as an I/O error."""
+    tmp_path = tmp_path_factory.mktemp("io-error-run")
+    path = tmp_path / "store.db"
+    result = run(tmp_path, path, "-q", "--duration", "3s", stream="interval = 0.002",
+                 preexec_fn=limit_file_size)
+    return result, path, stored_numbers(path)
+
+
+def test_a_run_whose_writes_fail_reports_sqlites_message_and_keeps_what_it_committed(io_error_run):
+    result, path, numbers = io_error_run
+    lines = store_lines(result.stderr, path, "disk I/O error")
+    assert 1 <= len(lines) <= 8, result.stderr
+    assert "cannot rollback" not in result.stderr and "Traceback" not in result.stderr
+    assert numbers[:1] == [0] and numbers == sorted(numbers) and len(numbers) > 20
+
+
+@NO_EXIT_CODE_YET
+def test_a_run_whose_writes_fail_exits_1(io_error_run):
+    result, _, _ = io_error_run
+    assert result.returncode == 1, result.stderr
 
 
 def test_a_full_disk_fails_each_commit_once_with_sqlites_message_and_drops_its_flows(full_disk):
@@ -333,8 +426,8 @@ def test_a_full_disk_fails_each_commit_once_with_sqlites_message_and_drops_its_f
         assert (str(exc), exc.lost) == (f"{path}: cannot write the store (SQLite: database or disk is full); "
                                         "1 flow lost", 1)
     assert sink._pending == []  # dropped, not held for a retry that would fail the same way
-    with pytest.raises(SinkFailed, match=re.escape(f"{path}: cannot write the store (SQLite: database or disk is "
-                                                   "full); the session's end is not recorded")):
+    with pytest.raises(SinkFailed, match=re.escape(f"{path}: cannot write the store (SQLite: database or "
+                                                   "disk is full); the session's end is not recorded")):
         sink.close()
     with flowtap.open_store(path) as store:  # everything committed before is there, whole
         assert store.count() == stored
