@@ -453,3 +453,14 @@ def test_a_body_file_the_full_disk_refuses_loses_that_flow_only(full_disk):
     with flowtap.open_store(path) as store:
         assert [f.response.body[:1] for f in store.flows()] == [bytes([i]) for i in range(written)]
         assert all(len(f.response.body) == 80_000 for f in store.flows())
+
+
+@pytest.mark.parametrize(("message", "code"), [
+    ("database disk image is malformed", "SQLITE_CORRUPT"), ("file is not a database", "SQLITE_NOTADB"),
+    ("database is locked", "SQLITE_BUSY"), ("database or disk is full", "SQLITE_FULL"),
+    ("disk I/O error", "SQLITE_IOERR"), ("no such table: nope", ""),
+])
+def test_errors_are_told_apart_without_sqlite_errorname(message, code):
+    """Python 3.10's sqlite3 errors carry SQLite's message only (sqlite_errorname came in 3.11)."""
+    exc = sqlite3.OperationalError(message)
+    assert not hasattr(exc, "sqlite_errorname") and db._code(exc) == code
