@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import sqlite3
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -162,10 +163,10 @@ def bodies_dir(db_path: Path) -> Path:
 #: the schema) before it gives up.
 BUSY_TIMEOUT = 10.0
 
-#: Seconds opening a store for writing may spend on ``PRAGMA quick_check``. The check reads the
-#: whole file: on a store of 100,000 flows (235 MB) it took 0.3 s with the file in the page cache
-#: and 5.9 s from disk, too long for every start of a run. Within this budget the check finishes
-#: for stores of up to ~150,000 such flows when cached, and covers the start of bigger or uncached
+#: Seconds opening a store may spend on ``PRAGMA quick_check``. The check reads the whole file:
+#: on a store of 100,000 flows (235 MB) it took 0.2-0.45 s with the file in the page cache and
+#: 4.8-5.9 s from disk, too long for every start of a run. Within this budget the check finishes
+#: for stores of up to about 150,000 such flows when cached, and covers part of bigger or uncached
 #: ones; damage elsewhere is found when a commit or a read reaches it, and reported the same way.
 CHECK_BUDGET = 0.5
 
@@ -304,21 +305,28 @@ def _wal(conn: sqlite3.Connection) -> None:
 def quick_check(conn: sqlite3.Connection, path: Path, budget: float | None = None) -> bool:
     """Run SQLite's ``PRAGMA quick_check``, for at most ``budget`` seconds (None: to its end).
 
+    The budget is kept by ``sqlite3_interrupt`` from a timer: SQLite walks each
+    b-tree in one step of its program, so a progress handler is not called while
+    it waits for the disk.
+
     :returns: True if it ran to its end, False if the budget cut it short (what it checked was fine).
     :raises StoreError: the check found damage.
     """
+    timer = None
     if budget is not None:
-        deadline = time.monotonic() + budget
-        conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+        timer = threading.Timer(budget, conn.interrupt)
+        timer.daemon = True
+        timer.start()
     try:
         rows = [row[0] for row in conn.execute("PRAGMA quick_check(10)")]
     except sqlite3.OperationalError as exc:
-        if budget is not None and "interrupted" in str(exc):
+        if timer is not None and "interrupted" in str(exc):
             return False
         raise
     finally:
-        if budget is not None:
-            conn.set_progress_handler(None, 0)
+        if timer is not None:
+            timer.cancel()
+            timer.join()  # not interrupting anything after this
     if rows != ["ok"]:
         problems = [r for r in rows if not r.startswith("*** in database")]
         more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
