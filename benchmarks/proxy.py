@@ -89,18 +89,20 @@ def rss_mb(pid: int) -> float:
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=7))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                            critical=False)
             .sign(key, hashes.SHA256()))
@@ -192,8 +194,9 @@ def flowtap_env(tmp: Path) -> dict[str, str]:
 
 def install_faulty(tmp: Path) -> None:
     """pip-install tests/faulty_sink into ``tmp/site``: a third-party sink found by its entry point."""
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--target", str(tmp / "site"), str(FAULTY)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                           "--no-build-isolation", "--target", str(tmp / "site"), str(FAULTY)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"cannot install {FAULTY} (pip and hatchling are needed: "
                          f"pip install -e '.[test]'):\n{done.stderr}")
@@ -204,15 +207,16 @@ def start_flowtap(tmp: Path, tag: str, sinks: bool = True,
     port = free_port()
     config = flowtap_config(tmp, port, tag, sinks, faulty)
     proc = subprocess.Popen([str(BIN / "flowtap"), "-c", str(config), "run", "--quiet"], cwd=tmp,
-                            env=flowtap_env(tmp), stdout=subprocess.DEVNULL, stderr=open(tmp / f"flowtap-{tag}.log", "w"),
-                            stdin=subprocess.DEVNULL)
+                            env=flowtap_env(tmp), stdout=subprocess.DEVNULL,
+                            stderr=open(tmp / f"flowtap-{tag}.log", "w"), stdin=subprocess.DEVNULL)
     wait_port(port, proc)
     return proc, port
 
 
 def start_mitmdump(tmp: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(port),
+    proc = subprocess.Popen([str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port",
+                             str(port),
                              "--ssl-insecure", "--set", f"confdir={tmp / 'mitmproxy-conf'}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     wait_port(port, proc)
@@ -258,7 +262,8 @@ def meets(value: float, op: str, bound: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per measurement (default 3000)")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions, interleaved (default 5: single runs vary)")
+    parser.add_argument("--reps", type=int, default=5,
+                        help="repetitions, interleaved (default 5: single runs vary)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the RSS and SIGINT measurements")
     parser.add_argument("--no-sinks-too", action="store_true",
                         help='also measure "flowtap-0": the proxy source alone, no sink, no store')
@@ -288,8 +293,8 @@ def main() -> int:
         procs.append(flow)
         faulty, faulty_port = start_flowtap(tmp, "faulty", faulty=SLEEPING)
         procs.append(faulty)
-        targets = {"direct": (None, None), "mitmdump": (mitm_port, mitm.pid), "flowtap": (flow_port, flow.pid),
-                   "flowtap+faulty": (faulty_port, faulty.pid)}
+        targets = {"direct": (None, None), "mitmdump": (mitm_port, mitm.pid),
+                   "flowtap": (flow_port, flow.pid), "flowtap+faulty": (faulty_port, faulty.pid)}
         if args.no_sinks_too:
             bare, bare_port = start_flowtap(tmp, "bare", sinks=False)
             procs.append(bare)
@@ -306,7 +311,8 @@ def main() -> int:
                 for name, (port, pid) in targets.items():
                     results.setdefault((scheme, c, name), []).append(
                         measure(urls[scheme], args.requests, c, port, pid))
-            print(f"repetition {rep + 1}/{args.reps} done ({time.monotonic() - started:.0f}s)", file=sys.stderr)
+            print(f"repetition {rep + 1}/{args.reps} done ({time.monotonic() - started:.0f}s)",
+                  file=sys.stderr)
 
         report(results, scenarios, list(targets), args.requests, args.reps)
 
@@ -346,7 +352,8 @@ def report(results: dict[tuple[str, int, str], list[dict[str, float]]], scenario
             med[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             m = med[name]
             cpu = f"{m['cpu']:.3f}" if "cpu" in m else "-"
-            print(f"{f'{scheme} c={c}':<14}{name:<16}{m['rps']:>9.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}{cpu:>12}")
+            print(f"{f'{scheme} c={c}':<14}{name:<16}"
+                  f"{m['rps']:>9.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}{cpu:>12}")
         f, m = med["flowtap"], med["mitmdump"]
         row = {"req/s": f["rps"] / m["rps"], "p50": f["p50"] / m["p50"], "p99": f["p99"] / m["p99"],
                "CPU/req": f["cpu"] / m["cpu"]}
@@ -362,7 +369,8 @@ def report(results: dict[tuple[str, int, str], list[dict[str, float]]], scenario
               f"req/s {z['rps'] / f['rps']:.2f}  CPU/req {z['cpu'] / f['cpu']:.2f}")
         if "flowtap-0" in med:
             z = med["flowtap-0"]
-            print(f"{'':<14}{'flowtap-0/mitmdump':<24}req/s {z['rps'] / m['rps']:.2f}  CPU/req {z['cpu'] / m['cpu']:.2f}")
+            print(f"{'':<14}{'flowtap-0/mitmdump':<24}"
+                  f"req/s {z['rps'] / m['rps']:.2f}  CPU/req {z['cpu'] / m['cpu']:.2f}")
     print("\nratios flowtap/mitmdump over all scenarios (median): "
           + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ratios.items())
           + "\ntargets in every scenario: " + ", ".join(f"{k} {op} {b}" for k, (op, b) in TARGETS.items())
@@ -421,7 +429,8 @@ def memory(tmp: Path, url: str, base_n: int, first_n: int, last_n: int, sigint_n
             drive(port, url, (last_n - first_n) // 19)
         at_last = rss_mb(proc.pid)
         print(f"\nflowtap RSS: {base:.1f} MB after {base_n:,} flows, {at_first:.1f} MB after {first_n:,}, "
-              f"{at_last:.1f} MB after {last_n:,} (growth {first_n:,} -> {last_n:,}: {at_last - at_first:+.1f} MB; "
+              f"{at_last:.1f} MB after {last_n:,} "
+              f"(growth {first_n:,} -> {last_n:,}: {at_last - at_first:+.1f} MB; "
               f"target < 30 MB at 1,000 -> 20,000)")
     finally:
         proc.send_signal(signal.SIGINT)

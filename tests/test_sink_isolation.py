@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 import flowtap
+
 from upstream import Upstream
 
 pytestmark = pytest.mark.timeout(90)
@@ -215,7 +216,8 @@ MODES = {
 @pytest.mark.parametrize("mode", MODES)
 def test_a_faulty_sink_costs_the_store_and_the_har_sink_no_flow(mode, tmp_path, upstream, start):
     faulty, call_timeout, reports_early = MODES[mode]
-    config = write_config(tmp_path, faulty, {"call_timeout": f"{call_timeout}s", "close_timeout": f"{CLOSE_TIMEOUT}s"})
+    config = write_config(tmp_path, faulty, {"call_timeout": f"{call_timeout}s",
+                                             "close_timeout": f"{CLOSE_TIMEOUT}s"})
     run = start(config)
     with httpx.Client(proxy=run.proxy(), timeout=10) as client:
         for i in range(REQUESTS // 2):
@@ -328,6 +330,6 @@ def test_kill_9_with_a_sleeping_sink_loses_no_flow_answered_a_second_before(tmp_
     lost, due = missing(killed)
     assert due >= MIN_REQUESTS // 2
     assert not lost and not late, (
-        f"flows answered more than {AGE}s earlier, missing from the store: {len(lost)} of {due} at the kill -9, "
-        f"{late or 'none'} while the traffic ran ({len(answered)} answered in "
+        f"flows answered more than {AGE}s earlier, missing from the store: {len(lost)} of {due} "
+        f"at the kill -9, {late or 'none'} while the traffic ran ({len(answered)} answered in "
         f"{killed - answered[0][0]:.1f}s)\nstderr:\n{run.stderr}")

@@ -15,7 +15,6 @@ that build it in-process); it keeps nothing else.
 from __future__ import annotations
 
 import flowtap
-
 from flowtap_faulty.faulty import MODES, FaultyError, FaultySink
 
 __all__ = ["FaultyError", "FaultySink", "MODES"]

@@ -34,7 +34,8 @@ class FaultySink(flowtap.Sink):
             threading.Event().wait()  # forever: nothing ever sets it
         if self.mode == "raise" or (self.mode == "random" and self.random.random() < self.rate):
             self.refused += 1
-            raise FaultyError(f"faulty sink refuses flow #{self.calls} ({flow.request.method} {flow.request.url})")
+            raise FaultyError(f"faulty sink refuses flow #{self.calls} "
+                              f"({flow.request.method} {flow.request.url})")
         self.written += 1
 
     def flush(self):
