@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from flowtap.health import ErrorLog
@@ -108,9 +109,13 @@ class Dispatcher:
         if cookies:
             self._put(("cookies", cookies, source))
 
-    def sync(self, timeout: float | None = None) -> bool:
-        """Block until everything queued so far has been handled, and flushed by every healthy sink."""
-        holder = _Sync()
+    def sync(self, timeout: float | None = None, only: Collection[str] | None = None) -> bool:
+        """Block until everything queued so far has been handled, and flushed by every healthy sink.
+
+        :param only: wait just for the sinks of these names (``{"store"}``: a stuck third-party
+            sink must not hold up ``flowtap ctl``).
+        """
+        holder = _Sync(only)
         self._put(("sync", holder))
         if not holder.ready.wait(timeout):
             return False
@@ -162,7 +167,7 @@ class Dispatcher:
 
     def _on_sync(self, holder: _Sync) -> None:
         self._feed()
-        holder.events = [worker.sync() for worker in self.workers]
+        holder.events = [w.sync() for w in self.workers if holder.only is None or w.sink.name in holder.only]
         holder.ready.set()
 
     def _on_add_workers(self, workers: list[SinkWorker]) -> None:
@@ -258,6 +263,7 @@ class Dispatcher:
 class _Sync:
     """What a :meth:`Dispatcher.sync` waits for: the sinks' own sync events, once the dispatcher got there."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: Collection[str] | None) -> None:
+        self.only = only
         self.ready = threading.Event()
         self.events: list[threading.Event] = []
