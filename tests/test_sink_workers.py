@@ -49,7 +49,7 @@ def test_a_raising_sink_is_reported_once_then_summarised_and_the_others_get_ever
     assert len(first) == 1
     assert "sink 'faulty'" in first[0].getMessage() and "bad flow 1" in first[0].getMessage()
     summaries = [r.getMessage() for r in errors if "more time" in r.getMessage()]
-    assert summaries == ["sink 'faulty' raised in write 49 more times; last: ValueError: bad flow 50"]
+    assert summaries == ["sink 'faulty': 49 more times; last: raised in write: ValueError: bad flow 50"]
     assert len(errors) == 2, "never one line per flow"
 
 
@@ -155,7 +155,7 @@ def test_sink_failed_counts_lost_flows_without_a_traceback(caplog):
         assert health.last_error == "flush: disk full: cannot commit"
     (record,) = _errors(caplog)
     assert record.exc_info is None and record.getMessage() == (
-        "sink 'losing' raised in flush: SinkFailed: disk full: cannot commit")
+        "sink 'losing' failed in flush: disk full: cannot commit")
 
 
 class Threaded(flowtap.Sink):

@@ -100,7 +100,7 @@ class Dispatcher:
             except queue.Full:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
-                    self.errors.report("flowtap", "the dispatcher", QueueFull(
+                    self.errors.report("flowtap", "fell behind", QueueFull(
                         f"{self.dropped} flow(s) dropped: the filters and hooks cannot keep up with the "
                         "sources"), trace=False)
 

@@ -65,9 +65,12 @@ class ErrorLog:
     def report(self, who: str, where: str, exc: BaseException, trace: bool = True) -> None:
         """Report ``exc`` raised by ``who`` (``"sink 'har'"``) in ``where`` (``"write"``).
 
-        :param trace: log the traceback with the first report (False for errors that explain themselves).
+        :param trace: an unexpected error: the first of each culprit and call is logged with its
+            traceback. False: an error that explains itself (``SinkFailed``): ``where`` is a phrase
+            (``"failed in flush"``), and the first of each culprit and kind of error is logged as is.
         """
-        key = (who, where)
+        key = (who, where if trace else type(exc).__name__)
+        text = f"raised in {where}: {one_line(exc)}" if trace else f"{where}: {' '.join(str(exc).split())}"
         with self._lock:
             self.count += 1
             first = key not in self._seen
@@ -75,17 +78,17 @@ class ErrorLog:
                 self._seen.add(key)
             else:
                 count, _ = self._repeats.get(key, (0, ""))
-                self._repeats[key] = (count + 1, one_line(exc))
+                self._repeats[key] = (count + 1, text)
         if first:
             exc_info = (type(exc), exc, exc.__traceback__) if trace else None
-            log.error("%s raised in %s: %s", who, where, one_line(exc), exc_info=exc_info)
+            log.error("%s %s", who, text, exc_info=exc_info)
 
     def summarize(self) -> None:
-        """Log one line per culprit and call that raised again since the last summary."""
+        """Log one line per culprit and kind of error that came again since the last summary."""
         with self._lock:
             repeats, self._repeats = self._repeats, {}
-        for (who, where), (count, last) in repeats.items():
-            log.error("%s raised in %s %d more time%s; last: %s", who, where, count, "s" * (count != 1), last)
+        for (who, _), (count, last) in repeats.items():
+            log.error("%s: %d more time%s; last: %s", who, count, "s" * (count != 1), last)
 
 
 def where_stuck(thread: threading.Thread | None) -> tuple[str, str]:

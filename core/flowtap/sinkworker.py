@@ -117,7 +117,7 @@ class SinkWorker:
             self._cond.notify()
             report, self._behind = missed and not self._behind, self._behind or bool(missed)
         if report:
-            self._errors.report(self.who, "its backlog", BacklogFull(
+            self._errors.report(self.who, "fell behind", BacklogFull(
                 f"more than {limits.backlog} flows (or {limits.backlog_size} bytes) waiting; it misses flows "
                 "until it catches up (each one counted)"), trace=False)
 
@@ -262,7 +262,7 @@ class SinkWorker:
             self.health.last_error = f"{call}: {exc}" if str(exc) else f"{call}: {type(exc).__name__}"
             if self.health.state == "ok":
                 self.health.state = "failing"
-        self._errors.report(self.who, call, exc, trace=trace)
+        self._errors.report(self.who, call if trace else f"failed in {call}", exc, trace=trace)
 
 
 def _sink_hooks(sink: Sink, who: str) -> dict[str, Callable[..., object]]:
