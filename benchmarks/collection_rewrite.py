@@ -4,7 +4,7 @@
     python benchmarks/collection_rewrite.py
 
 Builds a collection sink (no capture, no network), writes fake flows into it,
-then times its rewrite (the same call its timer makes; best of 5): wall time
+then times its rewrite (the callback its call_later runs; best of 5): wall time
 including the fsync, this thread's CPU time, and the process's peak RSS during
 the rewrite above what it held before (Linux: VmHWM, reset through clear_refs).
 The sink's next rewrite waits BUDGET times as long as the last one took, so
@@ -53,14 +53,15 @@ def run(count: int, size: int, extra: dict) -> str:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         before = _status("VmRSS")
         began, began_cpu = time.perf_counter(), time.thread_time()
-        sink._rewrite(final=True)
+        sink._rewrite()
         wall, cpu = min(wall, time.perf_counter() - began), min(cpu, time.thread_time() - began_cpu)
         peak = max(peak, _status("VmHWM") - before)
     mb = (directory / "c.json").stat().st_size / 1e6
     sink.close()
     layout = ", ".join(f"{k}={v}" for k, v in extra.items()) or "organize=none"
     return (f"{count:6} flows of {size:>7} B ({layout:36}): {mb:6.1f} MB in {wall * 1000:6.1f} ms, "
-            f"{wall * 1000 / mb:5.2f} ms/MB wall, {cpu * 1000 / mb:5.2f} ms/MB CPU, peak RSS +{peak // 1024} MiB")
+            f"{wall * 1000 / mb:5.2f} ms/MB wall, {cpu * 1000 / mb:5.2f} ms/MB CPU, "
+            f"peak RSS +{peak // 1024} MiB")
 
 
 if __name__ == "__main__":

@@ -420,7 +420,8 @@ def test_the_file_is_a_whole_collection_whenever_it_is_read(tmp_path, monkeypatc
         doc = json.loads(snapshot)
         requests = list(_requests(doc))
         counts.append(sum(len(r["response"]) for r in requests))
-        assert all(r["response"] and all(e["body"].startswith('{"i": ') for e in r["response"]) for r in requests)
+        for request in requests:
+            assert request["response"] and all(e["body"].startswith('{"i": ') for e in request["response"])
     assert counts == sorted(counts)  # nothing a rewrite wrote is missing from a later one
     for number in (len(rewrites.snapshots) // 2, -1):
         (tmp_path / "snapshot.json").write_bytes(rewrites.snapshots[number])
@@ -431,3 +432,60 @@ def test_the_file_is_a_whole_collection_whenever_it_is_read(tmp_path, monkeypatc
     assert bodies == list(range(len(flows)))  # every flow, once
     keys = [(r["request"]["method"], r["request"]["url"]["raw"]) for r in requests]
     assert len(keys) == (len(set(keys)) if dedupe else len(flows))
+
+
+def test_a_rewrite_the_disk_refuses_is_reported_and_tried_again(tmp_path, monkeypatch, caplog):
+    """A full disk at a rewrite: said with the reason, the file left as it was, written in full once
+    the disk has room; at the end, the flows the last collection on disk lacks count as lost."""
+    import contextlib
+    import errno
+
+    import flowtap_collection.sink as module
+
+    monkeypatch.setattr(module, "INTERVAL", 0.0)
+    monkeypatch.setattr(module, "BUDGET", 0)
+    out = tmp_path / "live.json"
+    real, full = module.atomic_writer, threading.Event()
+    tried = threading.Semaphore(0)  # released after each rewrite, done or refused
+
+    @contextlib.contextmanager
+    def writer(path, *args, **kwargs):
+        try:
+            if full.is_set():
+                raise OSError(errno.ENOSPC, "No space left on device")
+            with real(path, *args, **kwargs) as fh:
+                yield fh
+        finally:
+            tried.release()
+
+    def rewritten(items):
+        while True:
+            assert tried.acquire(timeout=10), "no rewrite in time"
+            if out.exists() and len(load_json(out)["item"]) == items:
+                return
+
+    def health():
+        cap.feed()  # the worker has reported what the rewrite raised
+        (found,) = [h for h in cap.capture.health() if h.name == "collection"]
+        return found
+
+    monkeypatch.setattr(module, "atomic_writer", writer)
+    with capture("collection", config=config(out)) as cap:
+        cap.feed(make_flow(url="https://a.example/1"))
+        rewritten(1)
+        full.set()
+        cap.feed(make_flow(url="https://a.example/2"), make_flow(url="https://a.example/3"))
+        assert tried.acquire(timeout=10)
+        assert health().state == "failing" and "No space left on device" in health().last_error
+        assert str(out) in health().last_error and health().missed == 0
+        assert [i["name"] for i in load_json(out)["item"]] == ["GET a.example/1"]
+        full.clear()
+        cap.feed(make_flow(url="https://a.example/4"))
+        rewritten(4)
+        full.set()
+        cap.feed(make_flow(url="https://a.example/5"))
+    (found,) = [h for h in cap.capture.health() if h.name == "collection"]
+    assert found.missed == 1  # the 5th: the session ended before the disk had room for it
+    assert not cap.capture.clean
+    assert len(load_json(out)["item"]) == 4
+    assert "No space left on device" in caplog.text
