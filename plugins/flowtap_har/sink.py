@@ -2,24 +2,29 @@
 
 Every flush hands what was written to the operating system, so a crashed
 or killed process loses nothing that was flushed. The journal is fsync'd
-at most every :data:`FSYNC_INTERVAL` seconds (a timer fsyncs what a
-throttled flush left), and at clear and close: a crash of the machine
-loses at most the last quarter of a second. (An fsync after every batch
-cost more CPU than the entries themselves under small batches.)
+at most every :data:`FSYNC_INTERVAL` seconds (a flush that comes sooner
+leaves the fsync to a :meth:`flowtap.Sink.call_later` callback, on the
+sink's own thread), and at clear and close: a crash of the machine loses at
+most the last quarter of a second. (An fsync after every batch cost more
+CPU than the entries themselves under small batches.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import flowtap
 from flowtap.paths import check_writable, expand_path
-
 from flowtap_har import journal
 from flowtap_har.entry import har_entry
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from flowtap.scheduler import Timer
 
 log = logging.getLogger("flowtap.har")
 
@@ -35,74 +40,76 @@ class HarSink(flowtap.Sink):
     streams the journal into the HAR (temp file + rename) and deletes it.
     """
 
-    def __init__(self, options: dict) -> None:
+    def __init__(self, options: dict[str, Any]) -> None:
         self.template = options["path"]
         self.content = options["content"]
         self.max_body_size = options["max_body_size"]
-        self.path = self.journal_path = None
-        self._file = None
+        self.path: Path | None = None
+        self.journal_path: Path | None = None
+        self._file: BinaryIO | None = None
         self._header = b""
-        self._lock = threading.Lock()  # the file's fd: the dispatcher vs. the fsync timer
-        self._timer: threading.Timer | None = None
+        self._timer: Timer | None = None  # the fsync a throttled flush left
         self._last_sync = float("-inf")
         self._unsynced = False
 
     def open(self, session: flowtap.Session) -> None:
-        self.path = expand_path(self.template, session)
-        check_writable(self.path)
-        self.journal_path = journal.journal_path(self.path)
-        if self.journal_path.name != self.path.name + journal.SUFFIX:
+        self.path = path = expand_path(self.template, session)
+        check_writable(path)
+        self.journal_path = journal.journal_path(path)
+        if self.journal_path.name != path.name + journal.SUFFIX:
             log.warning("%s: a journal left by an earlier run is there (finalize it with "
                         "`flowtap har finalize %s`); writing this session's to %s",
-                        self.path, self.path.with_name(self.path.name + journal.SUFFIX), self.journal_path)
+                        path, path.with_name(path.name + journal.SUFFIX), self.journal_path)
         try:
             fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         except OSError as exc:
             raise flowtap.SinkError(f"{self.journal_path}: cannot create: {exc.strerror or exc}") from None
         self._file = os.fdopen(fd, "wb")
-        self._header = journal.dump(journal.header(self.path, session))
+        self._header = journal.dump(journal.header(path, session))
         self._file.write(self._header)
 
     def write(self, flow: flowtap.Flow) -> None:
+        assert self._file is not None
         self._file.write(journal.dump(har_entry(flow, self.content, self.max_body_size)))
 
     def flush(self) -> None:
         if self._file is None or self._file.closed:
             return
         self._file.flush()
-        with self._lock:
-            self._unsynced = True
-            wait = self._last_sync + FSYNC_INTERVAL - time.monotonic()
-            if wait <= 0:
-                self._fsync()
-            elif self._timer is None:
-                self._timer = threading.Timer(wait, self._on_timer)
-                self._timer.daemon = True
-                self._timer.start()
+        self._unsynced = True
+        wait = self._last_sync + FSYNC_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._fsync()
+        elif self._timer is None:
+            self._timer = self.call_later(wait, self._on_timer)
 
     def _on_timer(self) -> None:
-        with self._lock:
-            self._timer = None
-            try:
-                self._fsync()
-            except OSError as exc:  # the next flush tries again
-                log.error("%s: cannot sync the journal: %s", self.journal_path, exc.strerror or exc)
+        self._timer = None
+        self._fsync()
 
     def _fsync(self) -> None:
-        """fsync the journal if a flush left data unsynced (lock held)."""
+        """fsync the journal if a flush left data unsynced."""
         if self._unsynced and self._file is not None and not self._file.closed:
-            os.fsync(self._file.fileno())
+            try:
+                os.fsync(self._file.fileno())
+            except OSError as exc:  # still unsynced: the next flush tries again
+                raise flowtap.SinkFailed(f"{self.journal_path}: cannot sync the journal: "
+                                         f"{exc.strerror or exc}") from None
             self._unsynced = False
             self._last_sync = time.monotonic()
 
     def _sync_now(self) -> None:
-        self._file.flush()
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._unsynced = True
-            self._fsync()
+        assert self._file is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise flowtap.SinkFailed(f"{self.journal_path}: cannot write the journal: "
+                                     f"{exc.strerror or exc}") from None
+        self._unsynced = True
+        self._fsync()
 
     @flowtap.hookimpl
     def flowtap_session_clear(self) -> None:
@@ -115,15 +122,22 @@ class HarSink(flowtap.Sink):
     def close(self) -> None:
         if self._file is None or self._file.closed:
             return
-        self._sync_now()
-        with self._lock:
+        assert self.path is not None and self.journal_path is not None
+        failed = None
+        try:
+            self._sync_now()
+        except flowtap.SinkFailed as exc:  # the HAR gets what reached the journal all the same
+            failed = exc
+        finally:
             self._file.close()
         try:
             written, _ = journal.finalize(self.journal_path, self.path)
         except OSError as exc:
-            log.error("%s: cannot write the HAR (%s); the entries are kept in %s: run "
-                      "`flowtap har finalize %s` once the problem is fixed",
-                      self.path, exc.strerror or exc, self.journal_path, self.journal_path)
-            return
+            raise flowtap.SinkFailed(
+                f"{self.path}: cannot write the HAR ({exc.strerror or exc}); the entries are kept in "
+                f"{self.journal_path}: run `flowtap har finalize {self.journal_path}` once the problem "
+                "is fixed") from None
         self.journal_path.unlink()
         log.info("%s: %d entries", self.path, written)
+        if failed is not None:
+            raise failed
