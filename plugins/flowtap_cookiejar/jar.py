@@ -61,7 +61,7 @@ def _domains_of(host: str) -> list[str]:
 
 
 class Jar:
-    """A set of cookies with browser semantics. Not thread-safe: the caller locks."""
+    """A set of cookies with browser semantics. Not thread-safe: one thread uses it (the sink's)."""
 
     def __init__(self) -> None:
         # (domain, name) -> path -> cookie: a Cookie header names cookies only by host and name.

@@ -9,12 +9,14 @@ every attribute. ``domains`` limits the jar to cookies whose domain is one of
 them or a subdomain (``example.com`` covers ``api.example.com``); empty means
 all.
 
-With ``sync`` on, the file shows a change within a second: the dispatcher
-flushes after each batch, a dirty jar is written then (at most four times a
-second; a timer writes what a throttled flush left). Every write goes to a
-temporary file that then replaces the jar, so a reader never sees half a
-file; expired cookies are left out. With ``sync`` off the file is written
-when the session ends.
+With ``sync`` on, the file shows a change within a second: the sink's
+worker flushes after each batch it handles (cookies included, paused or
+not), and a dirty jar is written then, at most every :data:`MIN_INTERVAL`
+seconds; a :meth:`flowtap.Sink.call_later` callback, on the same thread,
+writes what a throttled flush left. Every write goes to a temporary file
+that then replaces the jar, so a reader never sees half a file; expired
+cookies are left out. With ``sync`` off the file is written when the
+session ends.
 
 An existing file is read when the session begins and updated, never
 clobbered: a file that is not a jar in the configured format stops the run
@@ -28,18 +30,19 @@ from __future__ import annotations
 
 import logging
 import stat
-import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import flowtap
 from flowtap.cookies import Cookie, domain_match
 from flowtap.paths import atomic_writer, check_writable, expand_path
-
 from flowtap_cookiejar.formats import FORMATS, FormatError
 from flowtap_cookiejar.jar import Jar, acceptable
+
+if TYPE_CHECKING:
+    from flowtap.scheduler import Timer
 
 log = logging.getLogger("flowtap.cookiejar")
 
@@ -58,15 +61,12 @@ class CookieJarSink(flowtap.Sink):
         self.domains: list[str] = list(options["domains"])
         self.sync: bool = options["sync"]
         self.jar = Jar()
-        self._lock = threading.Lock()  # the dispatcher thread and the sync timer
         self._dirty = False
         self._last_write = float("-inf")
-        self._timer: threading.Timer | None = None
-        self._closed = False
-        self._ran = False  # the session ran: the dispatcher flushed at least once
+        self._timer: Timer | None = None  # the write a throttled flush left
+        self._ran = False  # the session ran: the sink's worker flushed at least once
         self._mode = 0o600
         self._skipped: set[tuple[str, str, str]] = set()
-        self._failing: str | None = None
 
     # -- the sink -------------------------------------------------------------
 
@@ -85,9 +85,8 @@ class CookieJarSink(flowtap.Sink):
         try:
             cookies = self.load(text)
         except FormatError as exc:
-            raise flowtap.SinkError(
-                f"{path}: not a {self.format} cookie jar: {exc} (fix the file, move it away, or set another path)"
-            ) from None
+            raise flowtap.SinkError(f"{path}: not a {self.format} cookie jar: {exc} "
+                                    "(fix the file, move it away, or set another path)") from None
         for cookie in cookies:
             self.jar.set(cookie)
 
@@ -100,17 +99,11 @@ class CookieJarSink(flowtap.Sink):
             self._sync()
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if self._dirty and self._ran:  # not when another sink refused to start
-                try:
-                    self._write()
-                except OSError as exc:
-                    reason = exc.strerror or exc
-                    raise flowtap.SinkError(f"{self.path}: cannot write the cookie jar: {reason}") from None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._dirty and self._ran:  # not when another sink refused to start
+            self._write()
 
     # -- cookies --------------------------------------------------------------
 
@@ -118,17 +111,14 @@ class CookieJarSink(flowtap.Sink):
     def flowtap_cookies_seen(self, cookies: list[Cookie], flow: flowtap.Flow | None, source: str) -> None:
         """Take in the cookies a flow carries or a source reported."""
         now = time.time()
-        with self._lock:
-            if self._closed:
-                return
-            changed = False
-            if flow is None:
-                for cookie in cookies:
-                    if isinstance(cookie, Cookie) and acceptable(cookie) and self._wanted(cookie.domain):
-                        changed |= self.jar.set(cookie, now)
-            else:
-                changed = self._take_flow(flow, now)
-            self._dirty |= changed
+        changed = False
+        if flow is None:
+            for cookie in cookies:
+                if isinstance(cookie, Cookie) and acceptable(cookie) and self._wanted(cookie.domain):
+                    changed |= self.jar.set(cookie, now)
+        else:
+            changed = self._take_flow(flow, now)
+        self._dirty |= changed
 
     def _take_flow(self, flow: flowtap.Flow, now: float) -> bool:
         # The flow's headers are read again rather than the ``cookies`` list,
@@ -156,31 +146,20 @@ class CookieJarSink(flowtap.Sink):
 
     def _sync(self) -> None:
         """Write the jar if it changed, at most once every MIN_INTERVAL."""
-        with self._lock:
-            if not self._dirty or self._closed:
-                return
-            wait = self._last_write + MIN_INTERVAL - time.monotonic()
-            if wait > 0:
-                if self._timer is None:
-                    self._timer = threading.Timer(wait, self._on_timer)
-                    self._timer.daemon = True
-                    self._timer.start()
-                return
-            try:
-                self._write()
-            except OSError as exc:
-                message = f"{self.path}: cannot write the cookie jar: {exc.strerror or exc} (will retry)"
-                if message != self._failing:
-                    log.error("%s", message)
-                self._failing = message
+        if not self._dirty:
+            return
+        wait = self._last_write + MIN_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._write()
+        elif self._timer is None:
+            self._timer = self.call_later(wait, self._on_timer)
 
     def _on_timer(self) -> None:
-        with self._lock:
-            self._timer = None
+        self._timer = None
         self._sync()
 
     def _write(self) -> None:
-        """Replace the file with the jar's current cookies (caller holds the lock)."""
+        """Replace the file with the jar's current cookies; still dirty if that fails."""
         self.jar.purge()
         text, skipped = self.dump(self.jar)
         for cookie in skipped:
@@ -188,8 +167,11 @@ class CookieJarSink(flowtap.Sink):
                 self._skipped.add(cookie.key)
                 log.warning("%s: cookie %r for %s left out: the %s format cannot hold its name or value",
                             self.path, cookie.name, cookie.domain, self.format)
-        with atomic_writer(self.path, self._mode) as file:
-            file.write(text.encode("utf-8", "surrogateescape"))
+        try:
+            with atomic_writer(self.path, self._mode) as file:
+                file.write(text.encode("utf-8", "surrogateescape"))
+        except OSError as exc:  # the next flush tries again
+            raise flowtap.SinkFailed(f"{self.path}: cannot write the cookie jar: "
+                                     f"{exc.strerror or exc}") from None
         self._dirty = False
-        self._failing = None
         self._last_write = time.monotonic()
