@@ -284,10 +284,11 @@ def test_weird_flows_never_stop_the_sink(tmp_path, judge, caplog):
 class _Rewrites:
     """Watches the collection sink's rewrites from the inside, to drive them from a test.
 
-    Wraps the sink's ``atomic_writer``: ``during(sink)`` runs at each write into
-    a rewrite's temporary file (the rewrite is under way: its plan is made, the
-    file is half written), and ``done`` is set each time a rewrite has replaced
-    the collection on disk; ``snapshots`` holds the file as each rewrite left it.
+    Wraps the sink's ``atomic_writer``: ``during(data)`` runs on the sink's
+    thread after each write into a rewrite's temporary file (the rewrite is
+    under way, its file half written), and ``done`` is set each time a rewrite
+    has replaced the collection on disk; ``snapshots`` holds the file as each
+    rewrite left it.
     """
 
     def __init__(self, monkeypatch, during=None):
