@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flowtap.commandline import UsageError
+
 if TYPE_CHECKING:
     from flowtap.capture import Capture
 
@@ -264,8 +266,6 @@ def setup_ctl(parser: argparse.ArgumentParser) -> None:
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """Drive a running ``flowtap run``: status, pause, resume, clear, stop, mark."""
-    from flowtap.cli import UsageError
-
     text = " ".join(args.text)
     if text and args.op != "mark":
         raise UsageError(f"flowtap ctl {args.op}: takes no text (only mark does)")
