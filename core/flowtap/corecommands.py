@@ -90,7 +90,8 @@ def setup_run(parser: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the configured sources and a debug session; end on Ctrl-C or the time limit."""
     from flowtap.capture import StartupError
-    from flowtap.control import ControlServer, explain_in_use
+    from flowtap.control.client import explain_in_use
+    from flowtap.control.server import ControlServer
     from flowtap.view import ConsoleView
 
     config = config_from_args(args)

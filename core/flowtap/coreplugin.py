@@ -67,7 +67,7 @@ class CorePlugin:
     def flowtap_register_commands(self, register):
         # Light modules: each imports what its command needs when it runs.
         from flowtap import corecommands as core
-        from flowtap import control as client
+        from flowtap.control import client
         from flowtap.store import commands as store
 
         register("run", "capture with the configured sources until Ctrl-C or the time limit",
