@@ -218,7 +218,7 @@ def test_the_store_runs_by_default_and_can_be_turned_off(tmp_path, monkeypatch):
         assert store.path == tmp_path / "data" / "flowtap.db" and store.count() == 1
     with capture(config={"store": {"enabled": False, "path": str(tmp_path / "off.db")}}) as cap:
         cap.feed(make_flow())
-        assert [sink.name for _, sink in cap.capture.dispatcher.sinks] == ["recorded"]
+        assert [w.sink.name for w in cap.capture.dispatcher.workers] == ["recorded"]
     assert not (tmp_path / "off.db").exists()
 
 

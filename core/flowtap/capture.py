@@ -10,16 +10,22 @@ from typing import Any
 
 import attrs
 
-from flowtap.api import Sink, SinkError, Source, SourceError
+from flowtap.api import SinkError, Source, SourceError
 from flowtap.config import Config, ConfigError, Option
 from flowtap.coreplugin import NAME as CORE, CorePlugin
 from flowtap.cookies import Cookie
 from flowtap.dispatch import Dispatcher
+from flowtap.health import SUMMARY_INTERVAL, SinkHealth
 from flowtap.model import Flow
 from flowtap.plugins import PluginHost
+from flowtap.scheduler import Scheduler
 from flowtap.session import Session, State
+from flowtap.sinkworker import Limits, SinkWorker
 
 log = logging.getLogger("flowtap")
+
+#: Seconds between the watchdog's looks at the sinks' calls.
+WATCH_INTERVAL = 0.25
 
 
 def _version() -> str:
@@ -92,7 +98,8 @@ class Capture:
         self.source_factories: dict[str, _Factory] = {}
         self.sink_factories: dict[str, _Factory] = {}
         self.sources: dict[str, Source] = {}
-        self.dispatcher = Dispatcher(self.host)
+        self.scheduler = Scheduler()
+        self.dispatcher = Dispatcher(self.host, self.host.errors)
         self.session: Session | None = None
         self._started = False
         self._validated = False
@@ -123,7 +130,7 @@ class Capture:
                 self._validate()
             if self.session is not None and self.session.state is not State.ENDED:
                 added = [s for s in self.sink_factories if s not in before]
-                self.dispatcher.add_sinks(self._build_sinks(added, self.session))
+                self.dispatcher.add_workers(self._build_sinks(added, self.session))
         return name
 
     def _declare(self, table: str, *options: Option) -> None:
@@ -178,6 +185,8 @@ class Capture:
                 raise RuntimeError("this capture has already started")
             self.validate()
             self.dispatcher.start()
+            self.scheduler.every(WATCH_INTERVAL, self._watch)
+            self.scheduler.every(SUMMARY_INTERVAL, self.host.errors.summarize)
             self._started = True
             try:
                 session = self.begin(started=started)
@@ -206,13 +215,17 @@ class Capture:
             self.session = session
             self.dispatcher.attach(session, sinks)
             if session.time_limit:
-                timer = threading.Timer(session.time_limit, session.end, kwargs={"wait": False})
-                timer.daemon = True
-                timer.start()
+                self.scheduler.call_later(session.time_limit, lambda: session.end(wait=False))
             return session
 
-    def _build_sinks(self, names: Iterable[str], session: Session) -> list[tuple[str, Sink]]:
-        built: list[tuple[str, Sink]] = []
+    def _limits(self) -> Limits:
+        table = self.config.table("dispatch")
+        return Limits(table["backlog"], table["backlog_size"], table["call_timeout"], table["close_timeout"])
+
+    def _build_sinks(self, names: Iterable[str], session: Session) -> list[SinkWorker]:
+        """Build, open and wrap in a worker each enabled sink of ``names`` (workers start when attached)."""
+        built: list[SinkWorker] = []
+        limits = self._limits()
         try:
             for name in names:
                 entry = self.sink_factories[name]
@@ -220,19 +233,21 @@ class Capture:
                     continue
                 owner = entry.owner
                 sink = self._build(entry, "sink", name)
+                worker = SinkWorker(sink, owner, limits, self.scheduler, self.host.errors, session)
                 try:
                     sink.open(session)
                 except SinkError as exc:
                     raise StartupError(f"sink {name!r}: {exc}") from None
                 except Exception as exc:
                     raise StartupError(f"sink {name!r} (plugin {owner!r}) failed to open: {exc!r}") from exc
-                built.append((f"sink {name!r} (plugin {owner!r})", sink))
+                built.append(worker)
         except BaseException:
-            for _, sink in built:
-                sink.close()
+            for worker in built:
+                try:
+                    worker.sink.close()
+                except Exception:
+                    log.exception("%s raised in close", worker.who)
             raise
-        for _, sink in built:
-            self.host.pm.register(sink, name=f"sink:{sink.name}:{id(sink):x}")
         return built
 
     def _build(self, entry: _Factory, kind: str, name: str) -> Any:
@@ -279,7 +294,7 @@ class Capture:
         return True if session is None else session.wait(timeout)
 
     def stop(self) -> None:
-        """End the session (sinks finalized), stop the sources, stop the dispatcher."""
+        """Stop the sources, end the session (sinks finalized or, if stuck, abandoned), stop the dispatcher."""
         with self._lock:
             for name, source in reversed(list(self.sources.items())):
                 try:
@@ -290,4 +305,28 @@ class Capture:
             self.sources.clear()
             if self.session is not None:
                 self.session.end()
-            self.dispatcher.stop()
+            close_timeout = self._limits().close_timeout if self._validated else None
+            self.dispatcher.stop(timeout=close_timeout + 1.0 if close_timeout else None)
+            self.host.errors.summarize()
+            self.scheduler.close()
+
+    # -- health --------------------------------------------------------------------
+
+    def health(self) -> list[SinkHealth]:
+        """How each sink of the current (or last) session is doing: written, errors, missed, state."""
+        session = self.session
+        return [w.snapshot() for w in self.dispatcher.history if w.session is session]
+
+    @property
+    def clean(self) -> bool:
+        """True while no sink or plugin has failed, missed a flow or been detached during the run."""
+        return (not self.host.errors.count and not self.dispatcher.dropped
+                and all(w.snapshot().clean for w in self.dispatcher.history))
+
+    def _watch(self) -> None:
+        """The watchdog: detach each sink whose call has run past ``[dispatch] call_timeout``."""
+        for worker in list(self.dispatcher.workers):
+            timeout = worker.limits.call_timeout
+            if timeout and worker.stuck_for() > timeout:
+                worker.detach("detached", f"did not return within [dispatch] call_timeout ({timeout:g} s): "
+                                          "detached, it gets no more flows; the other sinks go on")

@@ -1,6 +1,7 @@
 """The core's own config tables and filters, registered like any other plugin.
 
 ``[session]`` names the debug session and may limit its duration;
+``[dispatch]`` bounds how far each sink may fall behind and how long its calls may take;
 ``[filters]`` holds the capture filters; ``[plugins]`` disables plugins;
 ``[store]`` configures the session store, a sink that runs by default.
 It also registers the core's commands (``run``, ``plugins``, ``config``,
@@ -47,6 +48,23 @@ class CorePlugin:
         declare(
             "plugins",
             Option("disable", list, [], "Plugins not to load, by name (as `flowtap plugins` lists them)."),
+        )
+        declare(
+            "dispatch",
+            Option("backlog", int, 10000,
+                   "Flows one sink may fall behind (each sink is fed on its own thread) before it misses "
+                   "flows; each missed flow is counted and reported. The other sinks are not affected."),
+            Option("backlog_size", (str, int), "256mb",
+                   "Bytes of bodies one sink may have waiting before it misses flows (as backlog).",
+                   convert=parse_size),
+            Option("call_timeout", (str, int, float), "30s",
+                   "A sink call (write, flush, a hook) still running after this long is reported with where "
+                   "it is stuck, and the sink is detached; the others go on. Empty or 0: never.",
+                   convert=parse_duration),
+            Option("close_timeout", (str, int, float), "5s",
+                   "When a session ends, a sink that makes no progress for this long while finishing its "
+                   "output is abandoned with a message naming it, so that Ctrl-C ends the run promptly.",
+                   convert=parse_duration),
         )
         declare(
             "store",

@@ -137,9 +137,9 @@ class CaptureHarness:
 
     def sink(self, name: str) -> Sink:
         """The current session's sink registered as ``name``."""
-        for _, sink in self.capture.dispatcher.sinks:
-            if sink.name == name:
-                return sink
+        for worker in self.capture.dispatcher.workers:
+            if worker.sink.name == name:
+                return worker.sink
         raise KeyError(f"no sink {name!r} in this session")
 
     def feed(self, *flows: Flow, timeout: float = 10) -> None:

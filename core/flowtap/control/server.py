@@ -119,8 +119,10 @@ class ControlServer:
             }  # fmt: skip
         info["sources"] = {name: source.describe() for name, source in list(self.capture.sources.items())}
         info["listening"] = listening(os.getpid())
-        stores = [getattr(sink, "path", None) for _, sink in self.capture.dispatcher.sinks if sink.name == "store"]
+        stores = [getattr(w.sink, "path", None) for w in self.capture.dispatcher.workers if w.sink.name == "store"]
         info["store"] = str(stores[0]) if stores and stores[0] else None
+        info["sinks"] = [health.as_dict() for health in self.capture.health()]
+        info["clean"] = self.capture.clean
         return info
 
 
