@@ -83,7 +83,10 @@ def test_run_with_a_time_limit_captures_and_ends_cleanly(tmp_path):
     assert "[replay] replaying 5 flows" in result.stdout
     flow_lines = [line for line in lines if "GET" in line and "api.test/items/" in line]
     assert len(flow_lines) == 5
-    assert "session 'smoke' ended" in lines[-1] and "5 recorded" in lines[-1]
+    summary = lines[lines.index(next(line for line in lines if "session 'smoke' ended" in line)):]
+    assert "5 recorded" in summary[0]
+    assert summary[1].split() == ["SINK", "STATE", "WRITTEN", "ERRORS", "MISSED"]
+    assert summary[2].split() == ["store", "ok", "5", "0", "0"] and len(summary) == 3
 
 
 def test_sigint_ends_the_run_and_keeps_what_was_captured(tmp_path):
@@ -116,4 +119,4 @@ def test_quiet_run_prints_no_line_per_flow(tmp_path):
     result = run_cli("run", "--quiet", cwd=tmp_path, pythonpath=[site])
     assert result.returncode == 0, result.stderr
     assert "api.test/items/" not in result.stdout
-    assert "[replay] replaying 3 flows" in result.stdout and "3 recorded" in result.stdout.splitlines()[-1]
+    assert "[replay] replaying 3 flows" in result.stdout and "3 recorded" in result.stdout.splitlines()[-3]

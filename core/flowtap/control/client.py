@@ -12,9 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from flowtap.commandline import UsageError
 from flowtap.control import OPS, TIMEOUT
 from flowtap.control.runs import command_line, control_dir, port_holder, running
+from flowtap.health import SinkHealth
+from flowtap.view import health_table
 
 
 class ControlError(Exception):
@@ -42,6 +46,12 @@ def request(path: Path, message: dict[str, Any], timeout: float = TIMEOUT) -> di
     if not isinstance(reply, dict):
         raise ControlError(f"{path}: not a flowtap control reply: {line[:80]!r}")
     return reply
+
+
+def _health(item: dict[str, Any]) -> SinkHealth:
+    """A sink's health from a status reply."""
+    fields = {field.name for field in attrs.fields(SinkHealth)}
+    return SinkHealth(**{key: value for key, value in item.items() if key in fields})
 
 
 def choose(pid: int | None) -> tuple[int, Path]:
@@ -113,6 +123,10 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                 print(f"  [{source}] {line}")
         if reply.get("store"):
             print(f"  store: {reply['store']}")
+        for line in health_table(_health(item) for item in reply.get("sinks") or ()):
+            print(f"  {line}")
+        if reply.get("clean") is False:
+            print("  not clean: a sink or plugin failed (the run will exit with code 1)")
         return 0
     done = {"pause": "paused", "resume": "recording again", "clear": "cleared", "mark": "marked"}[args.op]
     if reply.get("changed") is False:
