@@ -6,7 +6,8 @@ the plugins' entry points are loaded only when the command is not one of the
 core's (or for ``--help``), so that ``flowtap sessions`` never imports a plugin.
 
 Exit codes: 0 success, 1 a failure while running, 2 bad input (config,
-arguments, a plugin that cannot start), 130 interrupted.
+arguments, a plugin that cannot start), 130 interrupted (``flowtap run``'s
+codes are in docs/guide.md).
 """
 
 from __future__ import annotations

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from flowtap.commandline import UsageError, capture_from_args, config_from_args
 from flowtap.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from flowtap.capture import Capture
 
 # -- flowtap plugins --------------------------------------------------------------------------
 
@@ -88,11 +93,15 @@ def setup_run(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Start the configured sources and a debug session; end on Ctrl-C or the time limit."""
+    """Start the configured sources and a debug session; end on Ctrl-C or the time limit.
+
+    Exit code 0 if every sink and plugin was clean, 1 if one failed; a second Ctrl-C
+    (or SIGTERM) while the sinks finish ends the process at once with 130.
+    """
     from flowtap.capture import StartupError
     from flowtap.control.client import explain_in_use
     from flowtap.control.server import ControlServer
-    from flowtap.view import ConsoleView
+    from flowtap.view import VIEW_PLUGIN, ConsoleView
 
     config = config_from_args(args)
     if args.name:
@@ -106,10 +115,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"{config.origin}: no source to start; add a source table (available: {available})")
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not (args.plain or args.quiet)
     view = ConsoleView(capture, interactive=interactive, per_flow=not args.quiet)
-    capture.register(view, name="flowtap-view")
+    capture.register(view, name=VIEW_PLUGIN)
 
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _ENDING}
     control = ControlServer(capture, stop.set)
 
     def watch() -> None:
@@ -129,9 +138,69 @@ def cmd_run(args: argparse.Namespace) -> int:
         threading.Thread(target=watch, name="flowtap-watch", daemon=True).start()
         view.run_until(stop)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        control.close()
-        capture.stop()
+        # Ending: the sinks get their close timeout; the next Ctrl-C or SIGTERM quits at once.
+        for sig in _ENDING:
+            signal.signal(sig, lambda *_: _quit_now(capture))
+        notice = threading.Timer(NOTICE_AFTER, _waiting_notice, (capture,))
+        notice.daemon = True
+        notice.start()
+        try:
+            control.close()
+            capture.stop()
+        finally:
+            notice.cancel()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            view.close()
     view.finished(session)
+    if not capture.clean:
+        print(f"flowtap: error: {_failures(capture)} during the run (see above): exit code 1", file=sys.stderr)
+        return 1
     return 0
+
+
+#: The signals that end a run: the first gracefully, the next at once.
+_ENDING = (signal.SIGINT, signal.SIGTERM)
+#: Seconds of ending after which the user is told what it waits for.
+NOTICE_AFTER = 1.0
+
+
+def _unfinished(capture: Capture) -> list[str]:
+    """The sinks of the session still running (closing, or stuck in a call): ``'har' (in close)``."""
+    found = []
+    for worker in list(capture.dispatcher.history):
+        if worker.session is capture.session and not worker.finished.is_set():
+            call = worker.call
+            found.append(f"{worker.health.name!r}" + (f" (in {call})" if call else ""))
+    return found
+
+
+def _waiting_notice(capture: Capture) -> None:
+    names = _unfinished(capture)
+    if names:
+        print(f"flowtap: waiting for sink{'s' * (len(names) > 1)} {', '.join(names)} to finish; "
+              "Ctrl-C again to quit at once", file=sys.stderr, flush=True)
+
+
+def _quit_now(capture: Capture) -> None:
+    """A second Ctrl-C or SIGTERM while the run ends: exit at once with 130, naming what did not finish."""
+    names = _unfinished(capture)
+    what = (f"sink{'s' * (len(names) > 1)} {', '.join(names)} did not finish (output may be incomplete)"
+            if names else "every sink had finished")
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    os.write(2, f"flowtap: interrupted again: quitting now; {what}\n".encode())
+    os._exit(130)
+
+
+def _failures(capture: Capture) -> str:
+    """What made the run unclean, in a few words: ``sink 'faulty' failing, 3 plugin errors``."""
+    parts = [f"sink {h.name!r} {h.state if h.state != 'ok' else 'missed flows'}"
+             for h in capture.health() if not h.clean]
+    if not parts and capture.host.errors.count:
+        parts.append("a plugin raised")
+    if capture.dispatcher.dropped:
+        parts.append(f"{capture.dispatcher.dropped} flows dropped before the sinks")
+    return ", ".join(parts) or "a sink or plugin failed"
