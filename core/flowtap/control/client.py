@@ -18,7 +18,7 @@ from flowtap.commandline import UsageError
 from flowtap.control import OPS, TIMEOUT
 from flowtap.control.runs import command_line, control_dir, port_holder, running
 from flowtap.health import SinkHealth
-from flowtap.view import health_table
+from flowtap.view import VIEW_PLUGIN, health_table
 
 
 class ControlError(Exception):
@@ -123,7 +123,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                 print(f"  [{source}] {line}")
         if reply.get("store"):
             print(f"  store: {reply['store']}")
-        for line in health_table(_health(item) for item in reply.get("sinks") or ()):
+        sinks = [_health(item) for item in reply.get("sinks") or ()]
+        for line in health_table(h for h in sinks if h.plugin != VIEW_PLUGIN or not h.clean):
             print(f"  {line}")
         if reply.get("clean") is False:
             print("  not clean: a sink or plugin failed (the run will exit with code 1)")
