@@ -12,8 +12,9 @@ with every bundled sink (and the session store, when installed), interleaved,
 ``--reps`` times; medians are printed with the ratios flowtap/mitmdump:
 requests/s, p50/p99 latency, and the proxy process's CPU time per request
 (user+sys from /proc); ``--no-sinks-too`` adds "flowtap-0", the proxy source
-with no sink and no store, to tell the source's cost from the sinks'. Then, in a fresh ``flowtap run``: RSS after 1,000 and
-20,000 flows, and the time from SIGINT to exit with 10,000 flows captured.
+with no sink and no store, to tell the source's cost from the sinks'. Then, in a
+fresh ``flowtap run``: RSS after 1,000 and 20,000 flows, and the time from SIGINT
+to exit with 10,000 flows captured.
 """
 
 from __future__ import annotations
@@ -71,18 +72,20 @@ def rss_mb(pid: int) -> float:
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=7))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                            critical=False)
             .sign(key, hashes.SHA256()))
@@ -168,15 +171,16 @@ def start_flowtap(tmp: Path, tag: str, sinks: bool = True) -> tuple[subprocess.P
     port = free_port()
     config = flowtap_config(tmp, port, tag, sinks)
     proc = subprocess.Popen([str(BIN / "flowtap"), "-c", str(config), "run", "--quiet"], cwd=tmp,
-                            env=flowtap_env(tmp), stdout=subprocess.DEVNULL, stderr=open(tmp / f"flowtap-{tag}.log", "w"),
-                            stdin=subprocess.DEVNULL)
+                            env=flowtap_env(tmp), stdout=subprocess.DEVNULL,
+                            stderr=open(tmp / f"flowtap-{tag}.log", "w"), stdin=subprocess.DEVNULL)
     wait_port(port, proc)
     return proc, port
 
 
 def start_mitmdump(tmp: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(port),
+    proc = subprocess.Popen([str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port",
+                             str(port),
                              "--ssl-insecure", "--set", f"confdir={tmp / 'mitmproxy-conf'}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     wait_port(port, proc)
@@ -212,7 +216,8 @@ def drive(port: int, url: str, n: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per measurement (default 3000)")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions, interleaved (default 5: single runs vary)")
+    parser.add_argument("--reps", type=int, default=5,
+                        help="repetitions, interleaved (default 5: single runs vary)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the RSS and SIGINT measurements")
     parser.add_argument("--no-sinks-too", action="store_true",
                         help='also measure "flowtap-0": the proxy source alone, no sink, no store')
@@ -232,7 +237,8 @@ def main() -> int:
         procs.append(mitm)
         flow, flow_port = start_flowtap(tmp, "interleaved")
         procs.append(flow)
-        targets = {"direct": (None, None), "mitmdump": (mitm_port, mitm.pid), "flowtap": (flow_port, flow.pid)}
+        targets = {"direct": (None, None), "mitmdump": (mitm_port, mitm.pid),
+                   "flowtap": (flow_port, flow.pid)}
         if args.no_sinks_too:
             bare, bare_port = start_flowtap(tmp, "bare", sinks=False)
             procs.append(bare)
@@ -262,7 +268,8 @@ def main() -> int:
                 med[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                 m = med[name]
                 cpu = f"{m['cpu']:.3f}" if "cpu" in m else "-"
-                print(f"{f'{scheme} c={c}':<14}{name:<10}{m['rps']:>9.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}{cpu:>12}")
+                print(f"{f'{scheme} c={c}':<14}{name:<10}"
+                      f"{m['rps']:>9.0f}{m['p50']:>9.2f}{m['p99']:>9.2f}{cpu:>12}")
             f, m = med["flowtap"], med["mitmdump"]
             row = {"req/s": f["rps"] / m["rps"], "p50": f["p50"] / m["p50"], "p99": f["p99"] / m["p99"],
                    "CPU/req": f["cpu"] / m["cpu"]}
@@ -271,7 +278,8 @@ def main() -> int:
             print(f"{'':<14}{'flowtap/mitmdump':<24}" + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
             if "flowtap-0" in med:
                 z = med["flowtap-0"]
-                print(f"{'':<14}{'flowtap-0/mitmdump':<24}req/s {z['rps'] / m['rps']:.2f}  CPU/req {z['cpu'] / m['cpu']:.2f}")
+                print(f"{'':<14}{'flowtap-0/mitmdump':<24}"
+                      f"req/s {z['rps'] / m['rps']:.2f}  CPU/req {z['cpu'] / m['cpu']:.2f}")
         print("\nratios flowtap/mitmdump over all scenarios (median): "
               + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ratios.items())
               + "   (target: req/s >= 1.0, CPU/req <= 1.0)")
@@ -304,7 +312,8 @@ def memory(tmp: Path, url: str) -> None:
         for _ in range(19):
             drive(port, url, 1000)
         at_20k = rss_mb(proc.pid)
-        print(f"\nflowtap RSS: {base:.1f} MB after 200 flows, {at_1k:.1f} MB after 1,000, {at_20k:.1f} MB after 20,000 "
+        print(f"\nflowtap RSS: {base:.1f} MB after 200 flows, {at_1k:.1f} MB after 1,000, "
+              f"{at_20k:.1f} MB after 20,000 "
               f"(growth 1,000 -> 20,000: {at_20k - at_1k:+.1f} MB; target < 30 MB)")
     finally:
         proc.send_signal(signal.SIGINT)

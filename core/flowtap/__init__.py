@@ -11,7 +11,15 @@ __version__ = "0.1.0"
 from flowtap.api import Emitter, Sink, SinkError, SinkFailed, Source, SourceError
 from flowtap.capture import Capture, StartupError
 from flowtap.config import (
-    Config, ConfigError, Option, load_config, parse_address, parse_domains, parse_duration, parse_methods, parse_size,
+    Config,
+    ConfigError,
+    Option,
+    load_config,
+    parse_address,
+    parse_domains,
+    parse_duration,
+    parse_methods,
+    parse_size,
 )
 from flowtap.cookies import Cookie
 from flowtap.model import Flow, Headers, Request, Response, Timings, TLSInfo, WebSocketMessage
@@ -34,5 +42,6 @@ __all__ = [
     "Capture", "Config", "ConfigError", "Cookie", "Emitter", "Flow", "Headers", "Option",
     "Request", "Response", "Session", "Sink", "SinkError", "SinkFailed", "Source", "SourceError",
     "StartupError", "State", "TLSInfo", "Timings", "WebSocketMessage", "hookimpl",
-    "load_config", "open_store", "parse_address", "parse_domains", "parse_duration", "parse_methods", "parse_size",
+    "load_config", "open_store", "parse_address", "parse_domains", "parse_duration", "parse_methods",
+    "parse_size",
 ]

@@ -12,8 +12,8 @@ import attrs
 
 from flowtap.api import SinkError, Source, SourceError
 from flowtap.config import Config, ConfigError, Option
-from flowtap.coreplugin import NAME as CORE, CorePlugin
 from flowtap.cookies import Cookie
+from flowtap.coreplugin import NAME as CORE, CorePlugin
 from flowtap.dispatch import Dispatcher
 from flowtap.health import SUMMARY_INTERVAL, SinkHealth
 from flowtap.model import Flow
@@ -101,6 +101,8 @@ class Capture:
         self.scheduler = Scheduler()
         self.dispatcher = Dispatcher(self.host, self.host.errors)
         self.session: Session | None = None
+        #: The sinks of the current (or last) session, each on its worker.
+        self.workers: list[SinkWorker] = []
         self._started = False
         self._validated = False
         self._lock = threading.RLock()
@@ -130,7 +132,9 @@ class Capture:
                 self._validate()
             if self.session is not None and self.session.state is not State.ENDED:
                 added = [s for s in self.sink_factories if s not in before]
-                self.dispatcher.add_workers(self._build_sinks(added, self.session))
+                workers = self._build_sinks(added, self.session)
+                self.workers = self.workers + workers
+                self.dispatcher.add_workers(workers)
         return name
 
     def _declare(self, table: str, *options: Option) -> None:
@@ -141,10 +145,11 @@ class Capture:
 
         def register(name: str, factory: Callable[[dict], Any], default: bool = False,
                      table: str | None = None) -> None:
-            """Register a source or sink factory; its config table is ``[KIND.NAME]`` unless ``table`` says."""
+            """Register a source or sink factory; its table is ``[KIND.NAME]`` unless ``table`` says."""
             owner = self.host.calling or ""
             if name in factories and factories[name].owner != owner:
-                raise ValueError(f"{kind[:-1]} {name!r} is already registered by plugin {factories[name].owner!r}")
+                raise ValueError(
+                    f"{kind[:-1]} {name!r} is already registered by plugin {factories[name].owner!r}")
             factories[name] = _Factory(owner, factory, default, table or f"{kind}.{name}")
             self.options.setdefault(factories[name].table, [])
 
@@ -211,9 +216,9 @@ class Capture:
             name = name or table["name"] or time.strftime("session %Y-%m-%d %H:%M:%S")
             session = Session(name=name, time_limit=duration if duration is not None else table["duration"],
                               started=time.time() if started is None else started)
-            sinks = self._build_sinks(self.sink_factories, session)
-            self.session = session
-            self.dispatcher.attach(session, sinks)
+            workers = self._build_sinks(self.sink_factories, session)
+            self.session, self.workers = session, workers
+            self.dispatcher.attach(session, workers)
             if session.time_limit:
                 self.scheduler.call_later(session.time_limit, lambda: session.end(wait=False))
             return session
@@ -233,7 +238,7 @@ class Capture:
                     continue
                 owner = entry.owner
                 sink = self._build(entry, "sink", name)
-                worker = SinkWorker(sink, owner, limits, self.scheduler, self.host.errors, session)
+                worker = SinkWorker(sink, owner, limits, self.scheduler, self.host.errors)
                 try:
                     sink.open(session)
                 except SinkError as exc:
@@ -256,7 +261,8 @@ class Capture:
         except (SinkError, SourceError) as exc:
             raise StartupError(f"{kind} {name!r}: {exc}") from None
         except Exception as exc:
-            raise StartupError(f"{kind} {name!r} (plugin {entry.owner!r}) could not be built: {exc!r}") from exc
+            raise StartupError(
+                f"{kind} {name!r} (plugin {entry.owner!r}) could not be built: {exc!r}") from exc
         obj.name = name
         return obj
 
@@ -276,7 +282,8 @@ class Capture:
             except SourceError as exc:
                 raise StartupError(f"source {name!r}: {exc}") from None
             except Exception as exc:
-                raise StartupError(f"source {name!r} (plugin {entry.owner!r}) failed to start: {exc!r}") from exc
+                raise StartupError(
+                    f"source {name!r} (plugin {entry.owner!r}) failed to start: {exc!r}") from exc
             self.sources[name] = source
             self.host.pm.register(source, name=f"source:{name}")
 
@@ -294,7 +301,7 @@ class Capture:
         return True if session is None else session.wait(timeout)
 
     def stop(self) -> None:
-        """Stop the sources, end the session (sinks finalized or, if stuck, abandoned), stop the dispatcher."""
+        """Stop the sources, end the session (sinks finalized, or abandoned if stuck), stop the dispatcher."""
         with self._lock:
             for name, source in reversed(list(self.sources.items())):
                 try:
@@ -314,8 +321,7 @@ class Capture:
 
     def health(self) -> list[SinkHealth]:
         """How each sink of the current (or last) session is doing: written, errors, missed, state."""
-        session = self.session
-        return [w.snapshot() for w in self.dispatcher.history if w.session is session]
+        return [worker.snapshot() for worker in self.workers]
 
     @property
     def clean(self) -> bool:

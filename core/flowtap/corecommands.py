@@ -168,8 +168,8 @@ NOTICE_AFTER = 1.0
 def _unfinished(capture: Capture) -> list[str]:
     """The sinks of the session still running (closing, or stuck in a call): ``'har' (in close)``."""
     found = []
-    for worker in list(capture.dispatcher.history):
-        if worker.session is capture.session and not worker.finished.is_set():
+    for worker in list(capture.workers):
+        if not worker.finished.is_set():
             call = worker.call
             found.append(f"{worker.health.name!r}" + (f" (in {call})" if call else ""))
     return found

@@ -18,7 +18,8 @@ NAME = "core"
 
 
 class CorePlugin:
-    """Declares ``[session]``, ``[filters]``, ``[plugins]``, ``[store]``; applies the filters; registers the store."""
+    """Declares ``[session]``, ``[filters]``, ``[plugins]``, ``[store]``; applies the filters; registers
+    the store."""
 
     def __init__(self) -> None:
         self._filters: list = []
@@ -40,7 +41,8 @@ class CorePlugin:
                    'e.g. "~d api.example.com & !~t image".'),
             Option("url_contains", str, "", "Record only URLs containing this text (or regex)."),
             Option("url_not_contains", str, "", "Do not record URLs containing this text (or regex)."),
-            Option("url_regex", bool, False, "Treat url_contains and url_not_contains as regular expressions."),
+            Option("url_regex", bool, False,
+                   "Treat url_contains and url_not_contains as regular expressions."),
             Option("methods", list, [], 'Record only these methods, e.g. ["GET", "POST"]; empty: all.',
                    convert=parse_methods),
             Option("skip_resources", bool, False, "Do not record images, JavaScript and CSS."),

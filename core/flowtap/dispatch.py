@@ -1,4 +1,4 @@
-"""The dispatcher: moves flows from sources through the filters to each sink's worker, off the sources' threads.
+"""The dispatcher: moves flows from sources through the filters to each sink's worker, off the sources'.
 
 Sources put flows on a bounded queue without ever waiting (a flow that finds
 the queue full is counted as dropped and reported). One thread takes them
@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from flowtap.health import ErrorLog
@@ -100,17 +101,21 @@ class Dispatcher:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     self.errors.report("flowtap", "the dispatcher", QueueFull(
-                        f"{self.dropped} flow(s) dropped: the filters and hooks cannot keep up with the sources"),
-                        trace=False)
+                        f"{self.dropped} flow(s) dropped: the filters and hooks cannot keep up with the "
+                        "sources"), trace=False)
 
     def cookies(self, cookies: list[Cookie], source: str) -> None:
         """Queue cookie changes a source saw outside any flow."""
         if cookies:
             self._put(("cookies", cookies, source))
 
-    def sync(self, timeout: float | None = None) -> bool:
-        """Block until everything queued so far has been handled, and flushed by every healthy sink."""
-        holder = _Sync()
+    def sync(self, timeout: float | None = None, only: Collection[str] | None = None) -> bool:
+        """Block until everything queued so far has been handled, and flushed by every healthy sink.
+
+        :param only: wait just for the sinks of these names (``{"store"}``: a stuck third-party
+            sink must not hold up ``flowtap ctl``).
+        """
+        holder = _Sync(only)
         self._put(("sync", holder))
         if not holder.ready.wait(timeout):
             return False
@@ -162,7 +167,7 @@ class Dispatcher:
 
     def _on_sync(self, holder: _Sync) -> None:
         self._feed()
-        holder.events = [worker.sync() for worker in self.workers]
+        holder.events = [w.sync() for w in self.workers if holder.only is None or w.sink.name in holder.only]
         holder.ready.set()
 
     def _on_add_workers(self, workers: list[SinkWorker]) -> None:
@@ -197,7 +202,8 @@ class Dispatcher:
         try:
             cookies = flow.cookies
         except Exception:  # a flow no parser foresaw must still reach the sinks
-            log.warning("cannot read the cookies of %s %s", flow.request.method, flow.request.url, exc_info=True)
+            log.warning("cannot read the cookies of %s %s", flow.request.method, flow.request.url,
+                        exc_info=True)
             return
         if cookies:
             self._hook("flowtap_cookies_seen", cookies=cookies, flow=flow, source=flow.source)
@@ -217,13 +223,13 @@ class Dispatcher:
             self._end(session)
 
     def _hook(self, hook: str, **kwargs: Any) -> None:
-        """Call the plugins' implementations now; the sinks' come through their workers, in order with flows."""
+        """Call the plugins' implementations now; the sinks' go through their workers, in order with flows."""
         self.host.call(hook, **kwargs)
         if self.workers:
             self._out.append(("hook", hook, kwargs))
 
     def _end(self, session: Session) -> None:
-        """Feed each sink the end; a closer thread waits for them (abandoning stuck ones), then ends the session."""
+        """Feed each sink the end; a closer thread waits for them (abandoning stuck ones), then ends it."""
         self._feed()
         workers = self.workers if session is self.session else []
         for worker in workers:
@@ -232,10 +238,12 @@ class Dispatcher:
             self.session, self.workers, self._sink_cookies = None, [], False
         if session is self.current:
             self.current = None
-        threading.Thread(target=self._close, args=(session, workers), name="flowtap-close", daemon=True).start()
+        closer = threading.Thread(target=self._close, args=(session, workers), name="flowtap-close")
+        closer.daemon = True
+        closer.start()
 
     def _close(self, session: Session, workers: list[SinkWorker]) -> None:
-        """Wait until every sink has closed; one whose call stalls past its close timeout is abandoned."""
+        """Wait until every sink has closed; one whose call stalls past close_timeout is abandoned."""
         pending = list(workers)
         while pending:
             for worker in list(pending):
@@ -255,6 +263,7 @@ class Dispatcher:
 class _Sync:
     """What a :meth:`Dispatcher.sync` waits for: the sinks' own sync events, once the dispatcher got there."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: Collection[str] | None) -> None:
+        self.only = only
         self.ready = threading.Event()
         self.events: list[threading.Event] = []

@@ -46,7 +46,8 @@ def as_bytes(text: str) -> bytes:
 
 
 def header_block(fields: Iterable[tuple[str, str]]) -> bytes:
-    """What ``~h`` searches, as ``bytes(mitmproxy.http.Headers)``: ``Name: value\\r\\n`` per field, names as sent."""
+    """What ``~h`` searches, as ``bytes(mitmproxy.http.Headers)``: ``Name: value\\r\\n`` per field, names
+    as sent."""
     return b"".join(as_bytes(f"{name}: {value}\r\n") for name, value in fields)
 
 

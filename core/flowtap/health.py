@@ -26,7 +26,8 @@ class SinkHealth:
     written: int = 0  #: flows ``write`` took without raising
     errors: int = 0  #: calls that raised
     missed: int = 0  #: flows it never got (backlog full, detached) or said it lost (``SinkFailed.lost``)
-    state: str = "ok"  #: ``ok``, ``failing`` (has raised), ``detached`` (a call hung) or ``abandoned`` (did not close in time)
+    #: ``ok``, ``failing`` (has raised), ``detached`` (a call hung) or ``abandoned`` (did not close in time)
+    state: str = "ok"
     last_error: str = ""  #: one line
     backlog: int = 0  #: flows waiting for it now
     stuck_in: str = ""  #: for ``detached`` and ``abandoned``: the call and where it was stuck
@@ -88,7 +89,7 @@ class ErrorLog:
 
 
 def where_stuck(thread: threading.Thread | None) -> tuple[str, str]:
-    """Where ``thread`` is now, on one line (the innermost frame outside the standard library), and its stack."""
+    """Where ``thread`` is: one line (its innermost frame outside the standard library), and its stack."""
     frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
     if frame is None:
         return "unknown", ""

@@ -59,13 +59,11 @@ class SinkWorker:
 
     :param sink: the sink (opened before the worker starts).
     :param plugin: the plugin that registered it (for messages).
-    :param session: the session it is built for.
     """
 
-    def __init__(self, sink: Sink, plugin: str, limits: Limits, scheduler: Scheduler, errors: ErrorLog,
-                 session: object = None) -> None:
+    def __init__(self, sink: Sink, plugin: str, limits: Limits, scheduler: Scheduler,
+                 errors: ErrorLog) -> None:
         self.sink = sink
-        self.session = session
         self.health = SinkHealth(sink.name, plugin)
         self.who = f"sink {sink.name!r}" + (f" (plugin {plugin!r})" if plugin and plugin != sink.name else "")
         self.limits = limits
@@ -75,6 +73,7 @@ class SinkWorker:
         self._items: collections.deque[tuple[Any, ...]] = collections.deque()
         self._flows = 0  # flows waiting or in the batch being handled
         self._bytes = 0  # their bodies' bytes
+        self._handed = 0  # flows of the batch being handled that write() has been given
         self._behind = False  # missing flows since the backlog last overflowed
         self._cond = threading.Condition(threading.Lock())
         self._unflushed = False
@@ -83,7 +82,7 @@ class SinkWorker:
         self.detached = False
         self.finished = threading.Event()  # the thread has ended (closed, or detached and returned)
         self._thread = threading.Thread(target=self._run, name=f"flowtap-sink-{sink.name}", daemon=True)
-        sink._flowtap_worker = self  # for Sink.call_later
+        sink._flowtap_worker = self  # type: ignore[attr-defined]  # Sink.call_later finds its worker here
 
     def start(self) -> None:
         """Start the thread; its first batch (a flush) comes at once, as the session begins."""
@@ -105,7 +104,8 @@ class SinkWorker:
                 return
             for item in items:
                 if item[0] == "flow":
-                    if self._flows >= limits.backlog or (self._flows and self._bytes + item[2] > limits.backlog_size):
+                    full = self._flows >= limits.backlog
+                    if full or (self._flows and self._bytes + item[2] > limits.backlog_size):
                         missed += 1
                         continue
                     self._flows += 1
@@ -171,7 +171,7 @@ class SinkWorker:
             if self.detached or self.finished.is_set():
                 return
             self.detached = True
-            self.health.missed += self._flows
+            self.health.missed += self._flows - self._handed  # the flow it is stuck on included
             self.health.state, self.health.stuck_in = state, f"{self.call or 'idle'} at {where}"
             for item in self._items:
                 if item[0] == "sync":
@@ -198,18 +198,18 @@ class SinkWorker:
             items, self._items = self._items, collections.deque()
             self._behind = False
         sink = self.sink
-        handed = size = 0  # flows (and their bytes) handled, still counted in the backlog until the batch is done
+        self._handed = size = 0  # flows handled (and their bytes): in the backlog until the batch is done
         for item in items:
             kind = item[0]
             if kind == "flow":
-                if self._invoke("write", sink.write, item[1]):
+                if self._invoke("write", sink.write, item[1]) and not self.detached:
                     self.health.written += 1
-                handed += 1
+                self._handed += 1
                 size += item[2]
                 self._unflushed = True
             elif kind == "hook":
                 self._flush()
-                self._invoke(item[1], getattr(self._hooks, item[1]), **item[2])
+                self._invoke(item[1], self._hooks[item[1]], **item[2])
             elif kind == "call":
                 if not item[1].cancelled:
                     self._invoke("a call_later callback", item[1].callback)
@@ -219,7 +219,7 @@ class SinkWorker:
             elif kind == "end":
                 self._flush()
                 if "flowtap_session_end" in self._hooks:
-                    self._invoke("flowtap_session_end", self._hooks.flowtap_session_end, session=item[1])
+                    self._invoke("flowtap_session_end", self._hooks["flowtap_session_end"], session=item[1])
                 if not self.detached:
                     self._invoke("close", sink.close)
                 return False
@@ -229,8 +229,9 @@ class SinkWorker:
         self._invoke("flush", sink.flush)  # after every batch, as the Sink API promises
         with self._cond:
             if not self.detached:
-                self._flows -= handed
+                self._flows -= self._handed
                 self._bytes -= size
+                self._handed = 0
         return not self.detached
 
     def _flush(self) -> None:
@@ -264,21 +265,8 @@ class SinkWorker:
         self._errors.report(self.who, call, exc, trace=trace)
 
 
-class _Hooks:
-    """A sink's own hook methods, called by name with keyword arguments."""
-
-    def __init__(self, pm: pluggy.PluginManager, names: set[str]) -> None:
-        self._pm = pm
-        self._names = names
-        for name in names:
-            setattr(self, name, getattr(pm.hook, name))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names
-
-
-def _sink_hooks(sink: Sink, who: str) -> _Hooks:
-    """The hooks ``sink`` implements, through a plugin manager of its own (so wrappers work as pluggy says)."""
+def _sink_hooks(sink: Sink, who: str) -> dict[str, Callable[..., object]]:
+    """The hooks ``sink`` implements, through a plugin manager of its own (wrappers work as pluggy says)."""
     pm = pluggy.PluginManager("flowtap")
     pm.add_hookspecs(hookspecs)
     pm.register(sink, name=f"sink:{sink.name}")
@@ -287,4 +275,4 @@ def _sink_hooks(sink: Sink, who: str) -> _Hooks:
     if unknown:
         log.warning("%s implements %s, which flowtap does not call on sinks: misspelled, or meant for a "
                     "plugin rather than a sink?", who, ", ".join(unknown))
-    return _Hooks(pm, names & SINK_HOOKS)
+    return {name: getattr(pm.hook, name) for name in names & SINK_HOOKS}
