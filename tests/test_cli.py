@@ -61,7 +61,8 @@ def test_a_plugin_cannot_take_a_core_command(tmp_path):
     result = run_cli("greet", pythonpath=[site])
     assert result.returncode == 0 and result.stdout == "hello\n"
     assert result.stderr.strip() == (
-        "flowtap: WARNING: plugin 'greedy' registers the command 'sessions', which plugin 'core' has: ignored")
+        "flowtap: WARNING: plugin 'greedy' registers the command 'sessions', "
+        "which plugin 'core' has: ignored")
     result = run_cli("sessions", "--help", pythonpath=[site])  # the core's, without loading plugins
     assert result.returncode == 0 and "usage: flowtap sessions" in result.stdout and not result.stderr
 

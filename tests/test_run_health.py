@@ -53,12 +53,16 @@ def flowtap_register_sinks(register):
 '''
 
 
+HANG_AT_CLOSE = "[sources.stream]\ninterval = 0.05\n[sinks.faulty]\nmode = 'hang-close'\n"
+
+
 @pytest.fixture
 def site(tmp_path) -> Path:
-    """Plugins on their own path: the stream and replay sources and the faulty sink, each its own distribution."""
+    """Plugins on their own path: the stream and replay sources, the faulty sink (each a distribution)."""
     root = stream_source(tmp_path / "site")
     replay_source(root)
-    return make_distribution(root, "flowtap-faulty", {"faulty": "flowtap_faulty"}, {"flowtap_faulty": FAULTY_SINK})
+    return make_distribution(root, "flowtap-faulty", {"faulty": "flowtap_faulty"},
+                             {"flowtap_faulty": FAULTY_SINK})
 
 
 @pytest.fixture
@@ -131,8 +135,7 @@ def start_run(tmp_path: Path, site: Path, config: str, *args: str) -> subprocess
 
 
 def test_a_sink_that_does_not_close_is_abandoned_after_close_timeout_exit_1(tmp_path, site, data_dir):
-    proc = start_run(tmp_path, site, "[sources.stream]\ninterval = 0.05\n[sinks.faulty]\nmode = 'hang-close'\n"
-                                     "[dispatch]\nclose_timeout = '0.5s'\n", "--quiet")
+    proc = start_run(tmp_path, site, HANG_AT_CLOSE + "[dispatch]\nclose_timeout = '0.5s'\n", "--quiet")
     try:
         began = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -149,8 +152,7 @@ def test_a_sink_that_does_not_close_is_abandoned_after_close_timeout_exit_1(tmp_
 
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_second_signal_while_sinks_finish_exits_130_naming_them(tmp_path, site, data_dir, second):
-    proc = start_run(tmp_path, site, "[sources.stream]\ninterval = 0.05\n[sinks.faulty]\nmode = 'hang-close'\n"
-                                     "[dispatch]\nclose_timeout = '60s'\n", "--quiet")
+    proc = start_run(tmp_path, site, HANG_AT_CLOSE + "[dispatch]\nclose_timeout = '60s'\n", "--quiet")
     try:
         proc.send_signal(signal.SIGINT)
         # The run says what it waits for (an event to await, not a sleep): then the second signal.
@@ -159,7 +161,8 @@ def test_a_second_signal_while_sinks_finish_exits_130_naming_them(tmp_path, site
             assert line, "the run ended without saying what it waits for"
             if "waiting for sink" in line:
                 break
-        assert line.strip() == "flowtap: waiting for sink 'faulty' (in close) to finish; Ctrl-C again to quit at once"
+        assert line.strip() == ("flowtap: waiting for sink 'faulty' (in close) to finish; "
+                                "Ctrl-C again to quit at once")
         began = time.monotonic()
         proc.send_signal(second)
         out, err = proc.communicate(timeout=10)
@@ -169,7 +172,8 @@ def test_a_second_signal_while_sinks_finish_exits_130_naming_them(tmp_path, site
     assert proc.returncode == 130, err
     assert took < 3, took
     assert err.strip().splitlines()[-1] == (
-        "flowtap: interrupted again: quitting now; sink 'faulty' (in close) did not finish (output may be incomplete)")
+        "flowtap: interrupted again: quitting now; "
+        "sink 'faulty' (in close) did not finish (output may be incomplete)")
 
 
 # -- flowtap ctl status ---------------------------------------------------------------------------
@@ -191,12 +195,14 @@ def test_ctl_status_lists_each_sinks_health(tmp_path, site, data_dir):
         assert sinks["faulty"]["last_error"] == "write: disk on fire" and sinks["faulty"]["clean"] is False
         assert sinks["faulty"]["plugin"] == "faulty"
         assert sinks["store"]["state"] == "ok" and sinks["store"]["errors"] == 0 and sinks["store"]["clean"]
-        assert set(sinks["store"]) >= {"written", "errors", "missed", "state", "last_error", "backlog", "stuck_in"}
+        assert set(sinks["store"]) >= {"written", "errors", "missed", "state", "last_error", "backlog",
+                                       "stuck_in"}
 
         text = run_cli("ctl", "status").stdout.splitlines()
         table = text[text.index(next(line for line in text if line.split()[:2] == ["SINK", "STATE"])):]
         assert table[1].split()[:2] == ["store", "ok"]
-        assert table[2].split()[:2] == ["faulty", "failing"] and table[2].endswith("last error: write: disk on fire")
+        assert table[2].split()[:2] == ["faulty", "failing"]
+        assert table[2].endswith("last error: write: disk on fire")
         assert "not clean: a sink or plugin failed" in text[-1]
         assert run_cli("ctl", "stop").returncode == 0
         out, err = proc.communicate(timeout=20)
@@ -219,7 +225,8 @@ class Terminal:
         exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
         self.rc = tmp_path / "rc"
         # pytest sets COLUMNS and LINES (80x24); the terminal's own size must win.
-        script.write_text(f"unset COLUMNS LINES\n{exports}cd {shlex.quote(str(tmp_path))}\n{command}\necho $? > {self.rc}\nsleep 60\n")
+        script.write_text(f"unset COLUMNS LINES\n{exports}cd {shlex.quote(str(tmp_path))}\n"
+                          f"{command}\necho $? > {self.rc}\nsleep 60\n")
         self.tmux("new-session", "-d", "-x", "120", "-y", "40", f"sh {shlex.quote(str(script))}")
 
     def tmux(self, *args: str) -> str:
@@ -230,15 +237,21 @@ class Terminal:
         return self.tmux("capture-pane", "-p")
 
     def wait_for(self, text: str, timeout: float = 30) -> str:
-        return wait_for(lambda: (lambda s: s if text in s else None)(self.screen()), timeout, f"{text!r} on screen")
+        def shown() -> str | None:
+            screen = self.screen()
+            return screen if text in screen else None
+
+        return wait_for(shown, timeout, f"{text!r} on screen")
 
     def close(self) -> None:
         subprocess.run(["tmux", "-S", str(self.socket), "kill-server"], capture_output=True, timeout=10)
         shutil.rmtree(self.socket.parent, ignore_errors=True)
 
 
-def test_the_live_view_shows_the_start_up_facts_and_a_sink_error_in_its_message_area(tmp_path, site, data_dir):
-    (tmp_path / "flowtap.toml").write_text("[sources.stream]\ninterval = 0.05\n[sinks.faulty]\nmode = 'raise'\n")
+def test_the_live_view_shows_the_start_up_facts_and_a_sink_error_in_its_message_area(
+        tmp_path, site, data_dir):
+    (tmp_path / "flowtap.toml").write_text("[sources.stream]\ninterval = 0.05\n"
+                                           "[sinks.faulty]\nmode = 'raise'\n")
     env = {"PYTHONPATH": str(site), "FLOWTAP_DATA_DIR": str(data_dir), "TERM": "xterm"}
     terminal = Terminal(tmp_path, f"{shlex.quote(sys.executable)} -m flowtap run --name live", env)
     try:
@@ -248,8 +261,8 @@ def test_the_live_view_shows_the_start_up_facts_and_a_sink_error_in_its_message_
         assert lines[1] == "  [stream] streaming a flow every 0.05s"
         assert lines[2].split() == ["TIME", "METHOD", "STATUS", "HOST", "PATH", "SIZE", "DURATION"]
         ruler = next(i for i, line in enumerate(lines) if line.startswith("-- messages"))
-        assert " ERROR: sink 'faulty' raised in write: RuntimeError: disk on fire (in full when the view ends)" \
-            in lines[ruler + 1]
+        assert lines[ruler + 1].endswith(" ERROR: sink 'faulty' raised in write: RuntimeError: disk on fire "
+                                         "(in full when the view ends)")
         assert "sink 'faulty' failing" in lines[-1] and "RUNNING" in lines[-1]
         # Nothing printed raw over the table: no log line, no traceback.
         assert "flowtap: ERROR" not in screen and "Traceback" not in screen

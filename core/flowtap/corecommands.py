@@ -77,7 +77,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     capture.validate()
     sources = capture.configured_sources()
     sinks = [n for n, e in capture.sink_factories.items() if e.enabled(config)]
-    print(f"{config.origin}: OK (sources: {', '.join(sources) or 'none'}; sinks: {', '.join(sinks) or 'none'})")
+    print(f"{config.origin}: OK (sources: {', '.join(sources) or 'none'}; "
+          f"sinks: {', '.join(sinks) or 'none'})")
     return 0
 
 
@@ -89,7 +90,8 @@ def setup_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", help='end after this long, e.g. "30m"')
     parser.add_argument("--plain", action="store_true", help="one line per flow, even on a terminal")
     parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no line per flow (start-up lines and the summary still print), like mitmdump -q")
+                        help="no line per flow (start-up lines and the summary still print), "
+                             "like mitmdump -q")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -154,7 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             view.close()
     view.finished(session)
     if not capture.clean:
-        print(f"flowtap: error: {_failures(capture)} during the run (see above): exit code 1", file=sys.stderr)
+        print(f"flowtap: error: {_failures(capture)} during the run (see above): exit code 1",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -92,7 +92,8 @@ class CorePlugin:
 
         register("run", "capture with the configured sources until Ctrl-C or the time limit",
                  core.setup_run, core.cmd_run)
-        register("plugins", "list plugins: name, version, origin, hooks, status", core.setup_plugins, core.cmd_plugins)
+        register("plugins", "list plugins: name, version, origin, hooks, status",
+                 core.setup_plugins, core.cmd_plugins)
         register("config", "work with the config file", core.setup_config, core.cmd_config)
         register("sessions", "list stored sessions (newest first); show, rename, delete them",
                  store.setup_sessions, store.cmd_sessions)

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 KEYS = "p pause  r resume  c clear  m mark  q end"
 #: Messages the live view shows at once (the latest).
 MESSAGE_LINES = 5
-#: Characters of log output held back while the live view is drawn, printed after it (the oldest dropped past this).
+#: Characters of log output held back while the live view is drawn, printed after it
+#: (past this, the oldest are dropped).
 HELD_CHARS = 1_000_000
 #: The plugin name ``flowtap run`` registers the view under (its console sink is not one of the user's).
 VIEW_PLUGIN = "flowtap-view"
@@ -315,7 +316,8 @@ class ConsoleView:
             rows = list(self.rows)[-room:] if room else []
         widths = [8, 7, 6, 24, 0, 8, 8]
         widths[4] = max(10, width - sum(widths) - 7)
-        table = [" ".join(c[:w].ljust(w) for c, w in zip(row, widths))[:width] for row in (header, *rows)]
+        table = [" ".join(c[:w].ljust(w) for c, w in zip(row, widths, strict=True))[:width]
+                 for row in (header, *rows)]
         table += [""] * (room - len(rows))
         state = session.state.value.upper()
         status = (f" {session.name} | {state} | {session.counts.recorded} recorded | "
@@ -332,7 +334,8 @@ class ConsoleView:
         bad = [h for h in self.capture.health() if not h.clean]
         if not bad:
             return ""
-        return " | " + ", ".join(f"sink {h.name!r} {h.state if h.state != 'ok' else 'missed flows'}" for h in bad)
+        return " | " + ", ".join(f"sink {h.name!r} {h.state if h.state != 'ok' else 'missed flows'}"
+                                 for h in bad)
 
     def close(self) -> None:
         """Stop catching log records for the message area (the run is over)."""
@@ -351,7 +354,7 @@ class ConsoleView:
 
 
 def health_table(sinks: Iterable[SinkHealth]) -> list[str]:
-    """Each sink's health as the lines of a table: name, state, written, errors, missed, and what went wrong."""
+    """Each sink's health as the lines of a table: name, state, written, errors, missed, what went wrong."""
     rows = [("SINK", "STATE", "WRITTEN", "ERRORS", "MISSED", "")]
     for h in sinks:
         notes = []
@@ -365,7 +368,8 @@ def health_table(sinks: Iterable[SinkHealth]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = []
     for row in rows:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), *(row[i].rjust(widths[i]) for i in (2, 3, 4))]
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]),
+                 *(row[i].rjust(widths[i]) for i in (2, 3, 4))]
         lines.append(("  ".join(cells) + ("  " + row[5] if row[5] else "")).rstrip())
     return lines
 

@@ -66,7 +66,8 @@ class ControlServer:
             os.chmod(self.path, 0o600)
             server.server_activate()
         except OSError as exc:
-            log.warning("no live control (`flowtap ctl`): cannot listen on %s: %s", self.path, exc.strerror or exc)
+            log.warning("no live control (`flowtap ctl`): cannot listen on %s: %s",
+                        self.path, exc.strerror or exc)
             return False
         self._server = server
         # serve_forever checks for shutdown() between polls: 0.5 s by default, which Ctrl-C waited for.
