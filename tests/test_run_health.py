@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +74,12 @@ def data_dir(monkeypatch):
     monkeypatch.setenv("FLOWTAP_DATA_DIR", str(path))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def iter_queue(lines: queue.Queue[str | None], timeout: float = 5):
+    """What a reader thread put in ``lines`` until the stream ended (None)."""
+    while (line := lines.get(timeout=timeout)) is not None:
+        yield line
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -154,21 +162,24 @@ def test_a_sink_that_does_not_close_is_abandoned_after_close_timeout_exit_1(tmp_
 def test_a_second_signal_while_sinks_finish_exits_130_naming_them(tmp_path, site, data_dir, second):
     proc = start_run(tmp_path, site, HANG_AT_CLOSE + "[dispatch]\nclose_timeout = '60s'\n", "--quiet")
     try:
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=lambda: [*map(lines.put, proc.stderr), lines.put(None)], daemon=True).start()
         proc.send_signal(signal.SIGINT)
         # The run says what it waits for (an event to await, not a sleep): then the second signal.
         while True:
-            line = proc.stderr.readline()
-            assert line, "the run ended without saying what it waits for"
+            line = lines.get(timeout=20)
+            assert line is not None, "the run ended without saying what it waits for"
             if "waiting for sink" in line:
                 break
         assert line.strip() == ("flowtap: waiting for sink 'faulty' (in close) to finish; "
                                 "Ctrl-C again to quit at once")
         began = time.monotonic()
         proc.send_signal(second)
-        out, err = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
         took = time.monotonic() - began
     finally:
         proc.kill()
+    err = "".join(iter_queue(lines))
     assert proc.returncode == 130, err
     assert took < 3, took
     assert err.strip().splitlines()[-1] == (
