@@ -119,8 +119,8 @@ def test_a_clean_run_exits_0_and_a_failing_sink_makes_it_1(tmp_path, site, data_
     # The first error with its traceback, the repeats in one summary line: never a line per flow.
     errors = [line for line in result.stderr.splitlines() if line.startswith("flowtap: ERROR: ")]
     assert errors[0] == "flowtap: ERROR: sink 'faulty' raised in write: RuntimeError: disk on fire"
-    assert errors[1] == ("flowtap: ERROR: sink 'faulty' raised in write 19 more times; "
-                         "last: RuntimeError: disk on fire")
+    assert errors[1] == ("flowtap: ERROR: sink 'faulty': 19 more times; "
+                         "last: raised in write: RuntimeError: disk on fire")
     assert len(errors) == 2 and result.stderr.count("Traceback") == 1
     assert result.stderr.splitlines()[-1] == (
         "flowtap: error: sink 'faulty' failing during the run (see above): exit code 1")
