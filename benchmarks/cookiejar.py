@@ -7,7 +7,8 @@ mixed: bodies of 0.2-5 KB, 10% of 100 KB; 50 hosts; every request sends a
 Cookie header of three cookies, a fifth of the responses set a new session
 cookie and one in a hundred deletes one, so the jar changes all the time and
 the sync throttle is exercised. "none" is the same feed with no sink at all:
-the dispatcher's own cost. The session store is off in every row. The cookiejar rows sync continuously (the default).
+the dispatcher's own cost. The session store is off in every row. The cookiejar
+rows sync continuously (the default).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def flows(count: int, seed: int = 1):
         request_headers = [("Host", host), ("Cookie", f"sid=s{i // 100}; theme=dark; lang=en")]
         response_headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         if i % 5 == 0:
-            response_headers.append(("Set-Cookie", f"sid=s{i}; Domain={host.split('.', 1)[1]}; Path=/; "
-                                                   f"Secure; HttpOnly; SameSite=Lax; Max-Age=3600"))  # fmt: skip
+            domain = host.split(".", 1)[1]
+            response_headers.append(("Set-Cookie", f"sid=s{i}; Domain={domain}; Path=/; "
+                                                   "Secure; HttpOnly; SameSite=Lax; Max-Age=3600"))
         if i % 100 == 1:
             response_headers.append(("Set-Cookie", "theme=; Max-Age=0"))
         yield make_flow(url=f"https://{host}/v1/items/{i}", request_headers=request_headers,
@@ -69,7 +71,8 @@ def run(sink: str, count: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--flows", type=int, nargs="+", default=[10_000], help="flow counts to run (default 10000)")
+    parser.add_argument("--flows", type=int, nargs="+", default=[10_000],
+                        help="flow counts to run (default 10000)")
     parser.add_argument("--one", nargs=2, metavar=("SINK", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:

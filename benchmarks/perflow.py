@@ -33,7 +33,7 @@ def mitm_flows(count: int):
     from mitmproxy.test import tflow
 
     now = time.time()
-    for i in range(count):
+    for _ in range(count):
         f = tflow.tflow()
         f.request = http.Request.make("GET", "http://127.0.0.1:8080/api/items", b"",
                                       [(b"Host", b"127.0.0.1:8080"), (b"User-Agent", b"hey/0.0.1"),
@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--profile", help="write cProfile stats of the dispatching here (and print the top)")
     parser.add_argument("--no-sinks", action="store_true", help="no sink and no store")
     parser.add_argument("--batch", type=int, default=BATCH,
-                        help=f"flush after this many flows (default {BATCH}, a full batch; 1 is what c=1 load gives)")
+                        help=f"flush after this many flows (default {BATCH}, a full batch; "
+                             "1 is what c=1 load gives)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
 

@@ -82,7 +82,8 @@ def specs(count: int, seed: int = 7) -> Iterator[Spec]:
         request_body = b""
         if post:
             request_body = bytes(small[(i * 7) % 64])
-            request_headers += [("Content-Type", "application/json"), ("Content-Length", str(len(request_body)))]
+            request_headers += [("Content-Type", "application/json"),
+                                ("Content-Length", str(len(request_body)))]
         if i % 3 == 0:
             request_headers.append(("Cookie", f"sid=s{i % 97}; theme=dark"))
         if i % 10 == 0:  # 10%: a 100 KB body, made anew for this flow
@@ -97,7 +98,8 @@ def specs(count: int, seed: int = 7) -> Iterator[Spec]:
         if i % 4 == 0:
             response_headers.append(("Set-Cookie", f"sid=s{i % 97}; Path=/; HttpOnly; Max-Age=3600"))
         status = None if i % 50 == 49 else (201 if post else 200)
-        yield Spec("POST" if post else "GET", url, request_headers, request_body, status, response_headers, body)
+        yield Spec("POST" if post else "GET", url, request_headers, request_body, status, response_headers,
+                   body)
 
 
 # -- the child: one run, one process -------------------------------------------------
@@ -137,7 +139,8 @@ def run_flowtap(sink: str, count: int, directory: Path) -> dict[str, Any]:
         def flowtap_register_sinks(self, register):
             register("null", lambda options: NullSink())
 
-    options = {k: v.replace("{dir}", str(directory)) if isinstance(v, str) else v for k, v in SINKS[sink].items()}
+    options = {k: v.replace("{dir}", str(directory)) if isinstance(v, str) else v
+               for k, v in SINKS[sink].items()}
     capture = flowtap.Capture({"sinks": {sink: options}}, load_entrypoints=False)
     if sink == "null":
         capture.register(NullPlugin(), name="null")
@@ -224,7 +227,8 @@ def measure(sink: str, count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--flows", type=int, nargs="+", default=list(DEFAULT_COUNTS), help="flow counts to run")
+    parser.add_argument("--flows", type=int, nargs="+", default=list(DEFAULT_COUNTS),
+                        help="flow counts to run")
     parser.add_argument("--sinks", nargs="+", default=list(SINKS), choices=list(SINKS), help="sinks to run")
     parser.add_argument("--child", nargs=3, metavar=("SINK", "COUNT", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -246,7 +250,8 @@ def main() -> None:
                 continue
             note = f"  ({r['errors']} sink errors!)" if r["errors"] else ""
             print(f"{sink:<11}{count:>8}{r['seconds']:>8.2f}{r['cpu']:>8.2f}{count / r['cpu']:>9.0f}"
-                  f"{r['rss_before']:>9.0f} MB{r['rss_peak']:>7.0f} MB{r['rss_peak'] - r['rss_before']:>6.0f} MB"
+                  f"{r['rss_before']:>9.0f} MB{r['rss_peak']:>7.0f} MB"
+                  f"{r['rss_peak'] - r['rss_before']:>6.0f} MB"
                   f"{r['output_mb']:>7.0f} MB{note}", flush=True)
     print()
     for count in args.flows:

@@ -32,6 +32,7 @@ import flowtap
 from flowtap.session import Session
 from flowtap.store.sink import StoreSink
 from flowtap.testing import make_flow
+
 from proxy import cpu_seconds, free_port, wait_port  # benchmarks/proxy.py, beside this script
 
 BODY = json.dumps({"items": [{"id": i, "name": f"item {i}", "tags": ["a", "b"]} for i in range(15)]})
@@ -84,7 +85,8 @@ def bench_insert(tmp: Path, n: int = 20_000) -> None:
         t, c = time.perf_counter(), time.process_time()
         cap.feed(*batch, timeout=300)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
-    print(f"insert, through a Capture: {n / wall:8.0f} flows/s  {cpu / n * 1e6:6.1f} µs CPU/flow (whole process)")
+    print(f"insert, through a Capture: {n / wall:8.0f} flows/s  "
+          f"{cpu / n * 1e6:6.1f} µs CPU/flow (whole process)")
 
 
 # -- the proxy under load ---------------------------------------------------------------------
@@ -101,9 +103,11 @@ def bench_proxy(tmp: Path, requests: int) -> None:
 events {{}}
 http {{ access_log off; client_body_temp_path {tmp}/nginx; proxy_temp_path {tmp}/nginx;
   fastcgi_temp_path {tmp}/nginx; uwsgi_temp_path {tmp}/nginx; scgi_temp_path {tmp}/nginx;
-  server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json; return 200 '{BODY}'; }} }} }}
+  server {{ listen 127.0.0.1:{port};
+    location / {{ default_type application/json; return 200 '{BODY}'; }} }} }}
 """)
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp / "nginx")],
+    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p",
+                              str(tmp / "nginx")],
                              stderr=subprocess.DEVNULL)
     try:
         wait_port(port, nginx)
@@ -117,7 +121,8 @@ http {{ access_log off; client_body_temp_path {tmp}/nginx; proxy_temp_path {tmp}
     for label, r in results.items():
         print(f"proxy, {label:9}: {r['rps']:7.0f} req/s  {r['cpu_ms']:5.2f} ms CPU/request  "
               f"stored {r['stored']}/{requests}  exit after SIGINT {r['exit_s']:.2f}s")
-    print(f"proxy, store on/off: {on['rps'] / off['rps']:.2f}x req/s, {on['cpu_ms'] / off['cpu_ms']:.2f}x CPU/request")
+    print(f"proxy, store on/off: {on['rps'] / off['rps']:.2f}x req/s, "
+          f"{on['cpu_ms'] / off['cpu_ms']:.2f}x CPU/request")
 
 
 def run_proxy(tmp: Path, upstream: int, requests: int, label: str, overrides: list[str]) -> dict:
@@ -134,7 +139,8 @@ def run_proxy(tmp: Path, upstream: int, requests: int, label: str, overrides: li
         subprocess.run(["hey", "-n", "200", "-c", "20", "-x", f"http://127.0.0.1:{listen}", url],
                        capture_output=True, check=True)  # warm up
         cpu = cpu_seconds(proc.pid)
-        out = subprocess.run(["hey", "-n", str(requests), "-c", "20", "-x", f"http://127.0.0.1:{listen}", url],
+        out = subprocess.run(["hey", "-n", str(requests), "-c", "20", "-x", f"http://127.0.0.1:{listen}",
+                              url],
                              capture_output=True, text=True, check=True).stdout
         cpu = cpu_seconds(proc.pid) - cpu
         rps = float(next(line.split()[-1] for line in out.splitlines() if "Requests/sec" in line))
@@ -176,7 +182,7 @@ def bench_search(tmp: Path, n: int) -> None:
             ("~b needle", "body regex"),
             (r"~h 'X-Request-Id: 4242\r'", "header regex"),
         ]:
-            ms, count = best(lambda: sum(1 for _ in store.rows(expression)))
+            ms, count = best(lambda expression=expression: sum(1 for _ in store.rows(expression)))
             print(f"  {what:24} {expression!r:30} {count:6} flows  {ms:7.1f} ms")
         ms, count = best(lambda: sum(1 for _ in store.flows("~d host7.test")))
         print(f"  {'host filter, whole flows':24} {'~d host7.test':30} {count:6} flows  {ms:7.1f} ms")

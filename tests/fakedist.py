@@ -56,7 +56,8 @@ def flowtap_register_sources(register):
 
 def replay_source(root: Path) -> Path:
     """A third-party source plugin, ``[sources.replay] count = N``, on ``root``."""
-    return make_distribution(root, "flowtap-replay", {"replay": "flowtap_replay"}, {"flowtap_replay": REPLAY_SOURCE})
+    return make_distribution(root, "flowtap-replay", {"replay": "flowtap_replay"},
+                             {"flowtap_replay": REPLAY_SOURCE})
 
 
 STREAM_SOURCE = '''
@@ -129,4 +130,5 @@ def flowtap_register_sources(register):
 
 def stream_source(root: Path) -> Path:
     """A source plugin that emits flows continuously, ``[sources.stream]``, on ``root``."""
-    return make_distribution(root, "flowtap-stream", {"stream": "flowtap_stream"}, {"flowtap_stream": STREAM_SOURCE})
+    return make_distribution(root, "flowtap-stream", {"stream": "flowtap_stream"},
+                             {"flowtap_stream": STREAM_SOURCE})

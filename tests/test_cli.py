@@ -49,10 +49,12 @@ def test_run_with_a_time_limit_captures_and_ends_cleanly(tmp_path):
 
 def test_sigint_ends_the_run_and_keeps_what_was_captured(tmp_path):
     site = replay_source(tmp_path / "site")
-    (tmp_path / "flowtap.toml").write_text("[sources.replay]\ncount = 20\n[filters]\nexpression = '!~u items/1$'\n")
+    (tmp_path / "flowtap.toml").write_text(
+        "[sources.replay]\ncount = 20\n[filters]\nexpression = '!~u items/1$'\n")
     env = dict(os.environ, PYTHONPATH=str(site))
     proc = subprocess.Popen([sys.executable, "-m", "flowtap", "run"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
         seen = []

@@ -88,7 +88,8 @@ def api_flows(base: str, other: str) -> list[flowtap.Flow]:
                   request_body=b"<note>hi</note>", request_headers=[("Content-Type", "application/xml"),
                                                                    ("Cookie", "sid=c00kie")]),
         make_flow(url=f"{base}/users/42", method="DELETE", status=204, response_body=b""),
-        make_flow(url=f"{other}/health", response_body=b"ok", response_headers=[("Content-Type", "text/plain")]),
+        make_flow(url=f"{other}/health", response_body=b"ok",
+                  response_headers=[("Content-Type", "text/plain")]),
     ]
 
 
@@ -162,11 +163,13 @@ def test_structure_variables_and_secrets(tmp_path, judge):
     assert all(variables[k]["value"] == "" for k in ("authorization", "apiKey", "password", "cookie"))
 
     bodies = {f["name"]: f["item"][0]["request"].get("body") for f in doc["item"]}
-    assert bodies["POST /users"] == {"mode": "raw", "raw": '{"name": "ann"}', "options": {"raw": {"language": "json"}}}
+    assert bodies["POST /users"] == {"mode": "raw", "raw": '{"name": "ann"}',
+                                     "options": {"raw": {"language": "json"}}}
     assert bodies["POST /login"]["urlencoded"] == [{"key": "user", "value": "ann"},
                                                    {"key": "password", "value": "{{password}}"}]
     assert bodies["POST /upload"]["formdata"] == [{"key": "title", "value": "Hello", "type": "text"},
-                                                  {"key": "access_token", "value": "{{accessToken}}", "type": "text"}]
+                                                  {"key": "access_token", "value": "{{accessToken}}",
+                                                   "type": "text"}]
     assert bodies["POST /graphql"] == {"mode": "graphql", "graphql": {
         "query": "query { user(id: 1) { name } }", "variables": '{\n  "v": 1\n}'}}
     assert bodies["PUT /notes/:noteId"]["options"]["raw"]["language"] == "xml"
@@ -198,7 +201,8 @@ def test_multipart_files_binary_bodies_and_media_responses(tmp_path, judge):
                        request_headers=[("Content-Type", "multipart/form-data; boundary=XyZ")])
     binary = make_flow(url="https://api.example.com/raw", method="POST", request_body=b"\x00\xffdata",
                        request_headers=[("Content-Type", "application/octet-stream")],
-                       response_body=b"\x01\x02\xff", response_headers=[("Content-Type", "application/octet-stream")])
+                       response_body=b"\x01\x02\xff",
+                       response_headers=[("Content-Type", "application/octet-stream")])
     image = make_flow(url="https://api.example.com/logo.png", response_body=b"\x89PNG\r\n\x1a\n",
                       response_headers=[("Content-Type", "image/png")])
     doc = run_collection(tmp_path, upload, binary, image)

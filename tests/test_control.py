@@ -74,10 +74,12 @@ def test_ctl_drives_a_running_capture(tmp_path, data_dir):
     run = Run(tmp_path, "live")
     try:
         path = control.socket_path(run.proc.pid)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
         status = run.ctl("status")
         assert status.returncode == 0, status.stderr
-        assert status.stdout.startswith(f"pid {run.proc.pid}: session 'live' (") and ": running, " in status.stdout
+        assert status.stdout.startswith(f"pid {run.proc.pid}: session 'live' (")
+        assert ": running, " in status.stdout
         assert "[stream] streaming a flow every 0.02s" in status.stdout
         assert f"store: {data_dir / 'flowtap.db'}" in status.stdout
 

@@ -70,7 +70,8 @@ def names_in(path):
 
 
 def test_an_update_replaces_the_same_domain_path_and_name():
-    jar = jar_of(cookie(value="1", secure=True), cookie(value="2", path="/v1"), cookie(value="3", domain="other.com"))
+    jar = jar_of(cookie(value="1", secure=True), cookie(value="2", path="/v1"),
+                 cookie(value="3", domain="other.com"))
     assert not jar.set(cookie(value="2", path="/v1"), NOW)  # the same cookie again: no change
     assert jar.set(cookie(value="9", httponly=True), NOW)
     assert len(jar) == 3
@@ -101,7 +102,8 @@ def test_unknown_request_cookies_are_added_host_only_for_the_host():
     jar.sent("theme", "dark", "api.example.com", "/v1/users", secure=True, now=NOW)
     # a secure cookie is never sent over plain HTTP: this one is another cookie
     jar.sent("sid", "plain", "api.example.com", "/", secure=False, now=NOW)
-    assert jar.get("api.example.com", "/", "theme") == cookie("theme", "dark", "api.example.com", host_only=True)
+    assert jar.get("api.example.com", "/", "theme") == cookie("theme", "dark", "api.example.com",
+                                                              host_only=True)
     assert jar.get("api.example.com", "/", "sid") == cookie("sid", "plain", "api.example.com", host_only=True)
     assert jar.get("example.com", "/", "sid").value == "x"
 
@@ -114,7 +116,8 @@ def test_request_cookies_respect_host_only_and_path():
     assert jar.get("api.example.com", "/", "sid").value == "h"
     assert jar.get("www.api.example.com", "/", "sid").value == "w"
     jar.sent("tok", "app2", "example.com", "/app/page", now=NOW)  # the most specific path takes the value
-    assert (jar.get("example.com", "/app", "tok").value, jar.get("example.com", "/", "tok").value) == ("app2", "root")
+    assert (jar.get("example.com", "/app", "tok").value,
+            jar.get("example.com", "/", "tok").value) == ("app2", "root")
     jar.sent("tok", "root2", "example.com", "/application", now=NOW)  # /app does not path-match /application
     assert jar.get("example.com", "/", "tok").value == "root2"
 
@@ -205,7 +208,7 @@ def test_sync_shows_a_change_within_a_second_without_ending_the_session(tmp_path
         for value in ("1", "2", "3"):  # quick changes are throttled, not lost
             start = time.monotonic()
             harness.feed(set_cookie_flow("https://api.example.com/login", f"sid={value}; Path=/"))
-            assert wait_for(lambda: names_in(path) == {"sid": value})
+            assert wait_for(lambda value=value: names_in(path) == {"sid": value})
             assert time.monotonic() - start < 1.0
         assert harness.session.state.value == "running"
 
@@ -238,12 +241,14 @@ def test_cookie_events_from_a_source_without_a_flow(tmp_path):
 def test_request_cookies_merge_in_the_sink(tmp_path):
     path = tmp_path / "jar.json"
     with capture("cookiejar", config=config(path, format="json")) as harness:
-        harness.feed(set_cookie_flow("https://api.example.com/", "sid=1; Domain=example.com; Secure; HttpOnly; "
+        harness.feed(set_cookie_flow("https://api.example.com/",
+                                     "sid=1; Domain=example.com; Secure; HttpOnly; "
                                      "SameSite=Strict; Max-Age=3600"))  # fmt: skip
         harness.feed(set_cookie_flow("https://www.example.com/x", cookie_header="sid=2; lang=en"))
     cookies = {c.name: c for c in load_json(path.read_text())}
     assert cookies["sid"].value == "2"
-    assert (cookies["sid"].domain, cookies["sid"].secure, cookies["sid"].httponly, cookies["sid"].samesite) == (
+    assert (cookies["sid"].domain, cookies["sid"].secure, cookies["sid"].httponly,
+            cookies["sid"].samesite) == (
         "example.com", True, True, "Strict")
     assert cookies["sid"].expires is not None
     assert cookies["lang"] == cookie("lang", "en", "www.example.com", host_only=True)
@@ -289,7 +294,8 @@ def test_an_existing_jar_is_updated_not_clobbered(tmp_path, fmt):
     with capture("cookiejar", config=config(path, format=fmt, domains=["example.com"])) as harness:
         harness.feed(set_cookie_flow("https://example.com/", "sid=new; Domain=example.com"))
         load = load_netscape if fmt == "netscape" else load_json
-        assert wait_for(lambda: {c.name: c.value for c in load(path.read_text())} == {"keep": "me", "sid": "new"})
+        assert wait_for(lambda: {c.name: c.value for c in load(path.read_text())}
+                        == {"keep": "me", "sid": "new"})
     assert stat.S_IMODE(path.stat().st_mode) == 0o640  # the user's permissions are kept
 
 
@@ -311,7 +317,8 @@ def test_a_new_session_keeps_the_jar(tmp_path):
 
 
 @pytest.mark.parametrize("fmt, text, where", [
-    ("netscape", "# Netscape HTTP Cookie File\nexample.com\tFALSE\t/\tFALSE\t0\ta\tb\nnot a cookie line\n", "line 3"),
+    ("netscape", "# Netscape HTTP Cookie File\nexample.com\tFALSE\t/\tFALSE\t0\ta\tb\nnot a cookie line\n",
+     "line 3"),
     ("json", "[\n  {\"name\": \"a\",\n", "line 3"),
 ])  # fmt: skip
 def test_a_malformed_existing_jar_stops_the_run_and_is_left_alone(tmp_path, fmt, text, where):
@@ -369,13 +376,15 @@ def test_weird_input_never_stops_the_sink(tmp_path):
         set_cookie_flow("http://example.com/", "no-equals-sign", "=nameless", "; ;", ""),
         set_cookie_flow("http://example.com/", "bytes=caf\udce9; Path=/\udcff", "ctl=a\x01b", "snow=\u2603"),
         set_cookie_flow("http://example.com/", "huge=" + "x" * 1_000_000, "age=1; Max-Age=" + "9" * 5000),
-        set_cookie_flow("http://example.com/", "date=1; Expires=\udcff\x00 99999", cookie_header="\udce9=\x00; ;="),
+        set_cookie_flow("http://example.com/", "date=1; Expires=\udcff\x00 99999",
+                        cookie_header="\udce9=\x00; ;="),
         make_flow(url="http://[::1]:8/", response_headers=[("Set-Cookie", "v6=1")]),
         make_flow(url="not a url", response_headers=[("Set-Cookie", "nohost=1")]),
     ]
     with capture("cookiejar", config=config(path, format="json")) as harness:
         harness.capture.emitter("interceptor").cookies([
-            cookie("none", None), cookie("surrogate", "\ud800"), cookie("", "x"), cookie("nan", expires=float("nan")),
+            cookie("none", None), cookie("surrogate", "\ud800"), cookie("", "x"),
+            cookie("nan", expires=float("nan")),
             cookie("nodomain", "1", None), "not a cookie",
         ])
         harness.feed(*weird)
@@ -443,7 +452,8 @@ def echo_server():
 
 
 def curl(*args):
-    result = subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, timeout=20)
+    result = subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True,
+                            timeout=20)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -479,7 +489,8 @@ def test_a_jar_curl_wrote_is_read_and_kept(tmp_path, echo_server):
     with capture("cookiejar", config=config(path)) as harness:
         harness.feed(set_cookie_flow(f"{echo_server}/", "ours=1"))
         assert wait_for(lambda: names_in(path).keys() == {"made", "wide", "ours"})
-        assert sorted(curl("-b", str(path), f"{echo_server}/echo").split("; ")) == ["made=bycurl", "ours=1", "wide=1"]
+        assert sorted(curl("-b", str(path), f"{echo_server}/echo").split("; ")) == ["made=bycurl", "ours=1",
+                                                                                    "wide=1"]
 
 
 def test_a_failed_write_is_logged_and_retried(tmp_path, caplog):

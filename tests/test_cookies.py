@@ -6,7 +6,13 @@ from http.cookiejar import http2time
 import pytest
 
 from flowtap.cookies import (
-    MAX_EXPIRES, Cookie, default_path, domain_match, parse_cookie_date, parse_cookie_header, parse_set_cookie,
+    MAX_EXPIRES,
+    Cookie,
+    default_path,
+    domain_match,
+    parse_cookie_date,
+    parse_cookie_header,
+    parse_set_cookie,
 )
 from flowtap.testing import make_flow
 
@@ -35,7 +41,8 @@ def test_domain_match(host, domain, expected):
 
 def test_host_only_cookie_takes_the_request_host_and_default_path():
     cookie = parse("sid=abc")
-    assert cookie == Cookie(name="sid", value="abc", domain="api.example.com", path="/v1/users", host_only=True)
+    assert cookie == Cookie(name="sid", value="abc", domain="api.example.com", path="/v1/users",
+                            host_only=True)
     assert default_path("/") == default_path("/top") == default_path("") == "/"
 
 
@@ -115,7 +122,8 @@ def test_odd_text_is_kept_as_is():
 
 
 def test_cookie_header_pairs():
-    assert parse_cookie_header("a=1; b = 2 ;c=; bare; =x; d=e=f") == [("a", "1"), ("b", "2"), ("c", ""), ("d", "e=f")]
+    assert parse_cookie_header("a=1; b = 2 ;c=; bare; =x; d=e=f") == [("a", "1"), ("b", "2"), ("c", ""),
+                                                                      ("d", "e=f")]
 
 
 def test_flow_cookies_sent_then_set():

@@ -49,4 +49,5 @@ def test_every_option_is_in_the_config_reference():
     for table, key in declared_options():
         section = text.split(f"## `[{table}]`", 1)
         assert len(section) == 2, f"[{table}] has no section in docs/config.md"
-        assert f"| `{key}` |" in section[1].split("\n## ", 1)[0], f"[{table}] {key} is missing from docs/config.md"
+        assert f"| `{key}` |" in section[1].split("\n## ", 1)[0], (
+            f"[{table}] {key} is missing from docs/config.md")

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from flowtap_proxy import ca
+
 from npmtools import HAR_SCHEMA, POSTMAN, Judge, load_json, npm_install
 from test_har import mitmdump
 from upstream import Upstream, free_port, self_signed
@@ -75,7 +76,8 @@ path = "out/cookies.txt"
 path = "out/store.db"
 """)
     proc = subprocess.Popen(wrap([sys.executable, "-m", "flowtap", "run", *extra]), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     banner = ""
     while "listening on" not in banner and time.monotonic() < deadline:
@@ -138,7 +140,8 @@ def test_a_capture_judged_by_outside_tools(tmp_path, servers):
     assert sent.returncode == 0
     assert any("session=abc123" in dict(headers).get("Cookie", "") for _, _, headers, _ in plain.seen[-1:])
 
-    assert sorted(flow["url"] for flow in stored(tmp_path, "~m POST")) == [f"{plain.url}/echo", f"{secure.url}/echo"]
+    assert sorted(flow["url"] for flow in stored(tmp_path, "~m POST")) == [f"{plain.url}/echo",
+                                                                           f"{secure.url}/echo"]
 
 
 def stored(tmp_path: Path, expression: str) -> list[dict]:
@@ -169,7 +172,8 @@ def spki_hash(cert: Path) -> str:
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
-@pytest.mark.skipif(chromium_binary() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.skipif(chromium_binary() is None,
+                    reason="Debian's chromium is not installed (.ci/run installs it)")
 @pytest.mark.skipif(not can_isolate_dns(), reason="needs `unshare --mount` (root) to keep the browser's own "
                                                   "background lookups on loopback")
 def test_a_browser_through_the_proxy(tmp_path, servers):
@@ -178,8 +182,9 @@ def test_a_browser_through_the_proxy(tmp_path, servers):
     proc = start_run(tmp_path, port, wrap=lambda command: loopback_dns(command, tmp_path))
     profile = tmp_path / "profile"
     browser = subprocess.Popen(loopback_dns([
-        chromium_binary(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--no-first-run", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+        chromium_binary(), "--headless=new", "--no-sandbox", "--disable-gpu",
+        "--disable-background-networking", "--no-first-run", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}",
         f"--proxy-server=http://127.0.0.1:{port}", "--proxy-bypass-list=<-loopback>",
         f"--ignore-certificate-errors-spki-list={spki_hash(ca.cert_path())}", "--remote-debugging-port=0",
         "about:blank",

@@ -47,7 +47,8 @@ def test_a_bad_key_in_its_table_is_reported(installed, tmp_path):
     (tmp_path / "flowtap.toml").write_text("[sinks.jsonl]\nbody = true\n")
     result = run_cli("config", "check", cwd=tmp_path, pythonpath=[installed])
     assert result.returncode == 2
-    assert "flowtap.toml:2: [sinks.jsonl] body: unknown key; [sinks.jsonl] accepts: bodies, path" in result.stderr
+    assert ("flowtap.toml:2: [sinks.jsonl] body: unknown key; [sinks.jsonl] accepts: bodies, path"
+            in result.stderr)
 
 
 def test_its_own_test_passes_with_the_testing_helper(installed):

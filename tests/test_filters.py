@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mitmproxy import flow as mflow
-from mitmproxy import flowfilter, http, websocket
+from mitmproxy import flow as mflow, flowfilter, http, websocket
 from mitmproxy.test import tflow
 from wsproto.frame_protocol import Opcode
 
@@ -113,8 +112,10 @@ FLOWS: dict[str, Flow] = {
 def to_mitmproxy(flow: Flow) -> http.HTTPFlow:
     """The same exchange as a real mitmproxy HTTPFlow, headers and bodies byte for byte."""
 
+    def enc(s: str) -> bytes:
+        return s.encode("utf-8", "surrogateescape")
+
     def headers(message) -> http.Headers:
-        enc = lambda s: s.encode("utf-8", "surrogateescape")  # noqa: E731
         return http.Headers([(enc(k), enc(v)) for k, v in message.headers.fields])
 
     client, server = tflow.tclient_conn(), tflow.tserver_conn()
@@ -200,7 +201,8 @@ def test_every_operator_is_covered():
 
 @pytest.mark.parametrize(
     "expression, position, detail",
-    [("~d (", 3, "~d expects a value"), ("~c abc", 3, "~c expects a number"), ("~zz foo", 0, "unknown operator ~zz"),
+    [("~d (", 3, "~d expects a value"), ("~c abc", 3, "~c expects a number"),
+     ("~zz foo", 0, "unknown operator ~zz"),
      ('"unterminated', 0, "unterminated quoted string"), ("~b [", 3, "bad regex"),
      ("~s & (~q", 5, "'(' without its ')'"), ("~q) | ~s", 2, "~q must be followed by a space"),
      ("(~s | ~q)", 8, "~q must be followed by a space"), ("~q & ~s )", 8, "')' without its '('")],

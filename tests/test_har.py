@@ -69,7 +69,8 @@ def variety() -> list[flowtap.Flow]:
                      response_headers=[("Content-Type", "text/plain"), ("Content-Encoding", "gzip")])
     gzip.response.encoded_size = 40
     ws = make_flow(url="https://api.example.com/socket", status=101, response_body=b"",
-                   websocket=[WebSocketMessage(True, b"hello"), WebSocketMessage(False, b"\x00\x01", is_text=False)])
+                   websocket=[WebSocketMessage(True, b"hello"),
+                              WebSocketMessage(False, b"\x00\x01", is_text=False)])
     utf16 = make_flow(url="https://api.example.com/utf16", response_body="hé\n".encode("utf-16"),
                       response_headers=[("Content-Type", "text/plain; charset=utf-16")])
     return [make_flow(), form, image, latin, undecodable, failed, gzip, ws, utf16]
@@ -108,19 +109,22 @@ def test_entry_fields_follow_the_spec(tmp_path):
     assert plain["startedDateTime"].endswith("Z") and len(plain["startedDateTime"]) == 24
     assert plain["time"] == pytest.approx(sum(v for k, v in plain["timings"].items() if k != "ssl" and v > 0))
     assert plain["timings"]["dns"] == -1 and plain["timings"]["blocked"] == -1
-    assert plain["response"]["content"] == {"size": 12, "mimeType": "application/json", "text": '{"ok": true}'}
+    assert plain["response"]["content"] == {"size": 12, "mimeType": "application/json",
+                                            "text": '{"ok": true}'}
 
     req, resp = form["request"], form["response"]
     assert form["timings"]["connect"] == 7.0 and form["timings"]["ssl"] == 4.0  # connect includes TLS
     assert (form["serverIPAddress"], form["connection"]) == ("127.0.0.1", "50123")
     assert req["cookies"] == [{"name": "sid", "value": "abc"}, {"name": "theme", "value": "dark"}]
     assert req["queryString"] == [{"name": "next", "value": "/home"}]
-    assert req["postData"]["params"] == [{"name": "user", "value": "ann"}, {"name": "pass", "value": "s&cret"},
+    assert req["postData"]["params"] == [{"name": "user", "value": "ann"},
+                                         {"name": "pass", "value": "s&cret"},
                                          {"name": "empty", "value": ""}]
     assert req["bodySize"] == 29 and req["headersSize"] == -1
     assert resp["redirectURL"] == "/home" and resp["statusText"] == "Found"
     cookie = resp["cookies"][0]
-    assert (cookie["name"], cookie["value"], cookie["httpOnly"], cookie["secure"]) == ("sid", "new", True, True)
+    assert (cookie["name"], cookie["value"], cookie["httpOnly"], cookie["secure"]) == ("sid", "new", True,
+                                                                                       True)
     assert cookie["expires"] == "2037-10-21T07:28:00.000Z" and cookie["sameSite"] == "Lax"
 
     assert image["response"]["content"]["encoding"] == "base64"
@@ -169,7 +173,8 @@ def test_content_setting_leaves_out_bodies_or_headers(tmp_path, content, judge):
     if content == "headers":
         assert {"name": "Set-Cookie", "value": "a=b"} in entry["response"]["headers"]
     else:
-        assert entry["request"]["headers"] == entry["response"]["headers"] == entry["response"]["cookies"] == []
+        assert entry["request"]["headers"] == []
+        assert entry["response"]["headers"] == entry["response"]["cookies"] == []
     assert mitmdump(out, tmp_path).returncode == 0
 
 
@@ -261,7 +266,8 @@ def test_unwritable_path_fails_at_start_up(tmp_path):
         with capture("har", config=har_config(blocker / "sub" / "out.har")):
             pass
     message = str(info.value)
-    assert "sink 'har'" in message and str(blocker / "sub") in message and f"{blocker} is not a directory" in message
+    assert "sink 'har'" in message and str(blocker / "sub") in message
+    assert f"{blocker} is not a directory" in message
 
     (tmp_path / "adir.har").mkdir()
     with pytest.raises(flowtap.StartupError, match="adir.har: is a directory"):

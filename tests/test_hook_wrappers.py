@@ -130,7 +130,8 @@ def keep_everything(flow, result):
 def test_a_wrapper_turns_a_keep_into_a_drop_in_a_real_capture(style):
     events = []
     flows = [make_flow(url="https://a.test/public"), make_flow(url="https://a.test/secret")]
-    with capture_with(Plain("keeper", events, keep=True), style("wrapper", events, replace=drop_secrets)) as cap:
+    wrapper = style("wrapper", events, replace=drop_secrets)
+    with capture_with(Plain("keeper", events, keep=True), wrapper) as cap:
         cap.feed(*flows)
         assert [f.request.url for f in cap.recorded.flows] == ["https://a.test/public"]
         assert cap.session.counts.filtered == 1
@@ -182,7 +183,8 @@ class BadWrappers:
 
 def test_a_raising_wrapper_is_named_and_the_call_goes_on(caplog):
     events = []
-    with capture_with(BadWrappers(), OldStyle("good", events, replace=drop_secrets), Plain("keeper", events)) as cap:
+    good = OldStyle("good", events, replace=drop_secrets)
+    with capture_with(BadWrappers(), good, Plain("keeper", events)) as cap:
         cap.feed(make_flow(url="https://a.test/public"), make_flow(url="https://a.test/secret"))
         assert [f.request.url for f in cap.recorded.flows] == ["https://a.test/public"]
     assert events == ["keeper", "good saw []"] * 2
@@ -199,7 +201,8 @@ def test_a_raising_wrapper_is_named_and_the_call_goes_on(caplog):
 
 def test_a_raising_implementation_is_isolated_and_wrappers_see_the_others_results(caplog):
     events = []
-    host = host_with(Plain("keeper", events, keep=True), Raising(), NewStyle("new", events), OldStyle("old", events))
+    keeper = Plain("keeper", events, keep=True)
+    host = host_with(keeper, Raising(), NewStyle("new", events), OldStyle("old", events))
     assert list(host.each("flowtap_filter", flow=make_flow())) == [("keeper", True)]
     assert events == ["keeper", "new saw [True]", "old saw [True]"]
     assert "plugin 'raising' raised in flowtap_filter" in caplog.text and "inner trouble" in caplog.text
@@ -278,7 +281,8 @@ def test_an_exception_that_escapes_the_call_goes_through_the_wrappers():
                 return ["forgiven"]
 
     host.register(Forgive(), name="forgive")
-    assert list(host.each("flowtap_config_validate", reraise=Refuse, config=None)) == [("forgive", "forgiven")]
+    results = list(host.each("flowtap_config_validate", reraise=Refuse, config=None))
+    assert results == [("forgive", "forgiven")]
 
 
 class Spec:

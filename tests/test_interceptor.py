@@ -21,9 +21,10 @@ from websockets.sync.client import connect
 import flowtap
 import flowtap.testing
 import flowtap_interceptor
-from clirun import flowtap as run_cli
 from flowtap_interceptor import commands, convert, pairing, protocol
 from flowtap_interceptor.protocol import ProtocolError
+
+from clirun import flowtap as run_cli
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,7 +52,8 @@ class Client:
 
     def __init__(self, port, key=None, origin=ORIGIN, proof=None):
         # Entered like a context manager (websockets' direct use is deprecated); closed by close().
-        self.ws = connect(f"ws://127.0.0.1:{port}", origin=origin, open_timeout=5, close_timeout=2).__enter__()
+        self.ws = connect(f"ws://127.0.0.1:{port}", origin=origin, open_timeout=5,
+                          close_timeout=2).__enter__()
         self.received = []
         self.challenge = self.recv()
         assert self.challenge["type"] == "challenge"
@@ -147,7 +149,8 @@ def test_schema_defines_each_message_type_once_and_uses_only_supported_keywords(
     (msg("hello", proof=12), "$.proof: expected string, got number"),
     (msg("hello", proof="ab", extra=1), "unexpected key 'extra'"),
     (msg("cookies", reason="later", cookies=[]), 'expected one of "dump", "change"'),
-    (msg("cookies", reason="dump", cookies=[{"name": "a", "value": "b", "domain": "x"}]), "cookies[0]: missing 'path'"),
+    (msg("cookies", reason="dump", cookies=[{"name": "a", "value": "b", "domain": "x"}]),
+     "cookies[0]: missing 'path'"),
     (event("completed", statusCode=True), "statusCode: expected integer, got boolean"),
     (event("completed", statusCode=1000), "more than 999"),
     (event("request", requestBody={"formData": {"a": "b"}}), "formData.a: expected array"),
@@ -206,7 +209,8 @@ def test_paired_extension_is_welcomed_with_the_configured_settings(bridge, caplo
     assert welcome["type"] == "welcome"
     assert welcome["config"] == {
         "capture": True, "paused": False, "urlFilter": "api", "methods": ["GET", "POST"],
-        "resourceTypes": ["all"], "cookieDomains": ["example.com"], "captureBodies": True, "maxBodySize": 2048,
+        "resourceTypes": ["all"], "cookieDomains": ["example.com"], "captureBodies": True,
+        "maxBodySize": 2048,
     }
     assert client.ask(msg("ping", time=5))["type"] == "pong"
     assert "extension connected: test" in caplog.text
@@ -229,7 +233,8 @@ def test_a_client_that_never_says_hello_is_refused_in_time(bridge, caplog, monke
     _, port, _ = bridge()
     client = Client(port)  # reads the challenge and answers nothing
     reply = client.recv()
-    assert reply["type"] == "error" and reply["code"] == "auth_required" and "no hello within 0.2s" in reply["message"]
+    assert reply["type"] == "error" and reply["code"] == "auth_required"
+    assert "no hello within 0.2s" in reply["message"]
     with pytest.raises(ConnectionClosed) as info:
         client.ws.recv(timeout=5)
     assert info.value.rcvd.code == 4401  # not 1011, the code of a handler that crashed
@@ -295,7 +300,8 @@ def test_port_in_use_is_a_plain_startup_error(key_file):
         busy.listen()
         port = busy.getsockname()[1]
         config = {"sources": {"interceptor": {"listen": f"127.0.0.1:{port}", "key_file": str(key_file)}}}
-        with pytest.raises(flowtap.StartupError, match=r"source 'interceptor': cannot listen on .*the port is in use"):
+        with pytest.raises(flowtap.StartupError,
+                           match=r"source 'interceptor': cannot listen on .*the port is in use"):
             with flowtap.testing.capture("interceptor", config=config):
                 pass
 
@@ -318,7 +324,8 @@ def test_bad_messages_get_an_error_reply_and_the_connection_goes_on(bridge, capl
     }
     assert {k: r["code"] for k, r in replies.items()} == {
         "malformed": "malformed", "binary": "malformed", "version": "unsupported_version",
-        "unknown": "unknown_type", "invalid": "invalid", "too_large": "too_large", "hello again": "unknown_type",
+        "unknown": "unknown_type", "invalid": "invalid", "too_large": "too_large",
+        "hello again": "unknown_type",
     }
     assert replies["invalid"]["ref"] == "capture" and "statusCode" in replies["invalid"]["message"]
     assert "over max_message_size (70000 bytes)" in replies["too_large"]["message"]
@@ -368,7 +375,8 @@ def test_capture_events_become_one_flow_with_what_the_browser_gave(bridge):
     assert (flow.request.method, flow.request.url, flow.request.body) == ("POST", url, b'{"name": "widget"}')
     assert flow.request.headers.get("content-type") == "application/json"
     assert flow.request_cookies == [("sid", "1"), ("theme", "dark")]
-    assert (flow.response.status_code, flow.response.reason, flow.response.http_version) == (201, "Created", "HTTP/1.1")
+    assert (flow.response.status_code, flow.response.reason,
+            flow.response.http_version) == (201, "Created", "HTTP/1.1")
     assert [c.value for c in flow.response_cookies] == ["2"]
     assert flow.response.body == b"" and flow.response.truncated
     assert (flow.timings.start, flow.timings.end) == (1_700_000_000.0, 1_700_000_000.25)
@@ -516,8 +524,10 @@ def test_too_many_requests_in_flight_records_the_oldest_as_unfinished():
 ])
 def test_form_bodies_the_browser_shows_parsed_are_rebuilt(content_type, expected):
     assembler = convert.Assembler()
-    assembler.capture(event("request", method="POST", requestBody={"formData": {"a": ["1"], "b": ["two words", "3"]}}))
-    assembler.capture(event("headers", method="POST", requestHeaders=[{"name": "Content-Type", "value": content_type}]))
+    assembler.capture(event("request", method="POST",
+                            requestBody={"formData": {"a": ["1"], "b": ["two words", "3"]}}))
+    assembler.capture(event("headers", method="POST",
+                            requestHeaders=[{"name": "Content-Type", "value": content_type}]))
     (flow,) = assembler.capture(event("completed", method="POST", statusCode=200))
     assert flow.request.body == expected and flow.metadata["request_body_rebuilt"] == "form-data"
 
@@ -525,7 +535,8 @@ def test_form_bodies_the_browser_shows_parsed_are_rebuilt(content_type, expected
 def test_a_cut_request_body_keeps_its_full_size():
     assembler = convert.Assembler()
     raw = base64.b64encode(b"abc").decode()
-    assembler.capture(event("request", method="PUT", requestBody={"raw": raw, "truncated": True, "size": 9000}))
+    assembler.capture(event("request", method="PUT",
+                            requestBody={"raw": raw, "truncated": True, "size": 9000}))
     (flow,) = assembler.capture(event("error", method="PUT", error="net::ERR_ABORTED"))
     assert (flow.request.body, flow.request.body_size, flow.request.truncated) == (b"abc", 9000, True)
 
@@ -613,7 +624,8 @@ def test_the_example_configs_interceptor_section_is_valid_once_uncommented():
     uncommented = "[sources.interceptor]\n" + "\n".join(line[2:] for line in block.splitlines())
     table = tomllib.loads(uncommented)["sources"]["interceptor"]
     declared = {}
-    flowtap_interceptor.flowtap_config_options(lambda name, *options: declared.update({o.name: o for o in options}))
+    flowtap_interceptor.flowtap_config_options(
+        lambda name, *options: declared.update({o.name: o for o in options}))
     assert set(table) == set(declared)
     for name, value in table.items():
         assert value == declared[name].default, name

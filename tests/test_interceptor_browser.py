@@ -39,7 +39,8 @@ def chromium_binary() -> str | None:
     """The browser binary itself (Debian's ``chromium`` command is a wrapper script adding flags)."""
     candidates = ["/usr/lib/chromium/chromium"]
     try:
-        listing = subprocess.run(["dpkg", "-L", "chromium"], capture_output=True, text=True, timeout=10).stdout
+        listing = subprocess.run(["dpkg", "-L", "chromium"], capture_output=True, text=True,
+                                 timeout=10).stdout
         candidates += [line for line in listing.splitlines() if line.endswith("/chromium")]
     except (OSError, subprocess.SubprocessError):
         pass
@@ -110,14 +111,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/pixel.png":
             return self._send(b"\x89PNG\r\n", "image/png")
         if self.path == "/remember":
-            return self._send(b"ok", "text/plain", headers=[("Set-Cookie", "pref=kept; Path=/; Max-Age=3600")])
+            return self._send(b"ok", "text/plain",
+                              headers=[("Set-Cookie", "pref=kept; Path=/; Max-Age=3600")])
         self._send(json.dumps({"path": self.path}).encode(), "application/json")
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.bodies[self.path] = body
         headers = [("Set-Cookie", "session=abc123; Path=/; HttpOnly")] if self.path == "/api/login" else []
-        self._send(json.dumps({"path": self.path, "got": len(body)}).encode(), "application/json", 201, headers)
+        self._send(json.dumps({"path": self.path, "got": len(body)}).encode(), "application/json", 201,
+                   headers)
 
 
 class Browser:
@@ -152,7 +155,8 @@ class Browser:
 
     def open(self, url: str) -> str:
         """Open ``url`` in a new tab; returns the tab's DevTools WebSocket URL."""
-        request = urllib.request.Request(f"http://127.0.0.1:{self.devtools_port()}/json/new?{url}", method="PUT")
+        request = urllib.request.Request(f"http://127.0.0.1:{self.devtools_port()}/json/new?{url}",
+                                         method="PUT")
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)["webSocketDebuggerUrl"]
 
@@ -216,7 +220,8 @@ def bridge_port():
 def browser(tmp_path_factory, bridge_port):
     binary = chromium_binary()
     if binary is None:
-        pytest.skip("no Chromium here: install Debian's chromium package (apt-get install chromium; .ci/run does)")
+        pytest.skip("no Chromium here: install Debian's chromium package "
+                    "(apt-get install chromium; .ci/run does)")
     instance = Browser(binary, tmp_path_factory.mktemp("chromium"), bridge_port)
     yield instance
     instance.close()
@@ -272,7 +277,8 @@ def test_the_browser_sends_requests_with_bodies_and_cookies(browser, site, start
     browser.open(site.url + "/")
     flows = flows_until(harness, "/api/done", browser)
 
-    assert set(flows) == {("GET", "/"), ("GET", "/api/items?x=1"), ("POST", "/api/items"), ("POST", "/api/form"),
+    assert set(flows) == {("GET", "/"), ("GET", "/api/items?x=1"), ("POST", "/api/items"),
+                          ("POST", "/api/form"),
                           ("POST", "/api/login"), ("GET", "/api/me"), ("GET", "/api/done")}, \
         "documents and XHR/fetch only (no image), and never the extension's own bridge traffic"
     for flow in flows.values():
@@ -309,7 +315,8 @@ def test_the_browser_sends_requests_with_bodies_and_cookies(browser, site, start
                                                        ("theme", "light", True)]
     assert ("session", "abc123", False) in changes
     session = next(c for event in jar.events for c in event if c.name == "session")
-    assert (session.domain, session.host_only, session.httponly, session.path) == ("127.0.0.1", True, True, "/")
+    assert (session.domain, session.host_only, session.httponly, session.path) == ("127.0.0.1", True, True,
+                                                                                   "/")
 
     # The popup shows the connection and the counts.
     (client,) = harness.capture.sources["interceptor"].bridge.clients
@@ -330,7 +337,8 @@ def test_the_extension_reconnects_and_reads_response_bodies_when_asked(browser, 
     first, first_jar = start_capture(cookie_domains=["127.0.0.1"])
     wait_until(lambda: connected(first), 30, "the extension to connect", browser)
     browser.open(site.url + "/remember")
-    wait_until(lambda: any(c.name == "pref" for e in first_jar.events for c in e), 10, "the pref cookie", browser)
+    wait_until(lambda: any(c.name == "pref" for e in first_jar.events for c in e), 10, "the pref cookie",
+               browser)
     first.capture.stop()  # the bridge goes away; the extension retries with backoff
     time.sleep(1)
     harness, jar = start_capture(capture_bodies=True, cookie_domains=["127.0.0.1"])

@@ -15,6 +15,14 @@ def test_headers_keep_order_and_duplicates_with_case_insensitive_lookup():
     assert headers.get("missing", "d") == "d" and len(headers) == 3
 
 
+def test_headers_from_any_mapping_as_make_flow_documents():
+    # make_flow takes a Mapping; one that is not a dict used to be iterated as pairs (its keys).
+    headers = types.MappingProxyType({"Accept": "*/*", "X-Id": "7"})
+    assert Request(headers=headers).headers.fields == (("Accept", "*/*"), ("X-Id", "7"))
+    flow = make_flow(request_headers=headers, response_headers=types.MappingProxyType({"Server": "t"}))
+    assert flow.request.headers["x-id"] == "7" and flow.response.headers.fields == (("Server", "t"),)
+
+
 def test_request_url_parts():
     request = Request(method="POST", url="https://API.example.com:8443/v1/users?id=7&tag=&tag=x")
     assert (request.scheme, request.host, request.port) == ("https", "api.example.com", 8443)

@@ -22,6 +22,7 @@ def test_wheel_contains_every_package_and_entry_point(tmp_path):
     for package in PACKAGES:
         assert f"{package}/__init__.py" in names, package
     assert not any(n.startswith(("core/", "plugins/", "tests/")) for n in names)
+    assert "flowtap/py.typed" in names  # plugin authors' type checkers read flowtap's annotations
     for extension_file in ["manifest.json", "background.js", "popup.html", "protocol.json"]:
         assert f"flowtap_interceptor/extension/{extension_file}" in names, extension_file
     for name in ["proxy", "interceptor", "har", "collection", "cookiejar"]:

@@ -24,7 +24,8 @@ BUNDLED = ["collection", "cookiejar", "har", "interceptor", "proxy"]
 
 @pytest.fixture
 def third_party(tmp_path, monkeypatch):
-    root = make_distribution(tmp_path / "site", "flowtap-goodplug", {"goodplug": "goodplug"}, {"goodplug": GOOD})
+    root = make_distribution(tmp_path / "site", "flowtap-goodplug", {"goodplug": "goodplug"},
+                             {"goodplug": GOOD})
     make_distribution(root, "flowtap-badplug", {"badplug": "badplug"}, {"badplug": BROKEN}, version="0.3")
     monkeypatch.syspath_prepend(str(root))
     return root
@@ -84,7 +85,7 @@ def test_plugins_command_lists_everything_even_with_a_broken_plugin(third_party)
     for name in ["collection", "cookiejar", "har", "interceptor"]:
         assert "enabled" in rows[name] and "flowtap" in rows[name]
     assert "disabled" in rows["proxy"]
-    assert "1.0.0" in rows["goodplug"] and "flowtap-goodplug" in rows["goodplug"] and "filter" in rows["goodplug"]
+    assert all(word in rows["goodplug"] for word in ("1.0.0", "flowtap-goodplug", "filter"))
     assert "failed" in rows["badplug"] and "nobody installed" in rows["badplug"]
 
 

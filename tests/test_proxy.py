@@ -18,6 +18,7 @@ import pytest
 import flowtap
 from flowtap.testing import capture
 from flowtap_proxy import ca
+
 from upstream import JSON_BODY, JSON_HEADERS, Upstream, free_port, self_signed, websocket_exchange
 
 pytestmark = pytest.mark.timeout(60)
@@ -195,11 +196,13 @@ def test_websocket_messages_are_recorded_once_when_it_closes(proxy, http_upstrea
     (flow,) = recorded(h, expect=1)
     assert flow.response.status_code == 101
     assert sorted((m.from_client, m.content, m.is_text) for m in flow.websocket) == [
-        (False, b"\x01\x02", False), (False, b"hello", True), (True, b"\x01\x02", False), (True, b"hello", True),
+        (False, b"\x01\x02", False), (False, b"hello", True),
+        (True, b"\x01\x02", False), (True, b"hello", True),
     ]
     times = [m.timestamp for m in flow.websocket]
     assert times == sorted(times)
-    assert type(flow.metadata["websocket_close_code"]) is int and flow.metadata["websocket_close_code"] == 1000
+    close_code = flow.metadata["websocket_close_code"]
+    assert type(close_code) is int and close_code == 1000
     assert flow.timings.end >= flow.timings.start
 
 
@@ -355,7 +358,8 @@ def test_port_in_use_is_a_plain_error():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        with pytest.raises(flowtap.StartupError, match=f"cannot listen on 127.0.0.1:{taken}: the port is in use"):
+        with pytest.raises(flowtap.StartupError,
+                           match=f"cannot listen on 127.0.0.1:{taken}: the port is in use"):
             with capture("proxy", config={"sources": {"proxy": {"listen": f"127.0.0.1:{taken}"}}}):
                 pass
     # The failed start released everything: a proxy starts again.

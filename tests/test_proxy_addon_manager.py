@@ -6,14 +6,11 @@ import asyncio
 import logging
 
 import pytest
+from mitmproxy import addonmanager, exceptions, master, options
+from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.test import tflow
 
-pytest.importorskip("mitmproxy")
-
-from mitmproxy import addonmanager, exceptions, master, options  # noqa: E402
-from mitmproxy.proxy.layers import http as http_layer  # noqa: E402
-from mitmproxy.test import tflow  # noqa: E402
-
-from flowtap_proxy.addon_manager import CachingAddonManager  # noqa: E402
+from flowtap_proxy.addon_manager import CachingAddonManager
 
 
 class Recorder:

@@ -39,7 +39,8 @@ def test_ca_creates_the_ca_on_first_use_and_says_how_to_trust_it(data_dir):
                  "Firefox", "Android", "iOS"):
         assert hint in out.stdout
     issued = x509.load_pem_x509_certificate(cert.read_bytes())
-    assert [a.value for a in issued.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)] == ["flowtap CA"]
+    common_names = issued.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    assert [a.value for a in common_names] == ["flowtap CA"]
     assert (data_dir / "ca").stat().st_mode & 0o777 == 0o700
     assert (data_dir / "ca" / "mitmproxy-ca.pem").stat().st_mode & 0o777 == 0o600
 
@@ -120,9 +121,12 @@ def test_flowtap_run_prints_the_proxy_settings_and_captures(tmp_path):
         threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
         try:
             seen = _until(lines, "export http_proxy=")
-            proxy = re.search(r"export http_proxy=(http://127\.0\.0\.1:\d+) https_proxy=\1", seen[-1]).group(1)
-            assert any(str(tmp_path / "data" / "ca" / "mitmproxy-ca-cert.pem") in line for line in seen + [_next(lines)])
-            out = subprocess.run(["curl", "-sS", "-x", proxy, f"{upstream.url}/json"], capture_output=True, timeout=20)
+            proxy = re.search(r"export http_proxy=(http://127\.0\.0\.1:\d+) https_proxy=\1",
+                              seen[-1]).group(1)
+            ca_cert = str(tmp_path / "data" / "ca" / "mitmproxy-ca-cert.pem")
+            assert any(ca_cert in line for line in seen + [_next(lines)])
+            out = subprocess.run(["curl", "-sS", "-x", proxy, f"{upstream.url}/json"], capture_output=True,
+                                 timeout=20)
             assert out.returncode == 0, out.stderr
             _until(lines, "/json")
         finally:

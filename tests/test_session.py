@@ -76,7 +76,7 @@ def test_a_new_session_begins_while_the_capture_keeps_running():
         assert [f.request.path for f in cap.recorded.flows] == ["/second"] and second.name == "second"
 
 
-def test_full_queue_makes_the_source_wait_and_drops_nothing():
+def test_a_slow_sink_misses_flows_past_its_backlog_and_nothing_waits():
     release = threading.Event()
 
     class Slow(flowtap.Sink):
@@ -92,27 +92,25 @@ def test_full_queue_makes_the_source_wait_and_drops_nothing():
         def flowtap_register_sinks(self, register):
             register("slow", Slow, default=True)
 
-    with capture(SlowPlugin()) as cap:
-        cap.capture.dispatcher.queue.maxsize = 8  # a tiny queue for the test
-        emitted = []
-
-        def source():
-            for i in range(40):
-                cap.capture.emit(make_flow(url=f"https://a.test/{i}"))
-                emitted.append(i)
-
-        thread = threading.Thread(target=source)
-        thread.start()
-        deadline = time.monotonic() + 5
-        while len(emitted) < 8 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)
-        assert len(emitted) < 40, "the source should be waiting on the full queue"
+    with capture(SlowPlugin(), config={"dispatch": {"backlog": 300}}) as cap:
+        waited = 0.0
+        for burst in range(4):
+            started = time.monotonic()
+            for i in range(100):
+                cap.capture.emit(make_flow(url=f"https://a.test/{burst}/{i}"))
+            waited = max(waited, time.monotonic() - started)
+            deadline = time.monotonic() + 5
+            while len(cap.recorded.flows) < 100 * (burst + 1) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert waited < 0.5, "a source never waits on a sink"
+        assert len(cap.recorded.flows) == 400, "the other sinks get every flow meanwhile"
         release.set()
-        thread.join(10)
         cap.feed()
-        assert cap.sink("slow").count == 40
-        assert cap.session.counts.recorded == 40
+        (slow,) = [h for h in cap.capture.health() if h.name == "slow"]
+        assert slow.written + slow.missed == 400 and 0 < slow.written <= 301 and slow.missed >= 99
+        assert cap.sink("slow").count == slow.written
+        assert cap.session.counts.recorded == 400
+        assert not cap.capture.clean
 
 
 def test_flows_after_the_session_ended_are_not_recorded():

@@ -29,7 +29,8 @@ def corpus() -> list[flowtap.Flow]:
     big = b'{"blob": "' + b"x" * 3000 + b' needle"}'
     return [
         make_flow(url="https://api.example.com/users?page=1"),
-        make_flow(url="https://api.example.com/users", method="POST", request_body='{"name": "ann"}', status=201),
+        make_flow(url="https://api.example.com/users", method="POST", request_body='{"name": "ann"}',
+                  status=201),
         make_flow(url="http://shop.test:8080/cart", method="DELETE", status=404, response_body="not found",
                   response_headers=[("Content-Type", "text/plain; charset=utf-8")]),
         # The Host header names another host than the URL (a reverse proxy, say).
@@ -47,7 +48,8 @@ def corpus() -> list[flowtap.Flow]:
         make_flow(url="https://api.example.com/two-types", response_headers=[
             ("Content-Type", "text/html"), ("Content-Type", "application/json")]),
         make_flow(url="wss://ws.example.com/socket", status=101, response_body=b"",
-                  websocket=[WebSocketMessage(True, b"hello needle"), WebSocketMessage(False, b"\x00\x01", False)]),
+                  websocket=[WebSocketMessage(True, b"hello needle"),
+                             WebSocketMessage(False, b"\x00\x01", False)]),
         make_flow(url="https://api.example.com/meta", metadata={"comment": "looked at"},
                   request_headers=[("Host", "api.example.com"), ("Authorization", "Bearer t0k3n")],
                   client_address=("127.0.0.1", 50123), server_address=("93.184.216.34", 443),
@@ -63,7 +65,8 @@ EXPRESSIONS = [
     "~t json", "~tq json", "~ts text", "~t html", "~a", "!~a", "~websocket", "~b needle", "~bq needle",
     "~bs needle", "!~b needle", "~b '^$'", "~h Authorization", "~hq 'Bearer'", "!~h Authorization",
     "~comment looked", "~src 127.0.0.1", "~dst 93.184", "~all", "~tcp", "!~tcp",
-    "~d example & (~c 200 | ~c 201)", "~b needle | ~m PUT", "!(~b needle & ~d api)", "!(~s & ~h Host)", "!~h Host | ~q",
+    "~d example & (~c 200 | ~c 201)", "~b needle | ~m PUT", "!(~b needle & ~d api)", "!(~s & ~h Host)",
+    "!~h Host | ~q",
     "~d api & !~b boom & !~h Authorization", "cdn.test", "~u ümlaut", "~u '^https://api.example.com/mixed$'",
     "~u ':443'", "~m '^GET$'", "~d '^API'",
 ]
@@ -191,7 +194,7 @@ def test_flows_are_committed_in_batches_and_at_once_with_no_interval(tmp_path):
             deadline = time.monotonic() + 10
             while store.count(cap.session.id) < 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert store.count(cap.session.id) == 4  # the committer thread committed them
+            assert store.count(cap.session.id) == 4  # committed when the interval was up (call_later)
     with capture(config=store_config(path, batch_interval=0)) as cap:
         for i in range(3):
             cap.feed(make_flow(url=f"https://b.test/{i}"))
@@ -218,7 +221,7 @@ def test_the_store_runs_by_default_and_can_be_turned_off(tmp_path, monkeypatch):
         assert store.path == tmp_path / "data" / "flowtap.db" and store.count() == 1
     with capture(config={"store": {"enabled": False, "path": str(tmp_path / "off.db")}}) as cap:
         cap.feed(make_flow())
-        assert [sink.name for _, sink in cap.capture.dispatcher.sinks] == ["recorded"]
+        assert [w.sink.name for w in cap.capture.workers] == ["recorded"]
     assert not (tmp_path / "off.db").exists()
 
 
@@ -306,7 +309,8 @@ def test_a_newer_store_is_refused_and_left_alone(tmp_path):
     with pytest.raises(StoreError, match="newer flowtap"):
         flowtap.open_store(path)
     cap = flowtap.Capture(store_config(path), load_entrypoints=False)
-    with pytest.raises(flowtap.StartupError, match=r"sink 'store': .*newer flowtap.*\[store\] enabled = false"):
+    with pytest.raises(flowtap.StartupError,
+                       match=r"sink 'store': .*newer flowtap.*upgrade flowtap, or set \[store\] path"):
         cap.start()
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == db.VERSION + 1
 
@@ -351,7 +355,8 @@ def test_a_test_suite_asserts_on_traffic_captured_by_the_real_proxy(tmp_path):
 def test_flows_the_proxy_can_produce_are_stored_exactly(tmp_path):
     """A body of unknown size and header bytes that are not UTF-8 (lone surrogates after decoding)."""
     path = tmp_path / "s.db"
-    odd = make_flow(url="https://a.test/odd", response_headers=[("X-Raw", "caf\udce9"), ("Content-Type", "text/plain")])
+    odd = make_flow(url="https://a.test/odd",
+                    response_headers=[("X-Raw", "caf\udce9"), ("Content-Type", "text/plain")])
     odd.response.truncated, odd.response.body, odd.response.body_size = True, b"", None
     with capture(config=store_config(path)) as cap:
         cap.feed(odd, make_flow(url="https://a.test/plain"))
@@ -368,7 +373,7 @@ def test_flows_the_proxy_can_produce_are_stored_exactly(tmp_path):
     assert "/plain" in stored
 
 
-def test_a_row_the_database_refuses_is_left_out_alone(tmp_path, monkeypatch, caplog):
+def test_a_row_the_database_refuses_is_left_out_alone(tmp_path, monkeypatch):
     path = tmp_path / "s.db"
     columns = db.flow_columns
 
@@ -382,6 +387,9 @@ def test_a_row_the_database_refuses_is_left_out_alone(tmp_path, monkeypatch, cap
     with capture(config=store_config(path)) as cap:
         cap.feed(*(make_flow(url=f"https://a.test/{name}") for name in ("one", "bad", "two")))
         cap.feed(make_flow(url="https://a.test/three"))
+        (health,) = [h for h in cap.capture.health() if h.name == "store"]
     with flowtap.open_store(path) as store:
         assert sorted(f.request.path for f in store.flows()) == ["/one", "/three", "/two"]
-    assert "(GET https://a.test/bad) not stored: NOT NULL constraint failed: flows.host" in caplog.text
+    assert (health.written, health.missed, health.errors) == (4, 1, 1)  # lost, and counted
+    assert health.last_error == (f"flush: {path}: a flow (GET https://a.test/bad) not stored: "
+                                 "NOT NULL constraint failed: flows.host")

@@ -78,7 +78,8 @@ def test_search_prints_a_table_or_json_lines(recorded, capsys):
     store = ("--set", f"store.path={path}")
     code, out, _ = cli(capsys, "search", "~d api.example.com & !~e", "--session", "morning", *store)
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["ID", "TIME", "METHOD", "STATUS", "SIZE", "DURATION", "HOST", "PATH"]
+    assert code == 0 and lines[0].split() == ["ID", "TIME", "METHOD", "STATUS", "SIZE", "DURATION", "HOST",
+                                              "PATH"]
     assert [line.split()[-1] for line in lines[1:]] == ["/report", "/users/7", "/users"]  # newest first
     assert lines[-1].split()[3:6] == ["POST", "201", "8B"]
     code, out, _ = cli(capsys, "search", "--json", "--limit", "2", *store)
@@ -117,7 +118,8 @@ def test_export_through_a_bundled_sink_is_what_live_capture_wrote(recorded, tmp_
                          "--set", f"store.path={path}")
     assert code == 0, err
     assert f"exported 5 flows of session 'morning' ({morning}) through 'har' to {out_path}" in out
-    live, exported = (json.loads((tmp_path / name).read_text()) for name in ("live-morning.har", "exported.har"))
+    live, exported = (json.loads((tmp_path / name).read_text())
+                      for name in ("live-morning.har", "exported.har"))
     assert len(exported["log"]["entries"]) == 5
     assert exported["log"]["entries"] == live["log"]["entries"]
     code, out, _ = cli(capsys, "export", morning, "--sink", "har", "-o", str(out_path), "--filter", "~t png",
@@ -134,7 +136,8 @@ def test_export_keeps_the_session_start_for_date_placeholders(recorded, tmp_path
         conn.execute("UPDATE sessions SET started = started - 86400 WHERE id = ?", (morning,))
     with flowtap.open_store(path) as store:
         started = store.session(morning).started
-    code, _, err = cli(capsys, "export", morning, "--sink", "har", "-o", str(tmp_path / "{session}-{date}.har"),
+    code, _, err = cli(capsys, "export", morning, "--sink", "har", "-o",
+                       str(tmp_path / "{session}-{date}.har"),
                        "--set", f"store.path={path}")
     assert code == 0, err
     stamp = time.strftime(DATE_FORMAT, time.localtime(started))
@@ -193,8 +196,10 @@ def test_export_through_a_third_party_sink(recorded, tmp_path, capsys, monkeypat
     assert code == 0, err
     name, *lines = out_path.read_text().splitlines()
     with flowtap.open_store(path) as s:
-        assert name == "morning" and [serialize.loads(line) for line in lines] == list(s.flows(session=morning))
-    code, _, err = cli(capsys, "export", "morning", "--sink", "pathless", "-o", "x", "--set", f"store.path={path}")
+        assert name == "morning"
+        assert [serialize.loads(line) for line in lines] == list(s.flows(session=morning))
+    code, _, err = cli(capsys, "export", "morning", "--sink", "pathless", "-o", "x", "--set",
+                       f"store.path={path}")
     assert code == 2 and err.strip() == (
         "flowtap: error: sink 'pathless' has no path option in [sinks.pathless]: "
         "it does not write a file to export to")
@@ -223,7 +228,8 @@ def test_export_as_curl_sends_the_same_requests(tmp_path, capsys):
     binary = bytes(range(256))
     pdf = b"%PDF-1.4 \xe2\xe3\xcf\xd3 it's\n\\x41"  # binary without NUL
     with capture(config={"store": {"path": str(path)}}) as cap:
-        cap.feed(make_flow(url=f"{base}/items?q=a%20b&x='quote'", method="PUT", request_body="it's {\"a\": 1}\n",
+        cap.feed(make_flow(url=f"{base}/items?q=a%20b&x='quote'", method="PUT",
+                           request_body="it's {\"a\": 1}\n",
                            request_headers=[("Host", f"127.0.0.1:{server.server_port}"), ("X-Trace", "t 1"),
                                             ("Content-Type", "application/json")]),
                  make_flow(url=f"{base}/upload", method="POST", request_body=binary,
@@ -278,7 +284,8 @@ def test_errors_are_one_line_exit_2_and_reads_change_nothing(recorded, tmp_path,
         (("sessions", "show", "nope"), "no session 'nope'"),
         (("show", "0123456789"), "no flow '0123456789'"),
         (("search", "~d ("), "invalid filter expression '~d (': error at column"),
-        (("export", "morning", "--sink", "har", "-o", "x.har", "--filter", "~x"), "invalid filter expression"),
+        (("export", "morning", "--sink", "har", "-o", "x.har", "--filter", "~x"),
+         "invalid filter expression"),
         (("export", "nope", "--format", "curl"), "no session 'nope'"),
         (("export", "morning"), "give --sink NAME (with -o PATH) or --format curl"),
         (("export", "morning", "--sink", "nope", "-o", "x"), "no sink named 'nope'"),
@@ -312,8 +319,9 @@ def test_kill_9_keeps_every_flow_recorded_a_second_before(tmp_path):
     data = tmp_path / "data"
     (tmp_path / "flowtap.toml").write_text("[sources.stream]\ninterval = 0.002\n")
     env = dict(os.environ, PYTHONPATH=str(site), FLOWTAP_DATA_DIR=str(data))
-    proc = subprocess.Popen([sys.executable, "-m", "flowtap", "run", "--name", "doomed"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "flowtap", "run", "--name", "doomed"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while "api.test/stream/300 " not in proc.stdout.readline() and time.monotonic() < deadline:

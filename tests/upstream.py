@@ -55,7 +55,8 @@ def route(method: str, target: str, body: bytes) -> tuple[int, list[tuple[str, s
         return 200, [("Content-Type", "application/octet-stream")], body, False
     if url.path == "/gzip":
         data = json.dumps({"message": "hello " * 50}).encode()
-        return 200, [("Content-Type", "application/json"), ("Content-Encoding", "gzip")], gzip.compress(data), False
+        return 200, [("Content-Type", "application/json"),
+                     ("Content-Encoding", "gzip")], gzip.compress(data), False
     if url.path == "/big":
         return 200, [("Content-Type", "application/octet-stream")], b"x" * int(query.get("n", "0")), False
     if url.path == "/chunked":
@@ -258,7 +259,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def websocket_exchange(proxy_port: int, host: str, port: int, messages: list[str | bytes]) -> list[str | bytes]:
+def websocket_exchange(proxy_port: int, host: str, port: int,
+                       messages: list[str | bytes]) -> list[str | bytes]:
     """Open ws://host:port/ws through the proxy (CONNECT), send messages, return the replies, close."""
     replies: list[str | bytes] = []
     with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as sock:

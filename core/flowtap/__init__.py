@@ -8,10 +8,18 @@ are what a plugin registers and declares.
 
 __version__ = "0.1.0"
 
-from flowtap.api import Emitter, Sink, SinkError, Source, SourceError
+from flowtap.api import Emitter, Sink, SinkError, SinkFailed, Source, SourceError
 from flowtap.capture import Capture, StartupError
 from flowtap.config import (
-    Config, ConfigError, Option, load_config, parse_address, parse_domains, parse_duration, parse_methods, parse_size,
+    Config,
+    ConfigError,
+    Option,
+    load_config,
+    parse_address,
+    parse_domains,
+    parse_duration,
+    parse_methods,
+    parse_size,
 )
 from flowtap.cookies import Cookie
 from flowtap.model import Flow, Headers, Request, Response, Timings, TLSInfo, WebSocketMessage
@@ -32,7 +40,8 @@ def open_store(path=None):
 
 __all__ = [
     "Capture", "Config", "ConfigError", "Cookie", "Emitter", "Flow", "Headers", "Option",
-    "Request", "Response", "Session", "Sink", "SinkError", "Source", "SourceError",
+    "Request", "Response", "Session", "Sink", "SinkError", "SinkFailed", "Source", "SourceError",
     "StartupError", "State", "TLSInfo", "Timings", "WebSocketMessage", "hookimpl",
-    "load_config", "open_store", "parse_address", "parse_domains", "parse_duration", "parse_methods", "parse_size",
+    "load_config", "open_store", "parse_address", "parse_domains", "parse_duration", "parse_methods",
+    "parse_size",
 ]

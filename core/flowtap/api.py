@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from flowtap.cookies import Cookie
     from flowtap.model import Flow
+    from flowtap.scheduler import Timer
     from flowtap.session import Session
 
 
@@ -21,7 +23,7 @@ class Emitter(Protocol):
         """False while the session is paused or ended: a source may skip converting flows."""
 
     def emit(self, flow: Flow) -> None:
-        """Hand a finished flow to the session. Thread-safe; blocks while the queue is full."""
+        """Hand a finished flow to the session. Thread-safe; never blocks."""
 
     def cookies(self, cookies: list[Cookie]) -> None:
         """Report cookie changes the source saw outside any flow (set, update, deletion)."""
@@ -58,9 +60,19 @@ class Sink:
     """Where kept flows go.
 
     Built by the factory a plugin registers with ``flowtap_register_sinks``.
-    All calls arrive on the dispatcher thread, one at a time, so a sink
-    needs no locking. A sink may also implement hooks (``flowtap_session_clear``,
-    ``flowtap_cookies_seen``, ...) as methods decorated with ``@flowtap.hookimpl``.
+    Each sink is fed on a thread of its own, behind a bounded backlog, so a
+    slow sink delays no other sink and never the sources. Every call of one
+    sink — ``write``, ``flush``, ``close``, its hook methods and its
+    :meth:`call_later` callbacks — arrives on that thread, one at a time: a
+    sink needs no locks. A sink may implement the session hooks
+    (``flowtap_session_clear``, ``flowtap_session_end``, ...) and
+    ``flowtap_cookies_seen`` as methods decorated with ``@flowtap.hookimpl``;
+    they arrive in order with its flows.
+
+    A call that raises is reported with the sink's name (the first time with
+    its traceback, then summarised) and the sink goes on getting flows; a
+    call that does not return within ``[dispatch] call_timeout`` gets the
+    sink detached. Raise :class:`SinkFailed` to say flows were lost.
     """
 
     #: The sink's registered name; set by the host.
@@ -83,7 +95,23 @@ class Sink:
         """Make what :meth:`write` took durable; called whenever the queue drains."""
 
     def close(self) -> None:
-        """Finalize the output; called once when the session ends."""
+        """Finalize the output; called once when the session ends.
+
+        Must return within ``[dispatch] close_timeout``, or the sink is abandoned.
+        """
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        """Run ``callback`` on this sink's own thread after ``delay`` seconds.
+
+        For deferred work (a throttled fsync, a rewrite) without a thread or a
+        lock of the sink's own. Works from :meth:`open` on. Returns a handle
+        whose ``cancel()`` keeps the callback from running; callbacks still
+        due when the session ends are dropped (``close`` finishes the work).
+        """
+        worker = getattr(self, "_flowtap_worker", None)
+        if worker is None:
+            raise RuntimeError(f"sink {self.name!r} is not fed by a capture: call_later needs one")
+        return worker.call_later(delay, callback)
 
 
 class SourceError(Exception):
@@ -92,3 +120,16 @@ class SourceError(Exception):
 
 class SinkError(Exception):
     """A sink cannot open; the message is shown to the user as is."""
+
+
+class SinkFailed(Exception):
+    """Raised by a sink's call to say it failed and flows were lost (a commit the disk refused).
+
+    The message is reported once, without a traceback, with the sink's name;
+    ``lost`` flows are added to the sink's missed count, and the run's exit
+    code says it was not clean.
+    """
+
+    def __init__(self, message: str, lost: int = 0) -> None:
+        super().__init__(message)
+        self.lost = lost

@@ -10,16 +10,22 @@ from typing import Any
 
 import attrs
 
-from flowtap.api import Sink, SinkError, Source, SourceError
+from flowtap.api import SinkError, Source, SourceError
 from flowtap.config import Config, ConfigError, Option
-from flowtap.coreplugin import NAME as CORE, CorePlugin
 from flowtap.cookies import Cookie
+from flowtap.coreplugin import NAME as CORE, CorePlugin
 from flowtap.dispatch import Dispatcher
+from flowtap.health import SUMMARY_INTERVAL, SinkHealth
 from flowtap.model import Flow
 from flowtap.plugins import PluginHost
+from flowtap.scheduler import Scheduler
 from flowtap.session import Session, State
+from flowtap.sinkworker import Limits, SinkWorker
 
 log = logging.getLogger("flowtap")
+
+#: Seconds between the watchdog's looks at the sinks' calls.
+WATCH_INTERVAL = 0.25
 
 
 def _version() -> str:
@@ -92,8 +98,11 @@ class Capture:
         self.source_factories: dict[str, _Factory] = {}
         self.sink_factories: dict[str, _Factory] = {}
         self.sources: dict[str, Source] = {}
-        self.dispatcher = Dispatcher(self.host)
+        self.scheduler = Scheduler()
+        self.dispatcher = Dispatcher(self.host, self.host.errors)
         self.session: Session | None = None
+        #: The sinks of the current (or last) session, each on its worker.
+        self.workers: list[SinkWorker] = []
         self._started = False
         self._validated = False
         self._lock = threading.RLock()
@@ -123,7 +132,9 @@ class Capture:
                 self._validate()
             if self.session is not None and self.session.state is not State.ENDED:
                 added = [s for s in self.sink_factories if s not in before]
-                self.dispatcher.add_sinks(self._build_sinks(added, self.session))
+                workers = self._build_sinks(added, self.session)
+                self.workers = self.workers + workers
+                self.dispatcher.add_workers(workers)
         return name
 
     def _declare(self, table: str, *options: Option) -> None:
@@ -134,10 +145,11 @@ class Capture:
 
         def register(name: str, factory: Callable[[dict], Any], default: bool = False,
                      table: str | None = None) -> None:
-            """Register a source or sink factory; its config table is ``[KIND.NAME]`` unless ``table`` says."""
+            """Register a source or sink factory; its table is ``[KIND.NAME]`` unless ``table`` says."""
             owner = self.host.calling or ""
             if name in factories and factories[name].owner != owner:
-                raise ValueError(f"{kind[:-1]} {name!r} is already registered by plugin {factories[name].owner!r}")
+                raise ValueError(
+                    f"{kind[:-1]} {name!r} is already registered by plugin {factories[name].owner!r}")
             factories[name] = _Factory(owner, factory, default, table or f"{kind}.{name}")
             self.options.setdefault(factories[name].table, [])
 
@@ -178,6 +190,8 @@ class Capture:
                 raise RuntimeError("this capture has already started")
             self.validate()
             self.dispatcher.start()
+            self.scheduler.every(WATCH_INTERVAL, self._watch)
+            self.scheduler.every(SUMMARY_INTERVAL, self.host.errors.summarize)
             self._started = True
             try:
                 session = self.begin(started=started)
@@ -202,17 +216,21 @@ class Capture:
             name = name or table["name"] or time.strftime("session %Y-%m-%d %H:%M:%S")
             session = Session(name=name, time_limit=duration if duration is not None else table["duration"],
                               started=time.time() if started is None else started)
-            sinks = self._build_sinks(self.sink_factories, session)
-            self.session = session
-            self.dispatcher.attach(session, sinks)
+            workers = self._build_sinks(self.sink_factories, session)
+            self.session, self.workers = session, workers
+            self.dispatcher.attach(session, workers)
             if session.time_limit:
-                timer = threading.Timer(session.time_limit, session.end, kwargs={"wait": False})
-                timer.daemon = True
-                timer.start()
+                self.scheduler.call_later(session.time_limit, lambda: session.end(wait=False))
             return session
 
-    def _build_sinks(self, names: Iterable[str], session: Session) -> list[tuple[str, Sink]]:
-        built: list[tuple[str, Sink]] = []
+    def _limits(self) -> Limits:
+        table = self.config.table("dispatch")
+        return Limits(table["backlog"], table["backlog_size"], table["call_timeout"], table["close_timeout"])
+
+    def _build_sinks(self, names: Iterable[str], session: Session) -> list[SinkWorker]:
+        """Build, open and wrap in a worker each enabled sink of ``names`` (workers start when attached)."""
+        built: list[SinkWorker] = []
+        limits = self._limits()
         try:
             for name in names:
                 entry = self.sink_factories[name]
@@ -220,19 +238,21 @@ class Capture:
                     continue
                 owner = entry.owner
                 sink = self._build(entry, "sink", name)
+                worker = SinkWorker(sink, owner, limits, self.scheduler, self.host.errors)
                 try:
                     sink.open(session)
                 except SinkError as exc:
                     raise StartupError(f"sink {name!r}: {exc}") from None
                 except Exception as exc:
                     raise StartupError(f"sink {name!r} (plugin {owner!r}) failed to open: {exc!r}") from exc
-                built.append((f"sink {name!r} (plugin {owner!r})", sink))
+                built.append(worker)
         except BaseException:
-            for _, sink in built:
-                sink.close()
+            for worker in built:
+                try:
+                    worker.sink.close()
+                except Exception:
+                    log.exception("%s raised in close", worker.who)
             raise
-        for _, sink in built:
-            self.host.pm.register(sink, name=f"sink:{sink.name}:{id(sink):x}")
         return built
 
     def _build(self, entry: _Factory, kind: str, name: str) -> Any:
@@ -241,7 +261,8 @@ class Capture:
         except (SinkError, SourceError) as exc:
             raise StartupError(f"{kind} {name!r}: {exc}") from None
         except Exception as exc:
-            raise StartupError(f"{kind} {name!r} (plugin {entry.owner!r}) could not be built: {exc!r}") from exc
+            raise StartupError(
+                f"{kind} {name!r} (plugin {entry.owner!r}) could not be built: {exc!r}") from exc
         obj.name = name
         return obj
 
@@ -261,7 +282,8 @@ class Capture:
             except SourceError as exc:
                 raise StartupError(f"source {name!r}: {exc}") from None
             except Exception as exc:
-                raise StartupError(f"source {name!r} (plugin {entry.owner!r}) failed to start: {exc!r}") from exc
+                raise StartupError(
+                    f"source {name!r} (plugin {entry.owner!r}) failed to start: {exc!r}") from exc
             self.sources[name] = source
             self.host.pm.register(source, name=f"source:{name}")
 
@@ -279,7 +301,7 @@ class Capture:
         return True if session is None else session.wait(timeout)
 
     def stop(self) -> None:
-        """End the session (sinks finalized), stop the sources, stop the dispatcher."""
+        """Stop the sources, end the session (sinks finalized, or abandoned if stuck), stop the dispatcher."""
         with self._lock:
             for name, source in reversed(list(self.sources.items())):
                 try:
@@ -290,4 +312,27 @@ class Capture:
             self.sources.clear()
             if self.session is not None:
                 self.session.end()
-            self.dispatcher.stop()
+            close_timeout = self._limits().close_timeout if self._validated else None
+            self.dispatcher.stop(timeout=close_timeout + 1.0 if close_timeout else None)
+            self.host.errors.summarize()
+            self.scheduler.close()
+
+    # -- health --------------------------------------------------------------------
+
+    def health(self) -> list[SinkHealth]:
+        """How each sink of the current (or last) session is doing: written, errors, missed, state."""
+        return [worker.snapshot() for worker in self.workers]
+
+    @property
+    def clean(self) -> bool:
+        """True while no sink or plugin has failed, missed a flow or been detached during the run."""
+        return (not self.host.errors.count and not self.dispatcher.dropped
+                and all(w.snapshot().clean for w in self.dispatcher.history))
+
+    def _watch(self) -> None:
+        """The watchdog: detach each sink whose call has run past ``[dispatch] call_timeout``."""
+        for worker in list(self.dispatcher.workers):
+            timeout = worker.limits.call_timeout
+            if timeout and worker.stuck_for() > timeout:
+                worker.detach("detached", f"did not return within [dispatch] call_timeout ({timeout:g} s): "
+                                          "detached, it gets no more flows; the other sinks go on")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import sys
@@ -46,7 +47,7 @@ class Option:
     convert: Callable[[Any], Any] | None = None
 
     @property
-    def types(self) -> tuple[type, ...]:
+    def types(self) -> tuple[builtins.type, ...]:  # ``type`` here is the field above
         return self.type if isinstance(self.type, tuple) else (self.type,)
 
     def expected(self) -> str:
@@ -138,7 +139,8 @@ def parse_domains(values: list[str]) -> list[str]:
         except ValueError:
             pass
         if not domain or any(char in domain for char in "/:@ \t"):
-            raise ValueError(f"expected domain names such as example.com (no scheme, port or path), got {value!r}")
+            raise ValueError(
+                f"expected domain names such as example.com (no scheme, port or path), got {value!r}")
         domains.append(domain)
     return domains
 

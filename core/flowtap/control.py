@@ -157,8 +157,10 @@ class ControlServer:
             }  # fmt: skip
         info["sources"] = {name: source.describe() for name, source in list(self.capture.sources.items())}
         info["listening"] = listening(os.getpid())
-        stores = [str(sink.path) for _, sink in self.capture.dispatcher.sinks if sink.name == "store"]
+        stores = [str(w.sink.path) for w in self.capture.workers if w.sink.name == "store"]
         info["store"] = stores[0] if stores else None
+        info["sinks"] = [health.as_dict() for health in self.capture.health()]
+        info["clean"] = self.capture.clean
         return info
 
 

@@ -1,6 +1,7 @@
 """The core's own config tables and filters, registered like any other plugin.
 
 ``[session]`` names the debug session and may limit its duration;
+``[dispatch]`` bounds how far each sink may fall behind and how long its calls may take;
 ``[filters]`` holds the capture filters; ``[plugins]`` disables plugins;
 ``[store]`` configures the session store, a sink that runs by default.
 This plugin is essential: it cannot be disabled.
@@ -15,7 +16,8 @@ NAME = "core"
 
 
 class CorePlugin:
-    """Declares ``[session]``, ``[filters]``, ``[plugins]``, ``[store]``; applies the filters; registers the store."""
+    """Declares ``[session]``, ``[filters]``, ``[plugins]``, ``[store]``; applies the filters; registers
+    the store."""
 
     def __init__(self) -> None:
         self._filters: list = []
@@ -37,7 +39,8 @@ class CorePlugin:
                    'e.g. "~d api.example.com & !~t image".'),
             Option("url_contains", str, "", "Record only URLs containing this text (or regex)."),
             Option("url_not_contains", str, "", "Do not record URLs containing this text (or regex)."),
-            Option("url_regex", bool, False, "Treat url_contains and url_not_contains as regular expressions."),
+            Option("url_regex", bool, False,
+                   "Treat url_contains and url_not_contains as regular expressions."),
             Option("methods", list, [], 'Record only these methods, e.g. ["GET", "POST"]; empty: all.',
                    convert=parse_methods),
             Option("skip_resources", bool, False, "Do not record images, JavaScript and CSS."),
@@ -45,6 +48,23 @@ class CorePlugin:
         declare(
             "plugins",
             Option("disable", list, [], "Plugins not to load, by name (as `flowtap plugins` lists them)."),
+        )
+        declare(
+            "dispatch",
+            Option("backlog", int, 10000,
+                   "Flows one sink may fall behind (each sink is fed on its own thread) before it misses "
+                   "flows; each missed flow is counted and reported. The other sinks are not affected."),
+            Option("backlog_size", (str, int), "256mb",
+                   "Bytes of bodies one sink may have waiting before it misses flows (as backlog).",
+                   convert=parse_size),
+            Option("call_timeout", (str, int, float), "30s",
+                   "A sink call (write, flush, a hook) still running after this long is reported with where "
+                   "it is stuck, and the sink is detached; the others go on. Empty or 0: never.",
+                   convert=parse_duration),
+            Option("close_timeout", (str, int, float), "5s",
+                   "When a session ends, a sink that makes no progress for this long while finishing its "
+                   "output is abandoned with a message naming it, so that Ctrl-C ends the run promptly.",
+                   convert=parse_duration),
         )
         declare(
             "store",

@@ -47,7 +47,8 @@ def as_bytes(text: str) -> bytes:
 
 
 def header_block(fields: Iterable[tuple[str, str]]) -> bytes:
-    """What ``~h`` searches, as ``bytes(mitmproxy.http.Headers)``: ``Name: value\\r\\n`` per field, names as sent."""
+    """What ``~h`` searches, as ``bytes(mitmproxy.http.Headers)``: ``Name: value\\r\\n`` per field, names
+    as sent."""
     return b"".join(as_bytes(f"{name}: {value}\r\n") for name, value in fields)
 
 
@@ -166,7 +167,8 @@ def _compile_node(node: object, ff) -> Predicate:
     raise NotImplementedError(f"operator ~{code} is not supported")
 
 
-_QUOTED = {q: re.compile(rf"{q}(?:[^{q}\\]|\\.)*{q}") for q in "\"'"}  # pyparsing's QuotedString(q, esc_char="\\")
+# pyparsing's QuotedString(q, esc_char="\\"), as mitmproxy's grammar uses it
+_QUOTED = {q: re.compile(rf"{q}(?:[^{q}\\]|\\.)*{q}") for q in "\"'"}
 _CODE = re.compile(r"\w*")
 _DIGIT = re.compile("[0-9]")
 
@@ -178,8 +180,9 @@ def _first_mistake(expression: str, flowfilter: Any) -> tuple[int, str] | None:
     pyparsing's own error column depends on its version: from 3.3 on, a bad operand is reported
     at its start, with every alternative of the grammar as the message.
     """
-    kinds = {cls.code: kind for kind, classes in [("flag", flowfilter.filter_unary), ("value", flowfilter.filter_rex),
-                                                  ("number", flowfilter.filter_int)] for cls in classes}  # fmt: skip
+    kinds = {cls.code: "flag" for cls in flowfilter.filter_unary}
+    kinds.update({cls.code: "value" for cls in flowfilter.filter_rex})
+    kinds.update({cls.code: "number" for cls in flowfilter.filter_int})
     opened: list[int] = []
     i = 0
     while i < len(expression):
@@ -197,8 +200,9 @@ def _first_mistake(expression: str, flowfilter: Any) -> tuple[int, str] | None:
                 return i, "')' without its '('"
             opened.pop()
         elif char == "~":
-            code = _CODE.match(expression, i + 1).group()
-            end = i + 1 + len(code)
+            word = _CODE.match(expression, i + 1)
+            assert word is not None  # \w* matches, if only the empty string
+            code, end = word.group(), word.end()
             if code not in kinds:
                 return i, f"unknown operator ~{code}"
             if end < len(expression) and not expression[end].isspace():
@@ -230,8 +234,8 @@ def compile_expression(expression: str) -> Predicate:
     try:
         tree = flowfilter.bnf.parseString(expression, parseAll=True)[0]
     except pyparsing.ParseBaseException as e:
-        position, detail = _first_mistake(expression, flowfilter) or (e.loc, e.msg)
-        raise FilterError(expression, detail, position) from e
+        column, detail = _first_mistake(expression, flowfilter) or (e.loc, e.msg)
+        raise FilterError(expression, detail, column) from e
     except ValueError as e:  # a regex that does not compile (or encode)
         cause = e.__context__
         if not isinstance(cause, re.error) or cause.pattern is None:

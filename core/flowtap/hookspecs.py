@@ -3,9 +3,10 @@
 A plugin implements any of these with ``@flowtap.hookimpl`` on a module-level
 function or a method; it may omit trailing arguments it does not need.
 Sources and sinks are plain objects (see :mod:`flowtap.api`) registered
-through the ``flowtap_register_*`` hooks; once the host builds them for a
-run, they are registered as plugins too, so a sink may implement the session
-and cookie hooks below as methods.
+through the ``flowtap_register_*`` hooks. A source, once started, is
+registered as a plugin too. A sink may implement the session and cookie
+hooks below as methods: they are called on the sink's own worker thread, in
+order with its flows, not with the plugins' implementations.
 
 Each implementation is called on its own: one that raises is logged with its
 plugin's name and traceback, and the others still run.
@@ -27,7 +28,16 @@ pluggy refuses such a plugin when it is registered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import pluggy
+
+if TYPE_CHECKING:
+    from flowtap.config import Config
+    from flowtap.cookies import Cookie
+    from flowtap.model import Flow
+    from flowtap.session import Session
 
 hookspec = pluggy.HookspecMarker("flowtap")
 
@@ -37,7 +47,7 @@ hookspec = pluggy.HookspecMarker("flowtap")
 
 
 @hookspec(historic=True)
-def flowtap_config_options(declare):
+def flowtap_config_options(declare: Callable[..., None]) -> None:
     """Declare the options of your config table(s).
 
     Called once when the plugin is registered, before the config is validated.
@@ -49,7 +59,7 @@ def flowtap_config_options(declare):
 
 
 @hookspec
-def flowtap_config_validate(config):
+def flowtap_config_validate(config: Config) -> None:
     """Check rules that span several keys of your table(s).
 
     Called after every option passed its own type and value checks, before
@@ -66,7 +76,7 @@ def flowtap_config_validate(config):
 
 
 @hookspec(historic=True)
-def flowtap_register_sources(register):
+def flowtap_register_sources(register: Callable[..., None]) -> None:
     """Register capture sources.
 
     Called once when the plugin is registered.
@@ -74,13 +84,14 @@ def flowtap_register_sources(register):
     :param register: ``register(name, factory, default=False, table=None)``.
         ``name`` names the source, whose config table is ``[sources.NAME]``
         (or ``table``); the source runs when that table is in the config (or,
-        with ``default=True``, unless the table sets ``enabled = false``). ``factory(options)`` gets the table's
-        validated values and returns a :class:`flowtap.Source`.
+        with ``default=True``, unless the table sets ``enabled = false``).
+        ``factory(options)`` gets the table's validated values and returns a
+        :class:`flowtap.Source`.
     """
 
 
 @hookspec(historic=True)
-def flowtap_register_sinks(register):
+def flowtap_register_sinks(register: Callable[..., None]) -> None:
     """Register sinks: where kept flows go.
 
     Called once when the plugin is registered.
@@ -95,7 +106,7 @@ def flowtap_register_sinks(register):
 
 
 @hookspec(historic=True)
-def flowtap_register_commands(register):
+def flowtap_register_commands(register: Callable[..., None]) -> None:
     """Add subcommands to the ``flowtap`` command line.
 
     Called when the command line starts, before arguments are parsed, so
@@ -114,7 +125,7 @@ def flowtap_register_commands(register):
 
 
 @hookspec
-def flowtap_session_start(session):
+def flowtap_session_start(session: Session) -> None:
     """A debug session began; sources are about to start.
 
     :param session: the :class:`flowtap.Session` (name, id, state, counts).
@@ -122,7 +133,7 @@ def flowtap_session_start(session):
 
 
 @hookspec
-def flowtap_session_pause(session):
+def flowtap_session_pause(session: Session) -> None:
     """The session was paused: sources keep serving, flows are not recorded.
 
     :param session: the :class:`flowtap.Session`.
@@ -130,7 +141,7 @@ def flowtap_session_pause(session):
 
 
 @hookspec
-def flowtap_session_resume(session):
+def flowtap_session_resume(session: Session) -> None:
     """The session records flows again after a pause.
 
     :param session: the :class:`flowtap.Session`.
@@ -138,7 +149,7 @@ def flowtap_session_resume(session):
 
 
 @hookspec
-def flowtap_session_clear(session):
+def flowtap_session_clear(session: Session) -> None:
     """Forget what was recorded so far; the session goes on.
 
     :param session: the :class:`flowtap.Session`, its counts already reset.
@@ -146,7 +157,7 @@ def flowtap_session_clear(session):
 
 
 @hookspec
-def flowtap_session_mark(session, text):
+def flowtap_session_mark(session: Session, text: str) -> None:
     """A marker was set in the session (``flowtap ctl mark``, ``m`` in the live view).
 
     :param session: the :class:`flowtap.Session`.
@@ -155,7 +166,7 @@ def flowtap_session_mark(session, text):
 
 
 @hookspec
-def flowtap_session_end(session):
+def flowtap_session_end(session: Session) -> None:
     """The session ended: every flow has reached the sinks, which are closed next.
 
     :param session: the :class:`flowtap.Session`, in state ``ended``.
@@ -168,7 +179,7 @@ def flowtap_session_end(session):
 
 
 @hookspec
-def flowtap_filter(flow):
+def flowtap_filter(flow: Flow) -> bool | None:
     """Say whether to record a flow.
 
     Called for every flow that arrives while the session is running.
@@ -185,12 +196,13 @@ def flowtap_filter(flow):
 
 
 @hookspec
-def flowtap_cookies_seen(cookies, flow, source):
+def flowtap_cookies_seen(cookies: list[Cookie], flow: Flow | None, source: str) -> None:
     """Cookies were seen, whether or not the session is paused.
 
     Called with the cookies a flow's headers carry (the request's ``Cookie``
-    pairs, then the response's ``Set-Cookie``) and with cookie events a source reports directly (a browser
-    extension's cookie store changes, with ``flow`` None).
+    pairs, then the response's ``Set-Cookie``) and with cookie events a
+    source reports directly (a browser extension's cookie store changes, with
+    ``flow`` None).
 
     :param cookies: list of :class:`flowtap.Cookie`; one whose ``expires`` is
         in the past is a deletion.

@@ -13,6 +13,7 @@ import attrs
 import pluggy
 
 from flowtap import hookspecs
+from flowtap.health import ErrorLog
 
 log = logging.getLogger("flowtap.plugins")
 
@@ -91,7 +92,8 @@ class PluginHost:
         env_disable = _env_list("FLOWTAP_DISABLE_PLUGINS") or set()
         self.disabled: set[str] = set(disable) | env_disable
         self.strict = os.environ.get("FLOWTAP_STRICT_PLUGINS", "") not in ("", "0")
-        self._error_counts: dict[tuple[str, str], int] = {}
+        #: Every error a plugin, source or sink raised: the first of each logged, repeats summarised.
+        self.errors = ErrorLog()
         self._history: dict[str, dict[str, Any]] = {}
         #: The plugin whose hook implementation is running (for register callbacks).
         self.calling: str | None = None
@@ -307,23 +309,19 @@ class PluginHost:
         self.call(hook, **kwargs)
 
     def report_error(self, who: str, where: str) -> None:
-        """Log the exception being handled, naming the culprit; a traceback the first time.
+        """Report the exception being handled, naming the culprit; a traceback the first time, then summaries.
 
-        :param who: e.g. ``"plugin 'har'"`` or ``"sink 'har' (plugin 'har')"``.
+        :param who: e.g. ``"plugin 'har'"`` or ``"source 'proxy'"``.
         :param where: the hook or method that raised.
         """
-        key = (who, where)
-        count = self._error_counts[key] = self._error_counts.get(key, 0) + 1
-        if count == 1:
-            log.error("%s raised in %s", who, where, exc_info=True)
-        else:
-            exc = sys.exc_info()[1]
-            log.error("%s raised in %s again (%d times): %r", who, where, count, exc)
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            self.errors.report(who, where, exc)
 
     @property
     def error_count(self) -> int:
-        """How many times plugins have raised so far."""
-        return sum(self._error_counts.values())
+        """How many times plugins, sources and sinks have raised so far."""
+        return self.errors.count
 
 
 class _Plan(NamedTuple):
@@ -367,7 +365,8 @@ def _finish_wrapper(impl: Any, gen: Any, result: Any, error: BaseException | Non
     result = outcome.get_result()
     if not firstresult and not isinstance(result, list):
         fix = "return (yield)" if impl.wrapper else "outcome.force_result(a list)"
-        raise TypeError(f"hook wrapper {impl.function.__qualname__} made the results {result!r}, not a list ({fix}?)")
+        name = impl.function.__qualname__
+        raise TypeError(f"hook wrapper {name} made the results {result!r}, not a list ({fix}?)")
     return result, None
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from flowtap.capture import Capture
 from flowtap.cookies import Cookie
 from flowtap.model import Flow, Request, Response, Timings
 from flowtap.plugins import hookimpl
+from flowtap.session import Session
 
 
 def make_flow(
@@ -86,19 +87,19 @@ class RecordingSink(Sink):
         self.closed = True
 
     @hookimpl
-    def flowtap_cookies_seen(self, cookies):
+    def flowtap_cookies_seen(self, cookies: list[Cookie]) -> None:
         self.cookies.extend(cookies)
 
     @hookimpl
-    def flowtap_session_pause(self):
+    def flowtap_session_pause(self) -> None:
         self.events.append("pause")
 
     @hookimpl
-    def flowtap_session_resume(self):
+    def flowtap_session_resume(self) -> None:
         self.events.append("resume")
 
     @hookimpl
-    def flowtap_session_clear(self):
+    def flowtap_session_clear(self) -> None:
         self.events.append("clear")
         self.flows.clear()
 
@@ -115,7 +116,7 @@ class _Recorder:
         return sink
 
     @hookimpl
-    def flowtap_register_sinks(self, register):
+    def flowtap_register_sinks(self, register: Callable[..., None]) -> None:
         register("recorded", self._build, default=True)
 
 
@@ -127,8 +128,12 @@ class CaptureHarness:
         self._recorder = recorder
 
     @property
-    def session(self):
-        return self.capture.session
+    def session(self) -> Session:
+        """The current (or last ended) debug session."""
+        session = self.capture.session
+        if session is None:  # a harness is made only after its capture started
+            raise RuntimeError("the capture has not started")
+        return session
 
     @property
     def recorded(self) -> RecordingSink:
@@ -137,9 +142,9 @@ class CaptureHarness:
 
     def sink(self, name: str) -> Sink:
         """The current session's sink registered as ``name``."""
-        for _, sink in self.capture.dispatcher.sinks:
-            if sink.name == name:
-                return sink
+        for worker in self.capture.workers:
+            if worker.sink.name == name:
+                return worker.sink
         raise KeyError(f"no sink {name!r} in this session")
 
     def feed(self, *flows: Flow, timeout: float = 10) -> None:
@@ -192,7 +197,7 @@ def capture(
 
 
 @pytest.fixture
-def flowtap_capture():
+def flowtap_capture() -> Iterator[Callable[..., CaptureHarness]]:
     """Factory fixture: ``flowtap_capture(*plugins, config=...)`` returns a started harness."""
     with contextlib.ExitStack() as stack:
         yield lambda *plugins, **kwargs: stack.enter_context(capture(*plugins, **kwargs))

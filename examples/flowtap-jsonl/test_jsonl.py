@@ -3,6 +3,7 @@
 import json
 
 import flowtap_jsonl
+
 from flowtap.testing import make_flow
 
 

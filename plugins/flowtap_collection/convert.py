@@ -31,13 +31,14 @@ import base64
 import functools
 import json
 import re
+from collections.abc import Collection
 from email import policy
 from email.parser import BytesParser
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from flowtap import Flow, Request, Response
+from flowtap import Flow, Headers, Request, Response
 
 _DROP_HEADERS = {"host", "content-length", "connection", "keep-alive", "proxy-connection",
                  "transfer-encoding", "te", "trailer", "upgrade", "http2-settings"}
@@ -181,15 +182,16 @@ class Converter:
         segments = path.split("/")[1:] if path else []
         captured = path or "/"
         variables = _path_variables(segments) if self.templated else []
-        query = []
+        pairs: list[tuple[str, str | None]] = []
         for part in parts.query.split("&") if parts.query else []:
             if not part:
                 continue
-            key, sep, value = part.partition("=")
-            value = value if sep else None
+            key, sep, raw = part.partition("=")
+            value = raw if sep else None
             if value is not None and is_secret(key):
                 value = self.variables.secret(key, unquote(value))
-            query.append({"key": key, "value": value})
+            pairs.append((key, value))
+        query = [{"key": key, "value": value} for key, value in pairs]
         url: dict[str, Any] = {}
         if self.use_base_url:
             base = "{{" + self.variables.base_url(origin) + "}}"
@@ -203,7 +205,7 @@ class Converter:
         endpoint = "/" + "/".join(segments)
         search = ""
         if query:
-            search = "?" + "&".join(q["key"] + ("" if q["value"] is None else "=" + q["value"]) for q in query)
+            search = "?" + "&".join(key if value is None else f"{key}={value}" for key, value in pairs)
         url = {"raw": base + endpoint + search, **url, "path": segments}
         if query:
             url["query"] = query
@@ -211,7 +213,7 @@ class Converter:
             url["variable"] = variables
         return url, captured + search, endpoint
 
-    def headers(self, headers, drop: set[str] = frozenset()) -> list[dict[str, str]]:
+    def headers(self, headers: Headers, drop: Collection[str] = frozenset()) -> list[dict[str, str]]:
         out = []
         for name, value in headers.fields:
             lower = name.lower()
@@ -263,7 +265,9 @@ class Converter:
             if filename is not None:
                 field = {"key": name, "type": "file", "src": filename}
             else:
-                payload = part.get_payload(decode=True) or b""
+                payload = part.get_payload(decode=True)  # bytes, or None if it has none
+                if not isinstance(payload, bytes):
+                    payload = b""
                 charset = part.get_content_charset() or "utf-8"
                 try:
                     value = payload.decode(charset)

@@ -23,7 +23,8 @@ def flowtap_config_options(declare):
                "Domains whose cookies are synced; example.com covers its subdomains; empty: all.",
                convert=parse_domains),
         Option("sync", bool, True,
-               "Keep the file in sync within a second of every change, paused or not (else: write at session end)."),
+               "Keep the file in sync within a second of every change, paused or not "
+               "(else: write at session end)."),
     )
 
 

@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable
 
 import attrs
+
 from flowtap.cookies import MAX_EXPIRES, Cookie
 
 NETSCAPE_HEADER = (
@@ -152,7 +153,8 @@ def load_json(text: str) -> list[Cookie]:
                 raise FormatError(where, f"{key!r} is missing")
         for key, types in _TYPES.items():
             value = item.get(key)
-            if key in item and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
+            wrong_type = not isinstance(value, types) or (bool not in types and isinstance(value, bool))
+            if key in item and wrong_type:
                 raise FormatError(where, f"{key!r} has the wrong type: {item[key]!r:.40}")
         cookies.append(Cookie(**{key: item[key] for key in FIELDS if key in item}))
     return cookies

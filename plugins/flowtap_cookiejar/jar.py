@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import attrs
+
 from flowtap.cookies import Cookie
 
 #: Browsers ignore a cookie whose name and value together are longer (RFC 6265bis 5.7).
@@ -37,11 +38,12 @@ def acceptable(cookie: Cookie) -> bool:
         return False
     if not cookie.name or not cookie.domain or not cookie.path.startswith("/"):
         return False
-    if cookie.expires is not None and not (isinstance(cookie.expires, (int, float)) and math.isfinite(cookie.expires)):
+    expires = cookie.expires
+    if expires is not None and not (isinstance(expires, (int, float)) and math.isfinite(expires)):
         return False
     if len(cookie.name) + len(cookie.value) > MAX_COOKIE_SIZE:
         return False
-    if _CONTROLS.search(cookie.name) or _CONTROLS.search(cookie.value) or _CONTROLS.search(cookie.domain + cookie.path):
+    if any(_CONTROLS.search(text) for text in (cookie.name, cookie.value, cookie.domain + cookie.path)):
         return False
     try:  # lone surrogates other than undecodable header bytes cannot be written
         (cookie.name + cookie.value + cookie.domain + cookie.path).encode("utf-8", "surrogateescape")

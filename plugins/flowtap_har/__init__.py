@@ -20,7 +20,8 @@ def flowtap_config_options(declare):
                "Where to write the HAR; {session} is replaced by the session name (made safe for a file "
                "name) and {date} by the session's start (YYYY-MM-DD_HHMMSS). Entries are appended to "
                "PATH.journal while the session runs; the HAR is written when it ends."),
-        Option("content", str, "full", "Bodies to keep: full, headers (no bodies) or none (no headers, no bodies).",
+        Option("content", str, "full",
+               "Bodies to keep: full, headers (no bodies) or none (no headers, no bodies).",
                choices=("full", "headers", "none")),
         Option("max_body_size", (int, str), "1MB",
                "Bodies longer than this are cut and marked as truncated (a _flowtap field and a comment).",

@@ -128,7 +128,8 @@ def _response_cookies(flow: Flow) -> list[dict[str, Any]]:
     cookies = []
     for cookie in flow.response_cookies:
         entry: dict[str, Any] = {"name": cookie.name, "value": cookie.value, "path": cookie.path,
-                                 "domain": cookie.domain, "httpOnly": cookie.httponly, "secure": cookie.secure}
+                                 "domain": cookie.domain, "httpOnly": cookie.httponly,
+                                 "secure": cookie.secure}
         if cookie.expires is not None:
             try:
                 entry["expires"] = iso_time(cookie.expires)
@@ -242,7 +243,8 @@ def har_entry(flow: Flow, content: str = "full", max_size: int = 1 << 20) -> dic
         entry["serverIPAddress"] = ip
     entry["connection"] = str(flow.client_address[1]) if flow.client_address else flow.id
     if flow.error:
-        entry["comment"] = f"flowtap: {flow.error}" if flow.response else f"flowtap: no response: {flow.error}"
+        entry["comment"] = (f"flowtap: {flow.error}" if flow.response
+                            else f"flowtap: no response: {flow.error}")
     elif flow.response is None:
         entry["comment"] = "flowtap: no response"
     if flow.websocket is not None:

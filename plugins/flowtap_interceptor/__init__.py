@@ -39,7 +39,8 @@ def flowtap_config_options(declare):
                "(capture can be switched on in the popup)."),
         Option("url_filter", str, "",
                "A JavaScript regular expression: only requests whose URL matches are captured. Empty: all."),
-        Option("methods", list, [], "Only these HTTP methods are captured. Empty: all.", convert=parse_methods),
+        Option("methods", list, [], "Only these HTTP methods are captured. Empty: all.",
+               convert=parse_methods),
         Option("resource_types", list, ["main_frame", "sub_frame", "xmlhttprequest"],
                'Kinds of request captured, as chrome.webRequest names them: XHR/fetch ("xmlhttprequest") '
                'and documents by default; ["all"] for every request (scripts, images, fonts, ...).',

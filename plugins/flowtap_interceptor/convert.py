@@ -13,7 +13,7 @@ import binascii
 import collections
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import attrs
@@ -27,6 +27,8 @@ BODY_WAIT = 3.0
 BODY_KEEP = 30.0
 #: Requests in flight kept per connection; past this the oldest is recorded as unfinished.
 MAX_PENDING = 5000
+
+T = TypeVar("T")
 
 _NO_BODY_STATUS = {204, 205, 304}
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "no_restriction": "None"}
@@ -72,8 +74,8 @@ class Assembler:
         done: list[Flow] = []
         if kind in ("redirect", "completed", "error"):
             del self.pending[event["id"]]
-            flow = _flow(entry, event, self.source)
-            if kind == "completed" and event.get("bodyPending"):
+            flow: Flow | None = _flow(entry, event, self.source)
+            if flow is not None and kind == "completed" and event.get("bodyPending"):
                 flow = self._join_body(flow, event)
             if flow is not None:
                 done.append(flow)
@@ -96,17 +98,8 @@ class Assembler:
     def expire(self) -> list[Flow]:
         """Flows whose body did not come in time (they go without); drop unclaimed bodies."""
         now = self.clock()
-        done = []
-        for table, out in ((self._awaiting, done), (self._bodies, None)):
-            for key in list(table):
-                queue = table[key]
-                while queue and queue[0][0] <= now:
-                    _, item = queue.popleft()
-                    if out is not None:
-                        out.append(item)
-                if not queue:
-                    del table[key]
-        return done
+        _take_due(self._bodies, now)
+        return _take_due(self._awaiting, now)
 
     def close(self, reason: str = "the extension disconnected before the request finished") -> list[Flow]:
         """Everything still held: unfinished requests (marked with ``reason``) and flows awaiting a body."""
@@ -136,7 +129,7 @@ class Assembler:
         return None
 
 
-def _take_first(table: dict[tuple, collections.deque[tuple[float, Any]]], key: tuple) -> Any:
+def _take_first(table: dict[tuple, collections.deque[tuple[float, T]]], key: tuple) -> T | None:
     """The oldest item waiting under ``key`` (dropping the key when none is left), or None."""
     queue = table.get(key)
     if not queue:
@@ -145,6 +138,18 @@ def _take_first(table: dict[tuple, collections.deque[tuple[float, Any]]], key: t
     if not queue:
         del table[key]
     return item
+
+
+def _take_due(table: dict[tuple, collections.deque[tuple[float, T]]], now: float) -> list[T]:
+    """Every item whose deadline has passed, oldest first per key (dropping keys left empty)."""
+    due: list[T] = []
+    for key in list(table):
+        queue = table[key]
+        while queue and queue[0][0] <= now:
+            due.append(queue.popleft()[1])
+        if not queue:
+            del table[key]
+    return due
 
 
 def _flow(entry: _Pending, end: dict[str, Any] | None, source: str, error: str | None = None) -> Flow:

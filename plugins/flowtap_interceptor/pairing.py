@@ -42,7 +42,8 @@ def read_key(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise PairingError(f"{path}: cannot read the pairing key: {getattr(exc, 'strerror', None) or exc}") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise PairingError(f"{path}: cannot read the pairing key: {reason}") from None
     if not key:
         raise PairingError(f"{path}: the pairing key file is empty; run `flowtap interceptor pair --new`")
     return key

@@ -87,7 +87,8 @@ def validate(value: Any, node: dict[str, Any], path: str = "$") -> str | None:
     if "const" in node and not _same(value, node["const"]):
         return f"{path}: expected {json.dumps(node['const'])}, got {_short(value)}"
     if "enum" in node and not any(_same(value, choice) for choice in node["enum"]):
-        return f"{path}: expected one of {', '.join(json.dumps(c) for c in node['enum'])}, got {_short(value)}"
+        choices = ", ".join(json.dumps(c) for c in node["enum"])
+        return f"{path}: expected one of {choices}, got {_short(value)}"
     if isinstance(value, str):
         if len(value) > node.get("maxLength", math.inf):
             return f"{path}: longer than {node['maxLength']} characters"

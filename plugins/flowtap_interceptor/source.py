@@ -37,8 +37,8 @@ class InterceptorSource(flowtap.Source):
             emitter.log.warning("created a pairing key in %s: run `flowtap interceptor pair` to see it and "
                                 "paste it into the extension", self.key_path)
         if not _is_loopback(self.host):
-            emitter.log.warning("the interceptor bridge listens on %s, not on loopback: other machines can reach "
-                                "it (only a paired extension is admitted)", self.host)
+            emitter.log.warning("the interceptor bridge listens on %s, not on loopback: other machines "
+                                "can reach it (only a paired extension is admitted)", self.host)
         self._emitter = emitter
         self._paused = not emitter.recording
         self.bridge = Bridge(self.host, self.port, self, lambda: pairing.read_key(self.key_path),

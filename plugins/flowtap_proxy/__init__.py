@@ -19,7 +19,8 @@ def _mode(value: str) -> str:
         return value
     if kind in ("upstream", "reverse") and target.startswith(("http://", "https://")):
         return value
-    raise ValueError(f'expected "regular", "upstream:http://HOST:PORT" or "reverse:https://HOST", got {value!r}')
+    raise ValueError(
+        f'expected "regular", "upstream:http://HOST:PORT" or "reverse:https://HOST", got {value!r}')
 
 
 def _regexes(value: list[str]) -> list[str]:
@@ -41,14 +42,16 @@ def _credentials(value: str) -> str:
 def flowtap_config_options(declare):
     declare(
         "sources.proxy",
-        Option("listen", str, "127.0.0.1:5555", "Address and port the proxy listens on.", convert=parse_address),
+        Option("listen", str, "127.0.0.1:5555", "Address and port the proxy listens on.",
+               convert=parse_address),
         Option("mode", str, "regular",
                '"regular" (clients set it as their proxy), "upstream:URL" (chain to a corporate proxy) '
                'or "reverse:URL" (clients talk to flowtap as if it were URL).', convert=_mode),
         Option("upstream_auth", str, "",
                'Credentials for the upstream proxy in upstream mode, "USER:PASSWORD" (HTTP Basic); '
                'use {env = "VAR"} to keep them out of the file.', convert=_credentials),
-        Option("https", bool, True, "Intercept TLS with flowtap's CA; false passes all HTTPS through unseen."),
+        Option("https", bool, True,
+               "Intercept TLS with flowtap's CA; false passes all HTTPS through unseen."),
         Option("ignore_hosts", list, [],
                'Regexes matched against "host:port"; matching connections pass through unseen.',
                convert=_regexes),
@@ -74,7 +77,8 @@ def flowtap_config_validate(config):
 def flowtap_register_commands(register):
     from flowtap_proxy import ca  # light: mitmproxy is imported when the command runs
 
-    register("ca", "where flowtap's CA certificate is and how to trust it; export, regenerate", ca.setup, ca.run)
+    register("ca", "where flowtap's CA certificate is and how to trust it; export, regenerate",
+             ca.setup, ca.run)
 
 
 @flowtap.hookimpl

@@ -32,13 +32,14 @@ class FlowtapAddon:
         tap(f.request, self._max_body_size)
 
     def responseheaders(self, f: http.HTTPFlow) -> None:
-        tap(f.response, self._max_body_size)
+        if f.response is not None:  # always, in this hook
+            tap(f.response, self._max_body_size)
 
     # Finished flows.
 
     def response(self, f: http.HTTPFlow) -> None:
         if f.request.method == "CONNECT":  # a tunnel: its traffic is recorded, not the CONNECT itself
-            if not 200 <= f.response.status_code < 300:
+            if f.response is None or not 200 <= f.response.status_code < 300:
                 self.http_connect_error(f)  # mitmproxy 10 reports a failed CONNECT here
         elif f.websocket is None:  # a WebSocket is emitted when it ends, with its messages
             self._emit(self._convert.http_flow(f))

@@ -96,16 +96,20 @@ def trust_instructions(path: Path) -> list[str]:
     cer = path.with_suffix(".cer")
     return [
         "Clients must trust this certificate for flowtap to see their HTTPS traffic:",
-        f"  Debian/Ubuntu:  sudo cp {path} /usr/local/share/ca-certificates/flowtap.crt && sudo update-ca-certificates",
-        f"  Fedora/RHEL:    sudo cp {path} /etc/pki/ca-trust/source/anchors/flowtap.pem && sudo update-ca-trust",
-        f"  macOS:          sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {path}",
+        f"  Debian/Ubuntu:  sudo cp {path} /usr/local/share/ca-certificates/flowtap.crt"
+        " && sudo update-ca-certificates",
+        f"  Fedora/RHEL:    sudo cp {path} /etc/pki/ca-trust/source/anchors/flowtap.pem"
+        " && sudo update-ca-trust",
+        "  macOS:          sudo security add-trusted-cert -d -r trustRoot"
+        f" -k /Library/Keychains/System.keychain {path}",
         f"  Windows:        certutil -addstore root {cer}   (in an administrator prompt)",
         "  Firefox:        Settings > Privacy & Security > Certificates > View Certificates > Authorities >",
         f"                  Import {path}, tick \"Trust this CA to identify websites\"",
         f"  Android:        copy {cer} to the device; Settings > Security > Encryption & credentials >",
         "                  Install a certificate > CA certificate (apps must opt in to user CAs)",
         f"  iOS:            send {path} to the device, install it in Settings > General > VPN & Device",
-        "                  Management, then enable it in Settings > General > About > Certificate Trust Settings",
+        "                  Management, then enable it in Settings > General > About >"
+        " Certificate Trust Settings",
         f"  One tool only:  curl --cacert {path}; SSL_CERT_FILE={path} (Python, httpx);",
         f"                  REQUESTS_CA_BUNDLE={path}; NODE_EXTRA_CA_CERTS={path}",
     ]
@@ -119,7 +123,8 @@ def setup(parser: argparse.ArgumentParser) -> None:
     export = actions.add_parser("export", help="write the CA certificate (never its key) to a file")
     export.add_argument("--format", choices=("pem", "der", "p12"), default="pem",
                         help="pem (default), der (binary), or p12 (PKCS#12, e.g. for Windows)")
-    export.add_argument("-o", "--output", required=True, metavar="FILE", help='the file to write ("-" for stdout)')
+    export.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help='the file to write ("-" for stdout)')
     actions.add_parser("regenerate", help="replace the CA with a new one (clients must trust it again)")
 
 

@@ -73,7 +73,8 @@ class Converter:
 
     def __init__(self, source: str, upstream_auth: str | None = None) -> None:
         self.source = source
-        # The Proxy-Authorization header flowtap adds for the upstream proxy: not the client's, never recorded.
+        # The Proxy-Authorization header flowtap adds for the upstream proxy: not the client's, never
+        # recorded.
         self._added_auth = None
         if upstream_auth:
             from mitmproxy.addons.upstream_auth import parse_upstream_auth
@@ -218,11 +219,11 @@ def _body(message: http.Message, fields: list[tuple[str, str]]) -> tuple[bytes, 
     body = raw
     if ce and raw:
         try:
-            body = encoding.decode(raw, ce)
+            decoded = encoding.decode(raw, ce)
         except ValueError:
-            body = raw
-        if not isinstance(body, bytes):  # an illegal "Content-Encoding: utf8" decodes to str
-            body = raw
+            decoded = raw
+        # An illegal "Content-Encoding: utf8" decodes to str: keep the bytes as sent.
+        body = decoded if isinstance(decoded, bytes) else raw
     return body, len(body), len(raw), False
 
 

@@ -51,7 +51,8 @@ class ProxySource(flowtap.Source):
             except ca.CAError as exc:
                 raise flowtap.SourceError(f"flowtap's CA: {exc}") from None
             self._forward_logs(emitter.log)
-            self._thread = threading.Thread(target=self._run, args=(emitter,), name="flowtap-proxy", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(emitter,), name="flowtap-proxy",
+                                            daemon=True)
             self._thread.start()
             if not self._ready.wait(_START_TIMEOUT):
                 self._error = f"mitmproxy did not start within {_START_TIMEOUT}s"

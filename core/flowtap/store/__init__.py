@@ -10,6 +10,11 @@ The store sink (:mod:`flowtap.store.sink`) writes it while a capture runs;
             print(flow.request.url)
 
 While a capture runs, ``session.mark(text)`` adds a marker that the store keeps.
+
+The store lives in the core, not under ``plugins/`` with the other sinks: it is the
+data the core's own commands (``sessions``, ``search``, ``show``, ``export``) and
+:func:`flowtap.open_store` read, and the web UI and a PostgreSQL backend will build
+on. Its sink is one part of it, fed by the same engine as any plugin's.
 """
 
 from __future__ import annotations

@@ -105,19 +105,22 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _writable(args: argparse.Namespace):
-    """The store opened for writing (rename, delete)."""
+@contextlib.contextmanager
+def _writable(path: Path) -> Iterator[Any]:
+    """The store opened for writing (rename, delete); SQLite's errors as one line."""
     import sqlite3
 
     from flowtap.store import Store, db
 
-    path = store_path(_config(args))
     with _errors():
-        Store(path).close()  # the checks of a read: exists, is a store, not newer
+        Store(path).close()  # the checks of a read: exists, is a store, not newer, not damaged
+        conn = db.connect(path, write=True, check=0)
         try:
-            return path, db.connect(path, write=True)
+            yield conn
         except sqlite3.Error as exc:
-            raise UsageError(f"{path}: {exc}") from None
+            raise db.error(path, exc, "write") from None
+        finally:
+            conn.close()
 
 
 def cmd_sessions_rename(args: argparse.Namespace) -> int:
@@ -129,10 +132,8 @@ def cmd_sessions_rename(args: argparse.Namespace) -> int:
     path = store_path(_config(args))
     with _errors(), Store(path) as store:
         session = store.session(args.session, unique=True)
-    path, conn = _writable(args)
-    with conn:
+    with _writable(path) as conn:
         conn.execute("UPDATE sessions SET name = ? WHERE id = ?", (args.name, session.id))
-    conn.close()
     print(f"session {session.id}: renamed {session.name!r} to {args.name!r}")
     return 0
 
@@ -150,15 +151,11 @@ def cmd_sessions_delete(args: argparse.Namespace) -> int:
         if s.live:
             raise UsageError(f"session {s.name!r} ({s.id}) is being recorded by pid {s.pid}; "
                              "end that run first (`flowtap ctl stop`)")
-    path, conn = _writable(args)
-    try:
+    with _writable(path) as conn:
         for s in sessions:
-            with conn:
-                conn.execute("DELETE FROM sessions WHERE id = ?", (s.id,))
+            conn.execute("DELETE FROM sessions WHERE id = ?", (s.id,))  # one statement: its own transaction
             shutil.rmtree(db.bodies_dir(path) / s.id, ignore_errors=True)
             print(f"deleted session {s.name!r} ({s.id}) and its {s.flows} flows")
-    finally:
-        conn.close()
     return 0
 
 

@@ -132,11 +132,28 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+    def _execute(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """The rows of a query, all fetched: SQLite reports damage while fetching too."""
         try:
-            return self._conn.execute(sql, params)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot read the store: {exc}") from None
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise db.error(self.path, exc) from None
+
+    def _iterate(self, sql: str, params: tuple | list = ()) -> Iterator[tuple]:
+        """The rows of a query one by one (on a cursor of its own); errors as :class:`StoreError`."""
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            while True:
+                try:
+                    row = next(cursor)
+                except StopIteration:
+                    return
+                yield row
+        except sqlite3.Error as exc:
+            raise db.error(self.path, exc) from None
+        finally:
+            cursor.close()
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -144,7 +161,7 @@ class Store:
         """Every stored session, newest first."""
         rows = self._execute(
             f"SELECT {_SESSION_COLUMNS}, (SELECT count(*) FROM flows WHERE session = s.id) "
-            "FROM sessions s ORDER BY started DESC, rowid DESC").fetchall()
+            "FROM sessions s ORDER BY started DESC, rowid DESC")
         return [self._session(row) for row in rows]
 
     def _session(self, row: tuple) -> SessionInfo:
@@ -241,14 +258,14 @@ class Store:
     def count(self, session: str | None = None) -> int:
         """How many flows are stored (in one session, or in all)."""
         if session is None:
-            return self._execute("SELECT count(*) FROM flows").fetchone()[0]
-        return self._execute("SELECT count(*) FROM flows WHERE session = ?", (session,)).fetchone()[0]
+            return self._execute("SELECT count(*) FROM flows")[0][0]
+        return self._execute("SELECT count(*) FROM flows WHERE session = ?", (session,))[0][0]
 
     def _load(self, seq: int) -> Flow:
-        row = self._execute("SELECT data, request_body, response_body FROM contents WHERE seq = ?",
-                            (seq,)).fetchone()
+        rows = self._execute("SELECT data, request_body, response_body FROM contents WHERE seq = ?", (seq,))
+        row = rows[0] if rows else None
         if row is None:
-            raise StoreError(f"{self.path}: the flow stored as #{seq} has no contents (the store is damaged)")
+            raise db.damaged(self.path, f"the flow stored as #{seq} has no contents")
         return db.load_flow(self.path, *row)
 
     def _select(self, expression: str | None, session: str | SessionInfo | None, limit: int | None,
@@ -274,14 +291,8 @@ class Store:
         if limit is not None and limit <= 0:
             return
         found = 0
-        # A cursor of its own: loading a flow mid-iteration must not reset this one.
-        cursor = self._conn.cursor()
-        try:
-            cursor.execute(sql, params)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot read the store: {exc}") from None
         width = len(db.FLOW_COLUMNS)
-        for values in cursor:
+        for values in self._iterate(sql, params):
             row, sure = FlowRow(*values[:width]), values[width]
             flow = None
             if not sure:

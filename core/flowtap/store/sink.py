@@ -1,30 +1,33 @@
 """The store sink: every kept flow into the session store, committed in batches.
 
 ``write`` turns a flow into its rows (big bodies go to files at once) and
-buffers them. ``flush``, which the dispatcher calls after every batch it
+buffers them. ``flush``, which the sink's worker calls after every batch it
 handles, commits the buffer in one transaction when ``[store]
 batch_interval`` has passed since the last commit (or 256 rows are
-waiting); otherwise a committer thread commits it when the interval is up.
-Under load a transaction carries many flows; at any rate a recorded flow is
-committed within about ``batch_interval``. Pauses, resumes, clears, markers
-and the end commit at once. WAL mode with ``synchronous = NORMAL``: a
-killed process loses nothing that was committed, and the database stays whole.
+waiting); otherwise a commit is scheduled for when the interval is up
+(:meth:`flowtap.Sink.call_later`: on the same thread, so nothing here needs
+a lock). Under load a transaction carries many flows; at any rate a recorded
+flow is committed within about ``batch_interval``. Pauses, resumes, clears,
+markers and the end commit at once. WAL mode with ``synchronous = NORMAL``:
+a killed process loses nothing that was committed, and the database stays
+whole.
+
+A commit that fails (a full disk, an I/O error, a damaged store) raises
+:class:`flowtap.SinkFailed` with SQLite's message; its flows are dropped
+and counted as lost, not held for a retry that would fail the same way.
 """
 
 from __future__ import annotations
 
-import collections
 import json
-import logging
 import os
 import secrets
 import shutil
 import sqlite3
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from flowtap.api import Sink, SinkError
+from flowtap.api import Sink, SinkError, SinkFailed
 from flowtap.plugins import hookimpl
 from flowtap.store import db
 from flowtap.store.db import StoreError
@@ -33,9 +36,15 @@ from flowtap.store.reader import pid_alive
 if TYPE_CHECKING:
     from flowtap.config import Config
     from flowtap.model import Flow
+    from flowtap.scheduler import Timer
     from flowtap.session import Session
 
-log = logging.getLogger("flowtap.store")
+#: Rows waiting that make a flush commit at once, whatever the interval.
+BATCH_ROWS = 256
+
+#: A flow's rows, waiting for a commit: its ``flows`` columns, ``contents.data``, the two bodies
+#: (None: in a file), which bodies are in files, and those files' names.
+Row = tuple[list[Any], str, bytes | None, bytes | None, int, tuple[str | None, str | None]]
 
 
 def config_json(config: Config | None) -> str:
@@ -56,18 +65,13 @@ class StoreSink(Sink):
         self.config = config_json(config)
         self.session: Session | None = None
         self.conn: sqlite3.Connection | None = None
-        self._pending: list[tuple[list[Any], str, bytes | None, bytes | None, int]] = []
-        self._marks: collections.deque[tuple[float, str]] = collections.deque()
-        self._counts: tuple[int, ...] | None = None
+        self._pending: list[Row] = []
+        self._marks: list[tuple[float, str]] = []
+        self._counts: tuple[int, ...] | None = None  # as last committed
         self._started = False
         self._events = 0  # pauses, resumes, clears and marks so far
-        # The connection and the buffer are shared with the committer thread.
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._deadline: float | None = None  # when the committer commits the buffer
-        self._last_commit = float("-inf")  # the first flush commits at once
-        self._committer: threading.Thread | None = None
-        self._closing = False
+        self._last_commit = float("-inf")  # the first flow is committed at once
+        self._timer: Timer | None = None  # the commit scheduled for when the interval is up
 
     # -- flowtap.Sink --------------------------------------------------------------
 
@@ -75,144 +79,147 @@ class StoreSink(Sink):
         try:
             self.conn = db.connect(self.path, write=True)
         except StoreError as exc:
-            raise SinkError(f"{exc}; set [store] path to another file, or [store] enabled = false") from None
+            raise SinkError(str(exc)) from None
         self.session = session
         try:
-            with self._transaction():
+            with db.transaction(self.conn):
                 self._close_interrupted()
                 self.conn.execute(
                     "INSERT INTO sessions (id, name, started, state, pid, config) VALUES (?, ?, ?, ?, ?, ?)",
                     (session.id, session.name, session.started, session.state.value, os.getpid(), self.config))
         except sqlite3.Error as exc:
             self.conn.close()
-            raise SinkError(f"{self.path}: cannot write the store: {exc}") from None
-        if self.interval:
-            self._committer = threading.Thread(target=self._commit_when_due, name="flowtap-store", daemon=True)
-            self._committer.start()
+            self.conn = None
+            raise SinkError(str(db.error(self.path, exc, "write"))) from None
 
     def write(self, flow: Flow) -> None:
         files = 0
         request_body: bytes | None = flow.request.body
-        if len(request_body) > self.threshold:
-            request_body, files = None, db.REQUEST_FILE
-            request_file = self._body_file(flow.request.body, "request")
-        else:
-            request_file = None
-        response_body = response_file = None
-        if flow.response is not None:
-            response_body = flow.response.body
-            if len(response_body) > self.threshold:
-                response_file = self._body_file(response_body, "response")
-                response_body, files = None, files | db.RESPONSE_FILE
-        row = (db.flow_columns(flow), db.flow_data(flow, request_file, response_file), request_body,
-               response_body, files)
-        with self._lock:
-            self._pending.append(row)
+        response_body: bytes | None = None
+        request_file = response_file = None
+        try:
+            if len(flow.request.body) > self.threshold:
+                request_file = self._body_file(flow.request.body, "request")
+                request_body, files = None, db.REQUEST_FILE
+            if flow.response is not None:
+                response_body = flow.response.body
+                if len(flow.response.body) > self.threshold:
+                    response_file = self._body_file(flow.response.body, "response")
+                    response_body, files = None, files | db.RESPONSE_FILE
+        except OSError as exc:
+            self._remove_bodies(request_file)
+            raise SinkFailed(f"{self.path}: cannot write a body file beside the store "
+                             f"({exc.strerror or exc}); the flow is lost", lost=1) from None
+        self._pending.append((db.flow_columns(flow), db.flow_data(flow, request_file, response_file),
+                              request_body, response_body, files, (request_file, response_file)))
 
     def flush(self) -> None:
-        with self._lock:
-            if self.conn is None:
-                return
-            due = self._last_commit + self.interval
-            if self._marks or (self._pending and (time.monotonic() >= due or len(self._pending) >= 256)):
+        if self.conn is None or not self._dirty():
+            return
+        wait = self._last_commit + self.interval - time.monotonic()
+        if not self.interval or (self._pending and (wait <= 0 or len(self._pending) >= BATCH_ROWS)):
+            self._commit()
+        elif self._timer is None:  # flows to hold back, or only new counts (at most one such commit an interval)
+            self._timer = self.call_later(wait if self._pending else self.interval, self._commit)
+
+    def close(self) -> None:
+        if self.conn is None:
+            return
+        session = self.session
+        assert session is not None
+        failure = None
+        try:
+            try:
                 self._commit()
-            elif self._deadline is None and self._dirty():  # flows to hold back, or only new counts
-                self._deadline = due
-                self._wake.notify()
+            except SinkFailed as exc:
+                failure = exc
+            try:
+                with db.transaction(self.conn):
+                    if self._started and (session.counts.received or self._events):
+                        self.conn.execute("UPDATE sessions SET state = 'ended', ended = ? WHERE id = ?",
+                                          (session.ended or time.time(), session.id))
+                    else:  # it never ran (a sink or source failed to start), or nothing happened in it
+                        self.conn.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
+            except sqlite3.Error as exc:
+                failure = failure or SinkFailed(f"{self._failed(exc)}; the session's end is not recorded")
+        finally:
+            self.conn.close()
+            self.conn = None
+        if failure is not None:
+            raise failure
+
+    # -- committing --------------------------------------------------------------------------
 
     def _dirty(self) -> bool:
+        """Flows, marks or new counts to commit."""
+        assert self.session is not None
         c = self.session.counts
         return bool(self._pending or self._marks) or (c.recorded, c.filtered, c.paused, c.received) != self._counts
 
-    def _commit_when_due(self) -> None:
-        """The committer thread: commits the buffer when its deadline comes."""
-        with self._lock:
-            while not self._closing:
-                if self._deadline is None:
-                    self._wake.wait()
-                elif (delay := self._deadline - time.monotonic()) > 0:
-                    self._wake.wait(delay)
-                else:
-                    self._deadline = None
-                    try:
-                        self._commit()
-                    except Exception:  # the rows stay buffered; the next flush tries again
-                        log.exception("%s: cannot write the store", self.path)
-
     def _commit(self) -> None:
-        """Commit what is buffered, the marks and the counts, in one transaction (lock held)."""
+        """Commit the waiting flows, the marks and the counts, in one transaction.
+
+        :raises SinkFailed: the commit failed (a full disk, an I/O error, a damaged
+            store): its flows and marks are dropped and counted as lost, not held
+            for a retry that would fail the same way while memory grows.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         session, conn = self.session, self.conn
-        if session is None or conn is None:
+        if session is None or conn is None or not self._dirty():
             return
-        self._deadline = None
         if self._pending:  # the interval is between commits of flows
             self._last_commit = time.monotonic()
         c = session.counts
         counts = (c.recorded, c.filtered, c.paused, c.received)
-        if not self._pending and not self._marks and counts == self._counts:
-            return
-        pending, marks = self._pending, []
-        while self._marks:
-            marks.append(self._marks.popleft())
+        pending, marks = self._pending, self._marks
+        self._pending, self._marks = [], []
         try:
-            with self._transaction():
-                if pending:
-                    self._insert(conn, session, pending)
+            with db.transaction(conn):
+                refused = self._insert(conn, session, pending) if pending else []
                 conn.executemany("INSERT INTO events (session, time, kind, text) VALUES (?, ?, 'mark', ?)",
                                  [(session.id, when, text) for when, text in marks])
-                self._events += len(marks)
                 conn.execute("UPDATE sessions SET recorded = ?, filtered = ?, paused = ?, received = ? "
                              "WHERE id = ?", (*counts, session.id))
-        except BaseException:
-            self._marks.extendleft(reversed(marks))  # kept for the next flush
-            raise
-        self._pending = []
+        except sqlite3.Error as exc:
+            for row in pending:
+                self._remove_bodies(*row[5])
+            lost = f"; {_many(len(pending), 'flow')} lost" if pending else ""
+            lost += f"; {_many(len(marks), 'marker')} lost" if marks else ""
+            raise SinkFailed(f"{self._failed(exc)}{lost}", lost=len(pending)) from None
+        self._events += len(marks)
         self._counts = counts
+        if refused:
+            (method, url, error), more = refused[0], len(refused) - 1
+            raise SinkFailed(f"{self.path}: a flow ({method} {url}) not stored: {error}"
+                             + (f"; and {_many(more, 'other')}" if more else ""), lost=len(refused))
 
-    def _insert(self, conn: sqlite3.Connection, session: Session, pending: list[tuple]) -> None:
-        """Insert the buffered flows; a row the database refuses is logged and left out, not the batch."""
+    def _insert(self, conn: sqlite3.Connection, session: Session, pending: list[Row]) -> list[tuple[str, str, str]]:
+        """Insert the waiting flows; a row the database refuses is left out, not the batch.
+
+        :returns: the method, URL and error of each flow left out.
+        """
         seq = conn.execute("SELECT coalesce(max(seq), 0) FROM flows").fetchone()[0]
         rows = [((seq, columns[0], session.id, *columns[1:], files), (seq, data, request_body, response_body))
-                for seq, (columns, data, request_body, response_body, files) in enumerate(pending, seq + 1)]
+                for seq, (columns, data, request_body, response_body, files, _) in enumerate(pending, seq + 1)]
+        refused = []
         conn.execute("SAVEPOINT batch")
         try:
             conn.executemany(db.INSERT_FLOW, [flow for flow, _ in rows])
             conn.executemany(db.INSERT_CONTENT, [content for _, content in rows])
         except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError):
             conn.execute("ROLLBACK TO batch")
-            for flow, content in rows:
+            for (flow, content), row in zip(rows, pending, strict=True):
                 try:
                     conn.execute(db.INSERT_FLOW, flow)
                     conn.execute(db.INSERT_CONTENT, content)
                 except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError) as exc:
                     conn.execute("DELETE FROM flows WHERE seq = ?", (flow[0],))
-                    log.error("%s: flow %s (%s %s) not stored: %s", self.path, flow[1], flow[4], flow[10], exc)
+                    self._remove_bodies(*row[5])
+                    refused.append((flow[4], flow[10], str(exc)))
         conn.execute("RELEASE batch")
-
-    def close(self) -> None:
-        if self._committer is not None:
-            with self._lock:
-                self._closing = True
-                self._wake.notify()
-            self._committer.join()
-        with self._lock:
-            self._close()
-
-    def _close(self) -> None:
-        if self.conn is None:
-            return
-        try:
-            self._commit()
-            session = self.session
-            with self._transaction():
-                if self._started and (session.counts.received or self._events):
-                    self.conn.execute("UPDATE sessions SET state = 'ended', ended = ? WHERE id = ?",
-                                      (session.ended or time.time(), session.id))
-                else:  # it never ran (a sink or source failed to start), or nothing happened in it
-                    self.conn.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
-        finally:
-            self.conn.close()
-            self.conn = None
+        return refused
 
     # -- session events -------------------------------------------------------------------
 
@@ -232,41 +239,65 @@ class StoreSink(Sink):
     @hookimpl
     def flowtap_session_clear(self, session: Session) -> None:
         """Forget the session's flows, as Postman's clear does; the session row and its events stay."""
-        with self._lock:
-            if session is not self.session or self.conn is None:
-                return
-            self._pending = []
-            with self._transaction():
+        if session is not self.session or self.conn is None:
+            return
+        for row in self._pending:
+            self._remove_bodies(*row[5])
+        self._pending = []
+        try:
+            with db.transaction(self.conn):
                 self.conn.execute("DELETE FROM flows WHERE session = ?", (session.id,))
                 self._record(session, "clear")
-            self._commit()  # the counts, reset by the clear
-            shutil.rmtree(db.bodies_dir(self.path) / session.id, ignore_errors=True)
+        except sqlite3.Error as exc:
+            raise SinkFailed(f"{self._failed(exc)}; the session's flows were not cleared") from None
+        shutil.rmtree(db.bodies_dir(self.path) / session.id, ignore_errors=True)
+        self._commit()  # the counts, reset by the clear
 
     @hookimpl
     def flowtap_session_mark(self, session: Session, text: str) -> None:
         """Keep the marker; it is written at once."""
         if session is self.session:
             self._marks.append((time.time(), text))
-            self.flush()
+            self._commit()
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _event(self, session: Session, kind: str, state: str) -> None:
-        with self._lock:
-            if session is not self.session or self.conn is None:
-                return
+        """Commit what is waiting, then record a pause or resume (even if that commit failed)."""
+        if session is not self.session or self.conn is None:
+            return
+        failure = None
+        try:
             self._commit()
-            with self._transaction():
+        except SinkFailed as exc:
+            failure = exc
+        try:
+            with db.transaction(self.conn):
                 self.conn.execute("UPDATE sessions SET state = ? WHERE id = ?", (state, session.id))
                 self._record(session, kind)
+        except sqlite3.Error as exc:
+            failure = failure or SinkFailed(f"{self._failed(exc)}; the {kind} is not recorded")
+        if failure is not None:
+            raise failure
 
     def _record(self, session: Session, kind: str) -> None:
+        assert self.conn is not None
         self.conn.execute("INSERT INTO events (session, time, kind) VALUES (?, ?, ?)",
                           (session.id, time.time(), kind))
         self._events += 1
 
-    def _transaction(self):
-        return _Transaction(self.conn)
+    def _failed(self, exc: sqlite3.Error) -> str:
+        """A failed write as one line, with SQLite's own message."""
+        return str(db.error(self.path, exc, "write"))
+
+    def _remove_bodies(self, *names: str | None) -> None:
+        """Delete body files whose rows were not stored."""
+        for name in names:
+            if name:
+                try:
+                    (db.bodies_dir(self.path) / name).unlink()
+                except OSError:
+                    pass
 
     def _body_file(self, body: bytes, part: str) -> str:
         """Write a body beside the database; its name relative to the bodies directory."""
@@ -274,8 +305,12 @@ class StoreSink(Sink):
         target = db.bodies_dir(self.path) / name
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(body)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(body)
+        except OSError:
+            target.unlink(missing_ok=True)  # not half a body
+            raise
         return name
 
     def _close_interrupted(self) -> None:
@@ -288,14 +323,5 @@ class StoreSink(Sink):
                     "(SELECT max(time) FROM flows WHERE session = ?), started) WHERE id = ?", (sid, sid))
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on an exception."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+def _many(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -1,0 +1,212 @@
+"""Each sink on its own worker: a failing, hung or slow sink costs the others nothing; reported once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import flowtap
+from flowtap.testing import capture, make_flow
+
+
+def _plugin(name, factory):
+    class Plugin:
+        @flowtap.hookimpl
+        def flowtap_register_sinks(self, register):
+            register(name, factory, default=True)
+
+    plugin = Plugin()
+    plugin.__name__ = name  # the plugin's name: messages say "sink 'NAME'" when sink and plugin share it
+    return plugin
+
+
+class Raising(flowtap.Sink):
+    def __init__(self, options):
+        self.calls = 0
+
+    def write(self, flow):
+        self.calls += 1
+        raise ValueError(f"bad flow {self.calls}")
+
+
+def _errors(caplog):
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_raising_sink_is_reported_once_then_summarised_and_the_others_get_every_flow(caplog):
+    with capture(_plugin("faulty", Raising)) as cap:
+        for i in range(50):
+            cap.capture.emit(make_flow(url=f"https://a.test/{i}"))
+        cap.feed()
+        assert len(cap.recorded.flows) == 50
+        (faulty,) = [h for h in cap.capture.health() if h.name == "faulty"]
+        assert (faulty.written, faulty.errors, faulty.state) == (0, 50, "failing")
+        assert faulty.last_error == "write: bad flow 50"
+        assert not cap.capture.clean
+    errors = _errors(caplog)
+    first = [r for r in errors if r.exc_info]
+    assert len(first) == 1
+    assert "sink 'faulty'" in first[0].getMessage() and "bad flow 1" in first[0].getMessage()
+    summaries = [r.getMessage() for r in errors if "more time" in r.getMessage()]
+    assert summaries == ["sink 'faulty': 49 more times; last: raised in write: ValueError: bad flow 50"]
+    assert len(errors) == 2, "never one line per flow"
+
+
+def test_a_clean_run_is_clean():
+    with capture() as cap:
+        cap.feed(make_flow())
+        assert cap.capture.clean
+        (recorded,) = cap.capture.health()
+        assert recorded.clean and recorded.written == 1 and recorded.state == "ok"
+
+
+class Hanging(flowtap.Sink):
+    release = threading.Event()
+
+    def __init__(self, options):
+        self.count = 0
+
+    def write(self, flow):
+        self.count += 1
+        if self.count == 3:
+            self.release.wait(30)
+
+
+def test_a_hung_sink_is_detached_with_where_it_is_stuck_and_the_others_go_on(caplog):
+    config = {"dispatch": {"call_timeout": "0.5s", "close_timeout": "0.5s"}}
+    Hanging.release.clear()
+    try:
+        with capture(_plugin("stuck", Hanging), config=config) as cap:
+            for i in range(20):
+                cap.capture.emit(make_flow(url=f"https://a.test/{i}"))
+            deadline = time.monotonic() + 5
+            while len(cap.recorded.flows) < 20 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(cap.recorded.flows) == 20
+            while time.monotonic() < deadline:
+                (stuck,) = [h for h in cap.capture.health() if h.name == "stuck"]
+                if stuck.state == "detached":
+                    break
+                time.sleep(0.05)
+            assert stuck.state == "detached" and stuck.written == 2 and stuck.missed == 18
+            assert stuck.stuck_in.startswith("write at ") and "test_sink_workers.py" in stuck.stuck_in
+            cap.feed(make_flow(url="https://a.test/after"))  # sync does not wait on a detached sink
+            assert len(cap.recorded.flows) == 21
+            started = time.monotonic()
+        assert time.monotonic() - started < 2, "stop does not wait on a detached sink"
+    finally:
+        Hanging.release.set()
+    (message,) = [r.getMessage() for r in _errors(caplog) if "call_timeout" in r.getMessage()]
+    assert message.startswith("sink 'stuck'") and "detached" in message and "self.release.wait(30)" in message
+
+
+class SlowToClose(flowtap.Sink):
+    release = threading.Event()
+
+    def __init__(self, options):
+        pass
+
+    def write(self, flow):
+        pass
+
+    def close(self):
+        self.release.wait(30)
+
+
+def test_a_sink_stuck_in_close_is_abandoned_within_close_timeout(caplog):
+    SlowToClose.release.clear()
+    try:
+        config = {"dispatch": {"close_timeout": "0.5s"}}
+        with capture(_plugin("slowclose", SlowToClose), config=config) as cap:
+            cap.feed(make_flow())
+            recorder = cap.recorded
+            started = time.monotonic()
+        elapsed = time.monotonic() - started
+        assert 0.4 < elapsed < 2.5
+        assert recorder.closed, "the healthy sink was closed all the same"
+        (health,) = [h for h in cap.capture.health() if h.name == "slowclose"]
+        assert health.state == "abandoned" and health.stuck_in.startswith("close at ")
+        assert not cap.capture.clean
+    finally:
+        SlowToClose.release.set()
+    (message,) = [r.getMessage() for r in _errors(caplog) if "abandoned" in r.getMessage()]
+    assert message.startswith("sink 'slowclose'") and "close_timeout (0.5 s)" in message
+
+
+class Losing(flowtap.Sink):
+    def __init__(self, options):
+        self.pending = 0
+
+    def write(self, flow):
+        self.pending += 1
+
+    def flush(self):
+        lost, self.pending = self.pending, 0
+        if lost:
+            raise flowtap.SinkFailed("disk full: cannot commit", lost=lost)
+
+
+def test_sink_failed_counts_lost_flows_without_a_traceback(caplog):
+    with capture(_plugin("losing", Losing)) as cap:
+        cap.feed(make_flow(), make_flow())
+        (health,) = [h for h in cap.capture.health() if h.name == "losing"]
+        assert (health.written, health.missed, health.errors) == (2, 2, 1)
+        assert health.last_error == "flush: disk full: cannot commit"
+    (record,) = _errors(caplog)
+    assert record.exc_info is None and record.getMessage() == (
+        "sink 'losing' failed in flush: disk full: cannot commit")
+
+
+class Threaded(flowtap.Sink):
+    """Records the thread of every call, and uses call_later."""
+
+    def __init__(self, options):
+        self.threads = set()
+        self.log = []
+        self.fired = threading.Event()
+
+    def _note(self, what):
+        self.threads.add(threading.get_ident())
+        self.log.append(what)
+
+    def open(self, session):
+        self.cancelled = self.call_later(0.05, lambda: self._note("cancelled"))
+        self.cancelled.cancel()
+
+    def write(self, flow):
+        self._note(f"write {flow.request.path}")
+        if flow.request.path == "/later":
+            self.call_later(0.05, lambda: (self._note("later"), self.fired.set()))
+
+    @flowtap.hookimpl
+    def flowtap_session_clear(self, session):
+        self._note("clear")
+
+    @flowtap.hookimpl
+    def flowtap_cookies_seen(self, cookies):
+        self._note("cookies " + ",".join(c.name for c in cookies))
+
+
+def test_every_call_of_a_sink_comes_on_its_own_thread_in_order_with_its_flows():
+    with capture(_plugin("threaded", Threaded)) as cap:
+        sink = cap.sink("threaded")
+        cap.capture.emit(make_flow(url="https://a.test/one"))
+        cap.session.clear()
+        cap.capture.emit(make_flow(url="https://a.test/later", response_headers=[("Set-Cookie", "sid=1")]))
+        cap.feed()
+        assert sink.fired.wait(5)
+        assert sink.log == ["write /one", "clear", "cookies sid", "write /later", "later"]
+        assert len(sink.threads) == 1 and threading.get_ident() not in sink.threads
+        worker_thread = next(t for t in threading.enumerate() if t.name == "flowtap-sink-threaded")
+        assert sink.threads == {worker_thread.ident}
+
+
+def test_call_later_needs_a_running_capture():
+    sink = Threaded({})
+    try:
+        sink.call_later(1, lambda: None)
+    except RuntimeError as exc:
+        assert "call_later needs one" in str(exc)
+    else:
+        raise AssertionError("call_later outside a capture should say why it cannot run")
