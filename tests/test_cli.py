@@ -10,7 +10,7 @@ import time
 import flowtap
 
 from clirun import flowtap as run_cli
-from fakedist import replay_source
+from fakedist import make_distribution, replay_source
 
 
 def test_version():
@@ -25,6 +25,46 @@ def test_help_does_not_import_mitmproxy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "usage: flowtap" in result.stdout and "run" in result.stdout and "plugins" in result.stdout
+
+
+CORE_COMMANDS = ["run", "plugins", "config", "sessions", "search", "show", "export", "ctl"]
+
+
+def test_help_lists_the_core_commands_and_the_plugins_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    listed = re.findall(r"^    (\w+)\s", result.stdout, re.M)
+    assert listed[:len(CORE_COMMANDS)] == CORE_COMMANDS
+    assert {"ca", "har"} <= set(listed[len(CORE_COMMANDS):])
+
+
+def test_a_core_command_loads_no_plugin():
+    """`flowtap sessions` and the other core commands start without importing a plugin or mitmproxy."""
+    code = ("import sys\nfrom flowtap.cli import main\n"
+            "try:\n    main(['-c', 'none.toml', 'sessions', '--help'])\nexcept SystemExit:\n    pass\n"
+            "loaded = [m for m in sys.modules if m.startswith(('mitmproxy', 'flowtap_'))]\n"
+            "assert not loaded, loaded\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "usage: flowtap sessions" in result.stdout and "rename" in result.stdout
+
+
+def test_a_plugin_cannot_take_a_core_command(tmp_path):
+    site = make_distribution(tmp_path / "site", "flowtap-greedy", {"greedy": "greedy"}, {"greedy": """
+        import flowtap
+
+        @flowtap.hookimpl
+        def flowtap_register_commands(register):
+            register("sessions", "mine now", lambda parser: None, lambda args: 7)
+            register("greet", "says hello", lambda parser: None, lambda args: print("hello") or 0)
+    """})
+    result = run_cli("greet", pythonpath=[site])
+    assert result.returncode == 0 and result.stdout == "hello\n"
+    assert result.stderr.strip() == (
+        "flowtap: WARNING: plugin 'greedy' registers the command 'sessions', "
+        "which plugin 'core' has: ignored")
+    result = run_cli("sessions", "--help", pythonpath=[site])  # the core's, without loading plugins
+    assert result.returncode == 0 and "usage: flowtap sessions" in result.stdout and not result.stderr
 
 
 def test_run_without_a_source_says_so(tmp_path):
@@ -44,7 +84,10 @@ def test_run_with_a_time_limit_captures_and_ends_cleanly(tmp_path):
     assert "[replay] replaying 5 flows" in result.stdout
     flow_lines = [line for line in lines if "GET" in line and "api.test/items/" in line]
     assert len(flow_lines) == 5
-    assert "session 'smoke' ended" in lines[-1] and "5 recorded" in lines[-1]
+    summary = lines[lines.index(next(line for line in lines if "session 'smoke' ended" in line)):]
+    assert "5 recorded" in summary[0]
+    assert summary[1].split() == ["SINK", "STATE", "WRITTEN", "ERRORS", "MISSED"]
+    assert summary[2].split() == ["store", "ok", "5", "0", "0"] and len(summary) == 3
 
 
 def test_sigint_ends_the_run_and_keeps_what_was_captured(tmp_path):
@@ -79,4 +122,4 @@ def test_quiet_run_prints_no_line_per_flow(tmp_path):
     result = run_cli("run", "--quiet", cwd=tmp_path, pythonpath=[site])
     assert result.returncode == 0, result.stderr
     assert "api.test/items/" not in result.stdout
-    assert "[replay] replaying 3 flows" in result.stdout and "3 recorded" in result.stdout.splitlines()[-1]
+    assert "[replay] replaying 3 flows" in result.stdout and "3 recorded" in result.stdout.splitlines()[-3]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import flowtap
-from flowtap import control
+from flowtap.control import client, runs, server
 from flowtap.testing import capture, make_flow
 
 from clirun import flowtap as run_cli
@@ -54,7 +54,7 @@ class Run:
             text=True, stdin=subprocess.DEVNULL)
         self.site = site
         deadline = time.monotonic() + 30
-        while not control.socket_path(self.proc.pid).exists():
+        while not runs.socket_path(self.proc.pid).exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
                 pytest.fail(f"flowtap run did not start: {self.proc.communicate()}")
@@ -73,7 +73,7 @@ class Run:
 def test_ctl_drives_a_running_capture(tmp_path, data_dir):
     run = Run(tmp_path, "live")
     try:
-        path = control.socket_path(run.proc.pid)
+        path = runs.socket_path(run.proc.pid)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
         status = run.ctl("status")
@@ -170,13 +170,13 @@ def test_a_port_held_by_another_program_is_found_in_proc(tmp_path, data_dir):
 
 def test_the_protocol_answers_bad_requests_and_status(data_dir):
     with capture(config={"store": {"path": str(data_dir / "s.db")}, "session": {"name": "api"}}) as cap:
-        server = control.ControlServer(cap.capture, stop=lambda: None)
-        assert server.start()
+        control = server.ControlServer(cap.capture, stop=lambda: None)
+        assert control.start()
         try:
             cap.feed(make_flow())
             with socket.socket(socket.AF_UNIX) as sock:
                 sock.settimeout(10)
-                sock.connect(str(server.path))
+                sock.connect(str(control.path))
                 reader = sock.makefile("rb")
                 for line in (b"not json\n", b'"a string"\n', b'{"op": "explode"}\n', b'{"op": "status"}\n'):
                     sock.sendall(line)
@@ -186,13 +186,13 @@ def test_the_protocol_answers_bad_requests_and_status(data_dir):
                         assert replies["session"]["recorded"] == 1 and replies["pid"] == os.getpid()
                     else:
                         assert replies["ok"] is False and replies["error"]
-            assert control.request(server.path, "mark", text="x")["changed"] is True
-            assert control.request(server.path, "explode") == {
+            assert client.request(control.path, {"op": "mark", "text": "x"})["changed"] is True
+            assert client.request(control.path, {"op": "explode"}) == {
                 "ok": False, "error": "unknown operation 'explode'; expected one of: status, pause, resume, "
                                       "clear, stop, mark"}
         finally:
-            server.close()
-        assert not server.path.exists()
+            control.close()
+        assert not control.path.exists()
     class Marks:
         seen = []
 
@@ -201,10 +201,10 @@ def test_the_protocol_answers_bad_requests_and_status(data_dir):
             Marks.seen.append(text)
 
     with capture(Marks(), config={"store": {"enabled": False}}) as cap:  # any plugin gets the marker
-        server = control.ControlServer(cap.capture, stop=lambda: None)
-        assert server.start()
+        control = server.ControlServer(cap.capture, stop=lambda: None)
+        assert control.start()
         try:
-            assert control.request(server.path, "mark", text="logged in")["changed"] is True
+            assert client.request(control.path, {"op": "mark", "text": "logged in"})["changed"] is True
             assert Marks.seen == ["logged in"]
         finally:
-            server.close()
+            control.close()

@@ -305,9 +305,6 @@ def test_a_database_that_is_not_a_store_is_refused_unchanged(tmp_path):
 
 
 #: `flowtap run` does not turn Capture.clean into its exit code yet (the lead's part of issue 10).
-NO_EXIT_CODE_YET = pytest.mark.xfail(strict=True, reason="flowtap run exits 0 whatever Capture.clean says; "
-                                     "remove this marker when it exits 1")
-
 
 @contextlib.contextmanager
 def tmpfs(mount: Path, size: str = "2m") -> Iterator[Path]:
@@ -367,7 +364,6 @@ def test_a_run_on_a_full_disk_reports_sqlites_message_and_keeps_what_it_committe
     assert numbers[:1] == [0] and numbers == sorted(numbers) and len(numbers) > 20  # committed: kept whole
 
 
-@NO_EXIT_CODE_YET
 def test_a_run_on_a_full_disk_exits_1(full_disk_run):
     result, _, _ = full_disk_run
     assert result.returncode == 1, result.stderr
@@ -398,7 +394,6 @@ def test_a_run_whose_writes_fail_reports_sqlites_message_and_keeps_what_it_commi
     assert numbers[:1] == [0] and numbers == sorted(numbers) and len(numbers) > 20
 
 
-@NO_EXIT_CODE_YET
 def test_a_run_whose_writes_fail_exits_1(io_error_run):
     result, _, _ = io_error_run
     assert result.returncode == 1, result.stderr

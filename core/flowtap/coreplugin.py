@@ -4,7 +4,9 @@
 ``[dispatch]`` bounds how far each sink may fall behind and how long its calls may take;
 ``[filters]`` holds the capture filters; ``[plugins]`` disables plugins;
 ``[store]`` configures the session store, a sink that runs by default.
-This plugin is essential: it cannot be disabled.
+It also registers the core's commands (``run``, ``plugins``, ``config``,
+``sessions``, ``search``, ``show``, ``export``, ``ctl``) through the hook
+plugins add theirs with. This plugin is essential: it cannot be disabled.
 """
 
 from __future__ import annotations
@@ -80,6 +82,28 @@ class CorePlugin:
                    "loses at most the last such interval. 0: commit whenever the dispatcher flushes.",
                    convert=parse_duration),
         )
+
+    @hookimpl
+    def flowtap_register_commands(self, register):
+        # Light modules: each imports what its command needs when it runs.
+        from flowtap import corecommands as core
+        from flowtap.control import client
+        from flowtap.store import commands as store
+
+        register("run", "capture with the configured sources until Ctrl-C or the time limit",
+                 core.setup_run, core.cmd_run)
+        register("plugins", "list plugins: name, version, origin, hooks, status",
+                 core.setup_plugins, core.cmd_plugins)
+        register("config", "work with the config file", core.setup_config, core.cmd_config)
+        register("sessions", "list stored sessions (newest first); show, rename, delete them",
+                 store.setup_sessions, store.cmd_sessions)
+        register("search", "stored flows matching a filter expression, newest first",
+                 store.setup_search, store.cmd_search)
+        register("show", "a stored flow in full: request, response, bodies", store.setup_show, store.cmd_show)
+        register("export", "a stored session through a sink (HAR, collection, ...) or as curl",
+                 store.setup_export, store.cmd_export)
+        register("ctl", "control a running capture: status, pause, resume, clear, stop, mark",
+                 client.setup_ctl, client.cmd_ctl)
 
     @hookimpl
     def flowtap_register_sinks(self, register):

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from flowtap.cli import UsageError, _config, _disabled
+from flowtap.commandline import UsageError, config_from_args as _config, disabled_plugins as _disabled
 from flowtap.config import Config, ConfigError
 
 
@@ -310,15 +310,12 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-# -- wiring -------------------------------------------------------------------------------------------
+# -- wiring: the setup of each command's arguments (flowtap.coreplugin registers the commands) --------
 
 
-def add_commands(sub: argparse._SubParsersAction, parser_class: type) -> None:
-    """Add the store's commands to ``flowtap``'s subcommands."""
-    sessions = sub.add_parser("sessions", help="list stored sessions (newest first); show, rename, delete them")
-    sessions.add_argument("--json", action="store_true", help="one JSON object per session")
-    sessions.set_defaults(func=cmd_sessions)
-    actions = sessions.add_subparsers(dest="sessions_command", metavar="ACTION", parser_class=parser_class)
+def setup_sessions(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="one JSON object per session")
+    actions = parser.add_subparsers(dest="sessions_command", metavar="ACTION")
     show = actions.add_parser("show", help="one session in detail, with its events and markers")
     show.add_argument("session", metavar="SESSION", help="an id (or its start), a name, or last")
     show.add_argument("--json", action="store_true", help="print it as JSON")
@@ -331,24 +328,24 @@ def add_commands(sub: argparse._SubParsersAction, parser_class: type) -> None:
     delete.add_argument("sessions", metavar="SESSION", nargs="+", help="ids, names, or last")
     delete.set_defaults(func=cmd_sessions_delete)
 
-    search = sub.add_parser("search", help="stored flows matching a filter expression, newest first")
-    search.add_argument("expression", metavar="EXPR", nargs="?",
+
+def setup_search(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("expression", metavar="EXPR", nargs="?",
                         help='a mitmproxy filter expression, e.g. "~d api.example.com & ~m POST"')
-    search.add_argument("--session", metavar="SESSION", help="only this session (an id, a name, or last)")
-    search.add_argument("--limit", metavar="N", type=int, help="at most N flows (the newest)")
-    search.add_argument("--json", action="store_true", help="one JSON object per flow")
-    search.set_defaults(func=cmd_search)
+    parser.add_argument("--session", metavar="SESSION", help="only this session (an id, a name, or last)")
+    parser.add_argument("--limit", metavar="N", type=int, help="at most N flows (the newest)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per flow")
 
-    show_flow = sub.add_parser("show", help="a stored flow in full: request, response, bodies")
-    show_flow.add_argument("flow", metavar="FLOW_ID", help="the flow's id, or its start (as search prints it)")
-    show_flow.add_argument("--raw", action="store_true", help="bodies as they are, not decoded or pretty-printed")
-    show_flow.add_argument("--json", action="store_true", help="the whole flow as JSON (bodies in base64)")
-    show_flow.set_defaults(func=cmd_show)
 
-    export = sub.add_parser("export", help="a stored session through a sink (HAR, collection, ...) or as curl")
-    export.add_argument("session", metavar="SESSION", help="an id, a name, or last")
-    export.add_argument("--sink", metavar="NAME", help="the sink to replay the session through, e.g. har")
-    export.add_argument("--format", choices=("curl",), help="print curl commands instead")
-    export.add_argument("-o", "--output", metavar="PATH", help="the file to write (for curl: default stdout)")
-    export.add_argument("--filter", metavar="EXPR", help="only the flows matching this filter expression")
-    export.set_defaults(func=cmd_export)
+def setup_show(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("flow", metavar="FLOW_ID", help="the flow's id, or its start (as search prints it)")
+    parser.add_argument("--raw", action="store_true", help="bodies as they are, not decoded or pretty-printed")
+    parser.add_argument("--json", action="store_true", help="the whole flow as JSON (bodies in base64)")
+
+
+def setup_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("session", metavar="SESSION", help="an id, a name, or last")
+    parser.add_argument("--sink", metavar="NAME", help="the sink to replay the session through, e.g. har")
+    parser.add_argument("--format", choices=("curl",), help="print curl commands instead")
+    parser.add_argument("-o", "--output", metavar="PATH", help="the file to write (for curl: default stdout)")
+    parser.add_argument("--filter", metavar="EXPR", help="only the flows matching this filter expression")
