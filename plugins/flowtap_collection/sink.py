@@ -32,6 +32,7 @@ from array import array
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import flowtap
+from flowtap.memory import unmap_large_buffers
 from flowtap.paths import atomic_writer, check_writable, expand_path
 from flowtap.serialize import json_bytes
 from flowtap_collection.convert import Converter, Variables
@@ -123,6 +124,7 @@ class CollectionSink(flowtap.Sink):
     # -- the sink -----------------------------------------------------------
 
     def open(self, session: flowtap.Session) -> None:
+        unmap_large_buffers()
         self.path = path = expand_path(self.template, session)
         check_writable(path)
         self.title = self.title or session.name

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import flowtap
+from flowtap.memory import unmap_large_buffers
 from flowtap.paths import check_writable, expand_path
 from flowtap_har import journal
 from flowtap_har.entry import har_entry
@@ -53,6 +54,7 @@ class HarSink(flowtap.Sink):
         self._unsynced = False
 
     def open(self, session: flowtap.Session) -> None:
+        unmap_large_buffers()
         self.path = path = expand_path(self.template, session)
         check_writable(path)
         self.journal_path = journal.journal_path(path)
