@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -130,7 +131,8 @@ def flowtap_config(tmp: Path, port: int, sinks: tuple[str, ...]) -> Path:
     return path
 
 
-def start(tmp: Path, target: str, sinks: tuple[str, ...], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def start(tmp: Path, target: str, sinks: tuple[str, ...],
+          env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
     environ = {**os.environ, "FLOWTAP_DATA_DIR": str(tmp / "flowtap-data"), **env}
     if target == "flowtap":
@@ -176,8 +178,18 @@ def check_outputs(tmp: Path, sinks: tuple[str, ...], flows: int) -> str:
     return f"expected {flows}: " + ", ".join(notes) + f"; {size:.0f} MiB on disk"
 
 
+@dataclass
+class Result:
+    first: float  # RSS after the first count of flows, MiB
+    last: float  # ... after the last
+    peak: float  # VmHWM up to the exit
+    exit: float  # seconds from SIGINT to exit
+    code: int | None
+    outputs: str = ""  # flowtap's files read back
+
+
 def run_target(tmp: Path, url: str, target: str, counts: tuple[int, int], clients: int,
-               sinks: tuple[str, ...], env: dict[str, str]) -> dict[str, object]:
+               sinks: tuple[str, ...], env: dict[str, str]) -> Result:
     proc, port = start(tmp, target, sinks, env)
     try:
         first, last = counts
@@ -200,13 +212,12 @@ def run_target(tmp: Path, url: str, target: str, counts: tuple[int, int], client
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    result: dict[str, object] = {"first": at_first, "last": stats["VmRSS"], "peak": peak, "exit": took,
-                                 "code": proc.returncode}
+    result = Result(at_first, stats["VmRSS"], peak, took, proc.returncode)
     if target == "flowtap":
-        result["outputs"] = check_outputs(tmp, sinks, last)
+        result.outputs = check_outputs(tmp, sinks, last)
         log = (tmp / f"{target}.log").read_text(errors="replace").strip()
         if log:
-            result["outputs"] += "\n" + "\n".join(f"{'':<18}| {line}" for line in log.splitlines()[-8:])
+            result.outputs += "\n" + "\n".join(f"{'':<18}| {line}" for line in log.splitlines()[-8:])
     return result
 
 
@@ -247,16 +258,16 @@ def main() -> int:
             if nginx is not None:
                 nginx.terminate()
                 nginx.wait(10)
-        growth = r["last"] - r["first"]  # type: ignore[operator]
-        print(f"{target:<18}{r['first']:>8.0f}Mi{r['last']:>9.0f}Mi{growth:>+7.0f}Mi{r['peak']:>6.0f}Mi"
-              f"{r['exit']:>12.2f}s  (exit code {r['code']})", flush=True)
-        if "outputs" in r:
-            print(f"{'':<18}outputs: {r['outputs']}", flush=True)
+        growth = r.last - r.first
+        print(f"{target:<18}{r.first:>8.0f}Mi{r.last:>9.0f}Mi{growth:>+7.0f}Mi{r.peak:>6.0f}Mi"
+              f"{r.exit:>12.2f}s  (exit code {r.code})", flush=True)
+        if r.outputs:
+            print(f"{'':<18}outputs: {r.outputs}", flush=True)
             verdict = (f"\nflowtap against the targets: growth {growth:+.0f} MiB "
-                       f"({'ok' if growth < GROWTH_MIB else 'MISSED'}: < {GROWTH_MIB}), peak {r['peak']:.0f} MiB "
-                       f"({'ok' if r['peak'] < PEAK_MIB else 'MISSED'}: < {PEAK_MIB}), "  # type: ignore[operator]
-                       f"SIGINT -> exit {r['exit']:.2f} s "
-                       f"({'ok' if r['exit'] < EXIT_S else 'MISSED'}: < {EXIT_S:g})")  # type: ignore[operator]
+                       f"({'ok' if growth < GROWTH_MIB else 'MISSED'}: < {GROWTH_MIB}), "
+                       f"peak {r.peak:.0f} MiB ({'ok' if r.peak < PEAK_MIB else 'MISSED'}: < {PEAK_MIB}), "
+                       f"SIGINT -> exit {r.exit:.2f} s "
+                       f"({'ok' if r.exit < EXIT_S else 'MISSED'}: < {EXIT_S:g})")
         shutil.rmtree(tmp, ignore_errors=True)
     print(verdict)
     return 0
