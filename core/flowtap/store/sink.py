@@ -88,7 +88,8 @@ class StoreSink(Sink):
                 self._close_interrupted()
                 self.conn.execute(
                     "INSERT INTO sessions (id, name, started, state, pid, config) VALUES (?, ?, ?, ?, ?, ?)",
-                    (session.id, session.name, session.started, session.state.value, os.getpid(), self.config))
+                    (session.id, session.name, session.started, session.state.value, os.getpid(),
+                     self.config))
         except sqlite3.Error as exc:
             self.conn.close()
             self.conn = None
@@ -121,7 +122,8 @@ class StoreSink(Sink):
         wait = self._last_commit + self.interval - time.monotonic()
         if not self.interval or (self._pending and (wait <= 0 or len(self._pending) >= BATCH_ROWS)):
             self._commit()
-        elif self._timer is None:  # flows to hold back, or only new counts (at most one such commit an interval)
+        elif self._timer is None:
+            # flows to hold back, or only new counts (at most one such commit an interval)
             self._timer = self.call_later(wait if self._pending else self.interval, self._commit)
 
     def close(self) -> None:
@@ -156,7 +158,8 @@ class StoreSink(Sink):
         """Flows, marks or new counts to commit."""
         assert self.session is not None
         c = self.session.counts
-        return bool(self._pending or self._marks) or (c.recorded, c.filtered, c.paused, c.received) != self._counts
+        counts = (c.recorded, c.filtered, c.paused, c.received)
+        return bool(self._pending or self._marks) or counts != self._counts
 
     def _commit(self) -> None:
         """Commit the waiting flows, the marks and the counts, in one transaction.
@@ -197,14 +200,16 @@ class StoreSink(Sink):
             raise SinkFailed(f"{self.path}: a flow ({method} {url}) not stored: {error}"
                              + (f"; and {_many(more, 'other')}" if more else ""), lost=len(refused))
 
-    def _insert(self, conn: sqlite3.Connection, session: Session, pending: list[Row]) -> list[tuple[str, str, str]]:
+    def _insert(self, conn: sqlite3.Connection, session: Session,
+                pending: list[Row]) -> list[tuple[str, str, str]]:
         """Insert the waiting flows; a row the database refuses is left out, not the batch.
 
         :returns: the method, URL and error of each flow left out.
         """
         seq = conn.execute("SELECT coalesce(max(seq), 0) FROM flows").fetchone()[0]
         rows = [((seq, columns[0], session.id, *columns[1:], files), (seq, data, request_body, response_body))
-                for seq, (columns, data, request_body, response_body, files, _) in enumerate(pending, seq + 1)]
+                for seq, (columns, data, request_body, response_body, files, _)
+                in enumerate(pending, seq + 1)]
         refused = []
         conn.execute("SAVEPOINT batch")
         try:
@@ -303,6 +308,7 @@ class StoreSink(Sink):
 
     def _body_file(self, body: bytes, part: str) -> str:
         """Write a body beside the database; its name relative to the bodies directory."""
+        assert self.session is not None
         name = f"{self.session.id}/{secrets.token_hex(8)}.{part}"
         target = db.bodies_dir(self.path) / name
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -317,10 +323,12 @@ class StoreSink(Sink):
 
     def _close_interrupted(self) -> None:
         """Mark sessions whose process died without ending them as interrupted."""
-        rows = self.conn.execute("SELECT id, pid FROM sessions WHERE state IN ('running', 'paused')").fetchall()
+        conn = self.conn
+        assert conn is not None
+        rows = conn.execute("SELECT id, pid FROM sessions WHERE state IN ('running', 'paused')").fetchall()
         for sid, pid in rows:
             if pid != os.getpid() and not pid_alive(pid):
-                self.conn.execute(
+                conn.execute(
                     "UPDATE sessions SET state = 'interrupted', ended = coalesce("
                     "(SELECT max(time) FROM flows WHERE session = ?), started) WHERE id = ?", (sid, sid))
 
