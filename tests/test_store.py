@@ -247,6 +247,15 @@ def test_reading_never_changes_the_database(stored):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
 
 
+def test_the_package_exports_what_it_lists_and_loads_it_on_first_use():
+    # __all__ is spelled out for linters; the lazy table must name the same things.
+    assert sorted(flowtap.store.__all__) == sorted(flowtap.store._WHERE)
+    for name in flowtap.store.__all__:
+        assert getattr(flowtap.store, name).__name__ == name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        flowtap.store.nope  # noqa: B018 -- the attribute access is what raises
+
+
 def test_flows_are_found_by_id_or_unique_prefix(tmp_path):
     path = tmp_path / "s.db"
     with capture(config=store_config(path)) as cap:
