@@ -124,6 +124,13 @@ def test_rows_hold_the_searchable_fields(stored):
     assert round(health.duration) == 50 and health.source == "test"
 
 
+def test_the_port_column_is_the_scheme_default_when_the_url_has_none_or_a_bad_one():
+    port = db.FLOW_COLUMNS.index("port") - 2  # flow_columns leaves out seq and session, both before it
+    ports = [db.flow_columns(make_flow(url=url))[port]
+             for url in ("https://a.test:8443/x", "https://a.test/x", "http://a.test:99999/x", "ws://a.test:x/")]
+    assert ports == [8443, 443, 80, 80]
+
+
 def test_serialize_round_trips_every_field():
     for flow in corpus():
         assert serialize.loads(serialize.dumps(flow)) == flow
