@@ -79,35 +79,38 @@ class StoreSink(Sink):
     def open(self, session: Session) -> None:
         unmap_large_buffers()
         try:
-            self.conn = db.connect(self.path, write=True)
+            self.conn = conn = db.connect(self.path, write=True)
         except StoreError as exc:
             raise SinkError(str(exc)) from None
         self.session = session
         try:
-            with db.transaction(self.conn):
-                self._close_interrupted()
-                self.conn.execute(
-                    "INSERT INTO sessions (id, name, started, state, pid, config) VALUES (?, ?, ?, ?, ?, ?)",
-                    (session.id, session.name, session.started, session.state.value, os.getpid(),
-                     self.config))
+            with db.transaction(conn):
+                self._close_interrupted(conn)
+                conn.execute("INSERT INTO sessions (id, name, started, state, pid, config) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             (session.id, session.name, session.started, session.state.value, os.getpid(),
+                              self.config))
         except sqlite3.Error as exc:
-            self.conn.close()
+            conn.close()
             self.conn = None
             raise SinkError(str(db.error(self.path, exc, "write"))) from None
 
     def write(self, flow: Flow) -> None:
+        session = self.session
+        if session is None or self.conn is None:  # never opened, or closed: nothing would commit it
+            raise SinkFailed(f"{self.path}: the store is not open; the flow is lost", lost=1)
         files = 0
         request_body: bytes | None = flow.request.body
         response_body: bytes | None = None
         request_file = response_file = None
         try:
             if len(flow.request.body) > self.threshold:
-                request_file = self._body_file(flow.request.body, "request")
+                request_file = self._body_file(session, flow.request.body, "request")
                 request_body, files = None, db.REQUEST_FILE
             if flow.response is not None:
                 response_body = flow.response.body
                 if len(flow.response.body) > self.threshold:
-                    response_file = self._body_file(flow.response.body, "response")
+                    response_file = self._body_file(session, flow.response.body, "response")
                     response_body, files = None, files | db.RESPONSE_FILE
         except OSError as exc:
             self._remove_bodies(request_file)
@@ -123,7 +126,7 @@ class StoreSink(Sink):
         if not self.interval or (self._pending and (wait <= 0 or len(self._pending) >= BATCH_ROWS)):
             self._commit()
         elif self._timer is None:
-            # flows to hold back, or only new counts (at most one such commit an interval)
+            # Flows to hold back, or only new counts (at most one such commit an interval).
             self._timer = self.call_later(wait if self._pending else self.interval, self._commit)
 
     def close(self) -> None:
@@ -306,10 +309,9 @@ class StoreSink(Sink):
                 except OSError:
                     pass
 
-    def _body_file(self, body: bytes, part: str) -> str:
+    def _body_file(self, session: Session, body: bytes, part: str) -> str:
         """Write a body beside the database; its name relative to the bodies directory."""
-        assert self.session is not None
-        name = f"{self.session.id}/{secrets.token_hex(8)}.{part}"
+        name = f"{session.id}/{secrets.token_hex(8)}.{part}"
         target = db.bodies_dir(self.path) / name
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -321,10 +323,8 @@ class StoreSink(Sink):
             raise
         return name
 
-    def _close_interrupted(self) -> None:
+    def _close_interrupted(self, conn: sqlite3.Connection) -> None:
         """Mark sessions whose process died without ending them as interrupted."""
-        conn = self.conn
-        assert conn is not None
         rows = conn.execute("SELECT id, pid FROM sessions WHERE state IN ('running', 'paused')").fetchall()
         for sid, pid in rows:
             if pid != os.getpid() and not pid_alive(pid):
