@@ -202,7 +202,7 @@ def test_every_operator_is_covered():
 @pytest.mark.parametrize(
     "expression, position",
     [("~d (", 3), ("~c abc", 3), ("~zz foo", 0), ('"unterminated', 0), ("~b [", 3),
-     ("~s & (~q", 5), ("(~s | ~q)", 4)],
+     ("~s & (~q", 5), ("(~s | ~q)", 8)],
 )  # fmt: skip
 def test_filter_error_position(expression, position):
     with pytest.raises(FilterError) as info:
@@ -214,6 +214,36 @@ def test_filter_error_position(expression, position):
     assert repr(expression) in message and f"column {position + 1}" in message
     shown, caret = message.splitlines()[1:3]
     assert caret.index("^") == shown.index(expression) + position
+
+
+@pytest.mark.parametrize("expression, column, detail", [
+    ("~x foo", 1, "unknown operator ~x (operators: ~a ~all ~b ~bq ~bs ~c ~comment ~d ~dns ~dst ~e ~h ~hq ~hs "
+                  "~http ~m ~marked ~marker ~meta ~q ~replay ~replayq ~replays ~s ~src ~t ~tcp ~tq ~ts ~u ~udp "
+                  "~websocket)"),
+    ("~m GET | ~cc 200", 10, "unknown operator ~cc; did you mean ~c?"),
+    ("~d", 3, "~d needs a value to match (domain), e.g. ~d api.example.com"),
+    ("~d foo & ~m", 12, "~m needs a value to match (method), e.g. ~m POST"),
+    ("~c abc", 4, "~c needs a number (HTTP response code), e.g. ~c 404, got 'abc'"),
+    ("~d foo & (~m GET", 10, "'(' is never closed: expected ')'"),
+    ("~d a)", 5, "')' without a matching '('"),
+    ('~h "abc', 4, 'the quote " is never closed'),
+    ("(~s | ~q)", 9, "put a space between ~q and )"),
+    ("~d a ~", 6, "~ must be followed by an operator, e.g. ~d api.example.com"),
+])  # fmt: skip
+def test_filter_errors_say_what_was_expected_in_the_filters_own_words(expression, column, detail):
+    with pytest.raises(FilterError) as info:
+        compile_expression(expression)
+    assert str(info.value).splitlines()[0] == (
+        f"invalid filter expression {expression!r}: error at column {column}: {detail}")
+
+
+def test_no_parser_internals_in_filter_errors():
+    for expression in ["~x foo", "~d", "~c", "(~d a", "~d a)", "~h 'a", "~q)", "~d ~m", "!~", "~d a & (~m"]:
+        with pytest.raises(FilterError) as info:
+            compile_expression(expression)
+        message = str(info.value)
+        for internal in ("Expected", "Suppress", "W:(", "end of text", "enclosed in"):
+            assert internal not in message, (expression, message)
 
 
 def test_filter_error_bad_regex_and_empty():

@@ -180,7 +180,8 @@ def compile_expression(expression: str) -> Predicate:
     try:
         tree = flowfilter.bnf.parseString(expression, parseAll=True)[0]
     except pyparsing.ParseBaseException as e:
-        raise FilterError(expression, e.msg, e.loc) from e
+        column, detail = explain(expression, e.loc, flowfilter)
+        raise FilterError(expression, detail, column) from None
     except ValueError as e:  # a regex that does not compile (or encode)
         cause = e.__context__
         if not isinstance(cause, re.error) or cause.pattern is None:
@@ -195,6 +196,96 @@ def compile_expression(expression: str) -> Predicate:
         return _compile_node(tree, flowfilter)
     except NotImplementedError as e:  # an operator newer than this module
         raise FilterError(expression, str(e)) from e
+
+
+# --- saying what is wrong with an expression, in the filter language's own words ------------
+
+#: A value to show in "e.g. ~d example.com" for operators that take one.
+_EXAMPLES = {"d": "api.example.com", "m": "POST", "u": "/users", "c": "404", "t": "json", "tq": "json",
+             "ts": "json", "h": "Authorization", "hq": "Authorization", "hs": "Set-Cookie",
+             "b": "token", "bq": "token", "bs": "token", "src": "127.0.0.1", "dst": "127.0.0.1"}
+_NOT_IN_WORDS = "()~'\"" + " \t\n\r"
+
+
+def _operators(ff) -> dict[str, tuple[str, str]]:
+    """``code -> (kind, help)`` from mitmproxy's grammar: kind is "flag", "regex" or "number"."""
+    found: dict[str, tuple[str, str]] = {}
+    for kind, classes in (("flag", ff.filter_unary), ("regex", ff.filter_rex), ("number", ff.filter_int)):
+        for cls in classes:
+            found[cls.code] = (kind, cls.help)
+    return found
+
+
+def _word_end(text: str, start: int) -> int:
+    end = start
+    while end < len(text) and text[end] not in _NOT_IN_WORDS:
+        end += 1
+    return end
+
+
+def explain(expression: str, loc: int, ff) -> tuple[int, str]:
+    """Where an expression mitmproxy's grammar refused goes wrong, and why, as ``(column from 0, text)``.
+
+    Looks for what people get wrong (an unknown ``~x``, an operator without its value, a quote or
+    parenthesis left open) and says it in the filter language's terms; otherwise says what may come
+    at the parser's position. Never the parser's own vocabulary.
+    """
+    import difflib
+
+    operators = _operators(ff)
+    opened: list[int] = []
+    i = 0
+    while i < len(expression):
+        char = expression[i]
+        if char in "\"'":
+            end = i + 1
+            while end < len(expression) and expression[end] != char:
+                end += 2 if expression[end] == "\\" else 1
+            if end >= len(expression):
+                return i, f"the quote {char} is never closed"
+            i = end + 1
+        elif char == "(":
+            opened.append(i)
+            i += 1
+        elif char == ")":
+            if not opened:
+                return i, "')' without a matching '('"
+            opened.pop()
+            i += 1
+        elif char == "~":
+            end = _word_end(expression, i + 1)
+            code = expression[i + 1:end]
+            if not code:
+                return i, "~ must be followed by an operator, e.g. ~d api.example.com"
+            if code not in operators:
+                close = difflib.get_close_matches(code, list(operators), n=1, cutoff=0.5)
+                if close:
+                    return i, f"unknown operator ~{code}; did you mean ~{close[0]}?"
+                known = " ".join(f"~{c}" for c in sorted(operators))
+                return i, f"unknown operator ~{code} (operators: {known})"
+            if end < len(expression) and not expression[end].isspace():
+                return end, f"put a space between ~{code} and {expression[end]}"
+            kind, help_text = operators[code]
+            if help_text[1:2].islower():  # "Domain" -> "domain"; "HTTP response code" stays
+                help_text = help_text[0].lower() + help_text[1:]
+            value = end
+            while value < len(expression) and expression[value].isspace():
+                value += 1
+            example = f"~{code} {_EXAMPLES.get(code, 'text')}"
+            if kind == "regex" and (value >= len(expression) or expression[value] in "()~"):
+                return value, f"~{code} needs a value to match ({help_text}), e.g. {example}"
+            if kind == "number":
+                digits = expression[value:_word_end(expression, value)]
+                if not digits.isdigit():
+                    got = f", got {digits!r}" if digits else ""
+                    return value, f"~{code} needs a number ({help_text}), e.g. {example}{got}"
+            i = end
+        else:
+            i += 1
+    if opened:
+        return opened[-1], "'(' is never closed: expected ')'"
+    return loc, ("expected a filter here, e.g. ~d api.example.com, ~m POST, !~t image, "
+                 "joined with & (and), | (or), grouped with ( )")
 
 
 # --- Postman's simple session filters -----------------------------------------
