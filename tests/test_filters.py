@@ -217,9 +217,9 @@ def test_filter_error_position(expression, position):
 
 
 @pytest.mark.parametrize("expression, column, detail", [
-    ("~x foo", 1, "unknown operator ~x (operators: ~a ~all ~b ~bq ~bs ~c ~comment ~d ~dns ~dst ~e ~h ~hq ~hs "
-                  "~http ~m ~marked ~marker ~meta ~q ~replay ~replayq ~replays ~s ~src ~t ~tcp ~tq ~ts ~u ~udp "
-                  "~websocket)"),
+    ("~x foo", 1, "unknown operator ~x (operators: ~a ~all ~b ~bq ~bs ~c ~comment ~d ~dns ~dst ~e ~h ~hq "
+                  "~hs ~http ~m ~marked ~marker ~meta ~q ~replay ~replayq ~replays ~s ~src ~t ~tcp ~tq ~ts "
+                  "~u ~udp ~websocket)"),
     ("~m GET | ~cc 200", 10, "unknown operator ~cc; did you mean ~c?"),
     ("~d", 3, "~d needs a value to match (domain), e.g. ~d api.example.com"),
     ("~d foo & ~m", 12, "~m needs a value to match (method), e.g. ~m POST"),
