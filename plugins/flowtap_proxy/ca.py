@@ -119,13 +119,27 @@ def trust_instructions(path: Path) -> list[str]:
 
 
 def setup(parser: argparse.ArgumentParser) -> None:
+    from flowtap.commandline import describe
+
+    describe(parser, "Where flowtap's CA certificate is, and how to make each kind of client trust it: the "
+                     "system stores, Chrome/Chromium on Linux, Firefox, Java, Node.js, Python, Android "
+                     "emulators and devices, iOS, containers. The CA is created on first use.",
+             "flowtap ca", "flowtap ca export --format pem -o flowtap-ca.pem",
+             "curl --cacert flowtap-ca.pem -x http://127.0.0.1:5555 https://api.example.com/")
     actions = parser.add_subparsers(dest="ca_action", metavar="ACTION")
     export = actions.add_parser("export", help="write the CA certificate (never its key) to a file")
+    describe(export, "Write the CA certificate, never its private key, to a file or stdout.",
+             "flowtap ca export -o flowtap-ca.pem", "flowtap ca export --format der -o flowtap-ca.cer",
+             "flowtap ca export --format p12 -o flowtap-ca.p12   # Windows, some Java tools")
     export.add_argument("--format", choices=("pem", "der", "p12"), default="pem",
                         help="pem (default), der (binary), or p12 (PKCS#12, e.g. for Windows)")
     export.add_argument("-o", "--output", required=True, metavar="FILE",
                         help='the file to write ("-" for stdout)')
-    actions.add_parser("regenerate", help="replace the CA with a new one (clients must trust it again)")
+    regenerate = actions.add_parser("regenerate",
+                                    help="replace the CA with a new one (clients must trust it again)")
+    describe(regenerate, "Replace the CA with a new key and certificate (when it expired, or its key may "
+                         "have leaked). Every client that trusted the old one must be given the new one.",
+             "flowtap ca regenerate && flowtap ca export -o flowtap-ca.pem")
 
 
 def run(args: argparse.Namespace) -> int:
