@@ -174,7 +174,7 @@ def test_set_of_an_unknown_key_or_table_and_a_bad_filter_blame_set(tmp_path):
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "flowtap: error: --set filters.expression=~d foo & (~m GET: [filters] expression: "
-        "invalid filter expression '~d foo & (~m GET': error at column 10: '(' is never closed: expected ')'",
+        "invalid filter expression '~d foo & (~m GET': error at column 10: '(' without its ')'",
         "  ~d foo & (~m GET",
         "           ^",
     ]

@@ -228,6 +228,19 @@ def test_wrong_key_is_refused_closed_and_logged(bridge, caplog):
     assert "wrong pairing key" in caplog.text and "refused a connection" in caplog.text
 
 
+def test_a_client_that_never_says_hello_is_refused_in_time(bridge, caplog, monkeypatch):
+    monkeypatch.setattr("flowtap_interceptor.bridge.HELLO_TIMEOUT", 0.2)
+    _, port, _ = bridge()
+    client = Client(port)  # reads the challenge and answers nothing
+    reply = client.recv()
+    assert reply["type"] == "error" and reply["code"] == "auth_required"
+    assert "no hello within 0.2s" in reply["message"]
+    with pytest.raises(ConnectionClosed) as info:
+        client.ws.recv(timeout=5)
+    assert info.value.rcvd.code == 4401  # not 1011, the code of a handler that crashed
+    assert "Traceback" not in caplog.text
+
+
 def test_the_key_itself_is_not_a_proof(bridge):
     _, port, _ = bridge()
     client = Client(port, proof="s3cret-test-key")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from flowtap.model import Flow, Request, _Message
@@ -166,6 +167,81 @@ def _compile_node(node: object, ff) -> Predicate:
     raise NotImplementedError(f"operator ~{code} is not supported")
 
 
+# pyparsing's QuotedString(q, esc_char="\\"), as mitmproxy's grammar uses it
+_QUOTED = {q: re.compile(rf"{q}(?:[^{q}\\]|\\.)*{q}") for q in "\"'"}
+_CODE = re.compile(r"\w*")
+_DIGIT = re.compile("[0-9]")
+#: A value to show in "e.g. ~d api.example.com" for the operators that take one.
+_EXAMPLES = {"d": "api.example.com", "m": "POST", "u": "/users", "c": "404", "t": "json", "tq": "json",
+             "ts": "json", "h": "Authorization", "hq": "Authorization", "hs": "Set-Cookie",
+             "b": "token", "bq": "token", "bs": "token", "src": "127.0.0.1", "dst": "127.0.0.1"}
+#: What is said when no common mistake explains why the grammar refused an expression: never
+#: pyparsing's own words ("Expected Suppress:('|') term"), which name its internals.
+_EXPECTED = ("expected a filter here, e.g. ~d api.example.com, ~m POST, !~t image, "
+             "joined with & (and), | (or), grouped with ( )")
+
+
+def _first_mistake(expression: str, flowfilter: Any) -> tuple[int, str] | None:
+    """The first mistake in an expression mitmproxy's grammar refused, by that grammar's rules:
+    its column and what is wrong, in the filter language's own words; None if it is none of the
+    common ones.
+
+    pyparsing's own error column depends on its version: from 3.3 on, a bad operand is reported
+    at its start, with every alternative of the grammar as the message.
+    """
+    import difflib
+
+    kinds = {cls.code: ("flag", cls.help) for cls in flowfilter.filter_unary}
+    kinds.update({cls.code: ("value", cls.help) for cls in flowfilter.filter_rex})
+    kinds.update({cls.code: ("number", cls.help) for cls in flowfilter.filter_int})
+    opened: list[int] = []
+    i = 0
+    while i < len(expression):
+        char = expression[i]
+        if char in "\"'":
+            quoted = _QUOTED[char].match(expression, i)
+            if quoted is None:
+                return i, f"unterminated quoted string: its {char} is never closed"
+            i = quoted.end()
+            continue
+        if char == "(":
+            opened.append(i)
+        elif char == ")":
+            if not opened:
+                return i, "')' without its '('"
+            opened.pop()
+        elif char == "~":
+            word = _CODE.match(expression, i + 1)
+            assert word is not None  # \w* matches, if only the empty string
+            code, end = word.group(), word.end()
+            if not code:
+                return i, "~ must be followed by an operator, e.g. ~d api.example.com"
+            if code not in kinds:
+                close = difflib.get_close_matches(code, list(kinds), n=1, cutoff=0.5)
+                if close:
+                    return i, f"unknown operator ~{code}; did you mean ~{close[0]}?"
+                return i, f"unknown operator ~{code} (operators: {' '.join('~' + c for c in sorted(kinds))})"
+            if end < len(expression) and not expression[end].isspace():
+                return end, f"~{code} must be followed by a space"
+            kind, what = kinds[code]
+            if what[1:2].islower():  # "Domain" -> "domain"; "HTTP response code" stays
+                what = what[0].lower() + what[1:]
+            example = f"e.g. ~{code} {_EXAMPLES.get(code, 'text')}"
+            value = len(expression) - len(expression[end:].lstrip())
+            if kind == "number" and not _DIGIT.match(expression, value):
+                got = expression[value:].split(maxsplit=1)[0] if expression[value:].strip() else ""
+                got = f"; got {got!r}" if got else ""
+                return value, f"~{code} expects a number ({what}), {example}{got}"
+            if kind == "value" and (value == len(expression) or expression[value] in "()~"):
+                return value, f"~{code} expects a value ({what}): a word or a quoted string, {example}"
+            i = end
+            continue
+        i += 1
+    if opened:
+        return opened[-1], "'(' without its ')'"
+    return None
+
+
 def compile_expression(expression: str) -> Predicate:
     """Compile a mitmproxy filter expression into a predicate over flowtap flows.
 
@@ -180,7 +256,7 @@ def compile_expression(expression: str) -> Predicate:
     try:
         tree = flowfilter.bnf.parseString(expression, parseAll=True)[0]
     except pyparsing.ParseBaseException as e:
-        column, detail = explain(expression, e.loc, flowfilter)
+        column, detail = _first_mistake(expression, flowfilter) or (e.loc, _EXPECTED)
         raise FilterError(expression, detail, column) from None
     except ValueError as e:  # a regex that does not compile (or encode)
         cause = e.__context__
@@ -196,96 +272,6 @@ def compile_expression(expression: str) -> Predicate:
         return _compile_node(tree, flowfilter)
     except NotImplementedError as e:  # an operator newer than this module
         raise FilterError(expression, str(e)) from e
-
-
-# --- saying what is wrong with an expression, in the filter language's own words ------------
-
-#: A value to show in "e.g. ~d example.com" for operators that take one.
-_EXAMPLES = {"d": "api.example.com", "m": "POST", "u": "/users", "c": "404", "t": "json", "tq": "json",
-             "ts": "json", "h": "Authorization", "hq": "Authorization", "hs": "Set-Cookie",
-             "b": "token", "bq": "token", "bs": "token", "src": "127.0.0.1", "dst": "127.0.0.1"}
-_NOT_IN_WORDS = "()~'\"" + " \t\n\r"
-
-
-def _operators(ff) -> dict[str, tuple[str, str]]:
-    """``code -> (kind, help)`` from mitmproxy's grammar: kind is "flag", "regex" or "number"."""
-    found: dict[str, tuple[str, str]] = {}
-    for kind, classes in (("flag", ff.filter_unary), ("regex", ff.filter_rex), ("number", ff.filter_int)):
-        for cls in classes:
-            found[cls.code] = (kind, cls.help)
-    return found
-
-
-def _word_end(text: str, start: int) -> int:
-    end = start
-    while end < len(text) and text[end] not in _NOT_IN_WORDS:
-        end += 1
-    return end
-
-
-def explain(expression: str, loc: int, ff) -> tuple[int, str]:
-    """Where an expression mitmproxy's grammar refused goes wrong, and why, as ``(column from 0, text)``.
-
-    Looks for what people get wrong (an unknown ``~x``, an operator without its value, a quote or
-    parenthesis left open) and says it in the filter language's terms; otherwise says what may come
-    at the parser's position. Never the parser's own vocabulary.
-    """
-    import difflib
-
-    operators = _operators(ff)
-    opened: list[int] = []
-    i = 0
-    while i < len(expression):
-        char = expression[i]
-        if char in "\"'":
-            end = i + 1
-            while end < len(expression) and expression[end] != char:
-                end += 2 if expression[end] == "\\" else 1
-            if end >= len(expression):
-                return i, f"the quote {char} is never closed"
-            i = end + 1
-        elif char == "(":
-            opened.append(i)
-            i += 1
-        elif char == ")":
-            if not opened:
-                return i, "')' without a matching '('"
-            opened.pop()
-            i += 1
-        elif char == "~":
-            end = _word_end(expression, i + 1)
-            code = expression[i + 1:end]
-            if not code:
-                return i, "~ must be followed by an operator, e.g. ~d api.example.com"
-            if code not in operators:
-                close = difflib.get_close_matches(code, list(operators), n=1, cutoff=0.5)
-                if close:
-                    return i, f"unknown operator ~{code}; did you mean ~{close[0]}?"
-                known = " ".join(f"~{c}" for c in sorted(operators))
-                return i, f"unknown operator ~{code} (operators: {known})"
-            if end < len(expression) and not expression[end].isspace():
-                return end, f"put a space between ~{code} and {expression[end]}"
-            kind, help_text = operators[code]
-            if help_text[1:2].islower():  # "Domain" -> "domain"; "HTTP response code" stays
-                help_text = help_text[0].lower() + help_text[1:]
-            value = end
-            while value < len(expression) and expression[value].isspace():
-                value += 1
-            example = f"~{code} {_EXAMPLES.get(code, 'text')}"
-            if kind == "regex" and (value >= len(expression) or expression[value] in "()~"):
-                return value, f"~{code} needs a value to match ({help_text}), e.g. {example}"
-            if kind == "number":
-                digits = expression[value:_word_end(expression, value)]
-                if not digits.isdigit():
-                    got = f", got {digits!r}" if digits else ""
-                    return value, f"~{code} needs a number ({help_text}), e.g. {example}{got}"
-            i = end
-        else:
-            i += 1
-    if opened:
-        return opened[-1], "'(' is never closed: expected ')'"
-    return loc, ("expected a filter here, e.g. ~d api.example.com, ~m POST, !~t image, "
-                 "joined with & (and), | (or), grouped with ( )")
 
 
 # --- Postman's simple session filters -----------------------------------------

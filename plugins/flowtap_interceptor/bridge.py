@@ -205,7 +205,7 @@ class Bridge:
         try:
             raw = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
             hello = self._parse(raw, ("hello",))
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             return await self._refuse(ws, peer, origin, "auth_required",
                                       f"no hello within {HELLO_TIMEOUT:g}s; pair the extension first")
         except ProtocolError as exc:
