@@ -22,12 +22,14 @@ def test_wheel_contains_every_package_and_entry_point(tmp_path):
     for package in PACKAGES:
         assert f"{package}/__init__.py" in names, package
     assert not any(n.startswith(("core/", "plugins/", "tests/")) for n in names)
+    assert "flowtap_pytest/__init__.py" in names  # the pytest plugin, apart from the flowtap package
+    assert "flowtap/config.example.toml" in names  # what `flowtap init` writes
     assert "flowtap/py.typed" in names  # plugin authors' type checkers read flowtap's annotations
     for extension_file in ["manifest.json", "background.js", "popup.html", "protocol.json"]:
         assert f"flowtap_interceptor/extension/{extension_file}" in names, extension_file
     for name in ["proxy", "interceptor", "har", "collection", "cookiejar"]:
         assert f"{name} = flowtap_{name}" in entry_points
-    assert "flowtap = flowtap.testing" in entry_points and "flowtap = flowtap.cli:main" in entry_points
+    assert "flowtap = flowtap_pytest" in entry_points and "flowtap = flowtap.cli:main" in entry_points
     assert "Requires-Python: >=3.10" in metadata
     for dependency in ["pluggy", "mitmproxy>=10.1", "attrs", "platformdirs", "tomli", "websockets"]:
         assert f"Requires-Dist: {dependency}" in metadata, dependency
