@@ -8,6 +8,7 @@ import sys
 import traceback
 from collections.abc import Iterable, Iterator
 from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import attrs
@@ -82,7 +83,7 @@ class _Manager(pluggy.PluginManager):
         finally:
             self.version += 1
 
-    def add_hookspecs(self, module_or_class: object) -> None:
+    def add_hookspecs(self, module_or_class: ModuleType | type) -> None:  # pluggy's _Namespace
         try:
             super().add_hookspecs(module_or_class)
         finally:
@@ -122,7 +123,7 @@ class PluginHost:
         #: The plugin whose hook implementation is running (for register callbacks).
         self.calling: str | None = None
         self._impls: dict[str, _Plan] = {}  # hook -> how to call it
-        self._unknown: dict[str, dict[str, str | None]] = {}  # plugin -> its misspelled hooks, until its info
+        self._unknown: dict[str, dict[str, str | None]] = {}  # plugin -> its misspelled hooks, for its info
 
     # -- loading ------------------------------------------------------------
 
@@ -157,10 +158,12 @@ class PluginHost:
                 info.status = "failed"
                 info.error = f"{type(exc).__name__}: {exc}"
                 info.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                message = f"plugin {ep.name!r} (from {dist or 'unknown distribution'}) failed to load: {info.error}"
+                message = (f"plugin {ep.name!r} (from {dist or 'unknown distribution'}) failed to load: "
+                           f"{info.error}")
                 if self.strict:
                     raise PluginLoadError(message) from exc
-                log.warning("%s", message, exc_info=log.isEnabledFor(logging.DEBUG), extra={"plugin": ep.name})
+                log.warning("%s", message, exc_info=log.isEnabledFor(logging.DEBUG),
+                            extra={"plugin": ep.name})
                 continue
             info.hooks = self._hooks_of(plugin)
             info.unknown_hooks = self._unknown.pop(ep.name, {})
@@ -169,16 +172,18 @@ class PluginHost:
         """Register an object or module with ``@flowtap.hookimpl`` functions; returns its name."""
         name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
         if name in self.disabled:
-            self.infos[name] = PluginInfo(name, "disabled", module=_module_of(plugin), reason="disabled by name")
+            self.infos[name] = PluginInfo(name, "disabled", module=_module_of(plugin),
+                                          reason="disabled by name")
             return name
         self._register(plugin, name)
-        self.infos[name] = PluginInfo(name, "enabled", module=_module_of(plugin), hooks=self._hooks_of(plugin),
-                                      unknown_hooks=self._unknown.pop(name, {}))
+        self.infos[name] = PluginInfo(name, "enabled", module=_module_of(plugin),
+                                      hooks=self._hooks_of(plugin), unknown_hooks=self._unknown.pop(name, {}))
         return name
 
     def _register(self, plugin: object, name: str) -> None:
         self.pm.register(plugin, name=name)
-        unknown = {c.name: closest_hook(c.name) for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec()}
+        unknown = {c.name: closest_hook(c.name)
+                   for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec()}
         if unknown:  # a misspelled hook would otherwise never be called, silently
             self._unknown[name] = unknown
             message = f"plugin {name!r}: {misspelled(unknown)}; flowtap never calls it"
@@ -200,7 +205,8 @@ class PluginHost:
 
     # -- calling ------------------------------------------------------------
 
-    def each(self, hook: str, reraise: type[Exception] | tuple = (), **kwargs: Any) -> Iterator[tuple[str, Any]]:
+    def each(self, hook: str, reraise: type[Exception] | tuple = (),
+             **kwargs: Any) -> Iterator[tuple[str, Any]]:
         """Call every implementation of ``hook`` on its own; yield ``(plugin name, result)``.
 
         An implementation that raises is logged with the plugin's name and a

@@ -368,18 +368,20 @@ def setup_search(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_show(parser: argparse.ArgumentParser) -> None:
-    describe(parser, "One stored flow in full: request and response lines, headers, and bodies (decoded and "
-                     "pretty-printed when they are text).",
-             "flowtap show 7f3a9c2e", "flowtap show 7f3a9c2e --raw > body.bin", "flowtap show 7f3a9c2e --json")
+    describe(parser, "One stored flow in full: request and response lines, headers, and bodies (decoded "
+                     "and pretty-printed when they are text).",
+             "flowtap show 7f3a9c2e", "flowtap show 7f3a9c2e --raw > body.bin",
+             "flowtap show 7f3a9c2e --json")
     parser.add_argument("flow", metavar="FLOW_ID", help="the flow's id, or its start (as search prints it)")
-    parser.add_argument("--raw", action="store_true", help="bodies as they are, not decoded or pretty-printed")
+    parser.add_argument("--raw", action="store_true",
+                        help="bodies as they are, not decoded or pretty-printed")
     parser.add_argument("--json", action="store_true", help="the whole flow as JSON (bodies in base64)")
 
 
 def setup_export(parser: argparse.ArgumentParser) -> None:
     describe(parser, "Replay a stored session through a sink, as if it were captured now (a HAR file, a "
-                     "Postman collection, a cookie jar, or a third-party sink), or print it as curl commands. "
-                     "On a terminal, an export that takes more than a second shows its progress.",
+                     "Postman collection, a cookie jar, or a third-party sink), or print it as curl "
+                     "commands. On a terminal, an export that takes more than a second shows its progress.",
              "flowtap export last --sink har -o session.har",
              "flowtap export last --sink collection -o checkout.postman_collection.json",
              "flowtap export checkout --format curl --filter '~m POST'")
