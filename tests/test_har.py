@@ -277,11 +277,16 @@ def test_a_left_over_journal_is_never_overwritten(tmp_path, caplog):
     before = journal.read_bytes()
     with capture("har", config=har_config(tmp_path / "crash.har")) as cap:
         cap.feed(make_flow(url="https://b.example/new"))
-        assert cap.sink("har").journal_path.name == "crash.har.2.journal"
+        assert cap.sink("har").journal_path.name == "crash-2.har.journal"
     assert journal.read_bytes() == before
     assert "flowtap har finalize" in caplog.text
-    assert [e["request"]["url"] for e in load_json(tmp_path / "crash.har")["log"]["entries"]] == [
+    # The crashed session keeps its HAR's name: the rerun never takes it (issue 11, item 10)
+    assert not (tmp_path / "crash.har").exists()
+    assert [e["request"]["url"] for e in load_json(tmp_path / "crash-2.har")["log"]["entries"]] == [
         "https://b.example/new"]
+    assert run_cli("har", "finalize", str(journal)).returncode == 0
+    assert [e["request"]["url"] for e in load_json(tmp_path / "crash.har")["log"]["entries"]] == [
+        "https://a.example/1", "https://a.example/2"]
 
 
 def test_a_har_that_cannot_be_written_at_the_end_keeps_the_journal(tmp_path, caplog):
@@ -445,3 +450,12 @@ def test_a_failed_connect_reads_back_as_mitmproxy_reads_a_connect(tmp_path, judg
         ("CONNECT", "bank.example:8443", 0), ("CONNECT", "bank.example:443", 0)]
     # mitmproxy writes an IPv6 authority without brackets; host and port are read right
     assert (read[2].request.method, read[2].request.host, read[2].request.port) == ("CONNECT", "::1", 9443)
+
+
+def test_a_rerun_never_overwrites_another_sessions_har(tmp_path):
+    out = tmp_path / "api.har"
+    for n in (1, 2, 3):
+        with capture("har", config=har_config(out)) as cap:
+            cap.feed(*(make_flow(url=f"https://a.example/{n}/{i}") for i in range(n)))
+    names = ("api.har", "api-2.har", "api-3.har")
+    assert [len(load_json(tmp_path / name)["log"]["entries"]) for name in names] == [1, 2, 3]

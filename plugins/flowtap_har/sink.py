@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import flowtap
-from flowtap.paths import check_writable, expand_path
+from flowtap.paths import check_writable, expand_path, unused_path
 from flowtap_har import journal
 from flowtap_har.entry import har_entry
 
@@ -53,7 +53,14 @@ class HarSink(flowtap.Sink):
         self._unsynced = False
 
     def open(self, session: flowtap.Session) -> None:
-        self.path = path = expand_path(self.template, session)
+        path = expand_path(self.template, session)
+        self.path = unused_path(path, (journal.SUFFIX,))  # never another session's HAR, nor its name
+        if self.path != path:
+            left = path.with_name(path.name + journal.SUFFIX)
+            why = (f"a journal an earlier run left is there (`flowtap har finalize {left}` makes its HAR)"
+                   if left.exists() else "it holds another session's HAR")
+            log.warning("%s: %s; writing this session's HAR to %s", path, why, self.path)
+        path = self.path
         check_writable(path)
         self.journal_path = journal.journal_path(path)
         if self.journal_path.name != path.name + journal.SUFFIX:

@@ -288,7 +288,15 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
         raw = config.raw
         for name, other in capture.sink_factories.items():
             _table(raw, other.table)["enabled"] = name == args.sink
-        _table(raw, entry.table)["path"] = str(Path(args.output).expanduser())
+        # -o names the file to write: an existing one is replaced once the export is done (a live
+        # session never overwrites another's file, so the sink writes beside it first).
+        from flowtap.paths import expand_path
+
+        target = expand_path(args.output, session)
+        scratch = target.with_name(f".{target.name}.export-{os.getpid()}") if target.is_file() else target
+        if scratch != target:
+            scratch = scratch.with_name(scratch.name + "".join(target.suffixes[-2:]))
+        _table(raw, entry.table)["path"] = str(scratch)
         for other in capture.source_factories.values():
             _table(raw, other.table)["enabled"] = False
         raw.pop("filters", None)  # the stored flows passed the capture's filters already
@@ -303,10 +311,16 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
             capture.stop()
     if capture.host.error_count:
         print(f"flowtap: error: sink {args.sink!r} failed while exporting (see above); "
-              f"{args.output} may be incomplete", file=sys.stderr)
+              f"{scratch} may be incomplete", file=sys.stderr)
         return 1
+    if scratch != target and scratch.is_file():
+        try:
+            os.replace(scratch, target)
+        except OSError as exc:
+            raise UsageError(f"{target}: cannot replace it with the export in {scratch}: "
+                             f"{exc.strerror or exc}") from None
     print(f"exported {count} flows of session {session.name!r} ({session.id}) through {args.sink!r} "
-          f"to {args.output}")
+          f"to {target}")
     return 0
 
 
