@@ -242,11 +242,31 @@ def _export_curl(args: argparse.Namespace) -> int:
         with _output(args.output) as out:
             count = 0
             for flow in store.flows(args.filter, session=session):
-                print(render.curl(flow), file=out)
+                print(render.curl(_for_replay(flow)), file=out)
                 count += 1
     if args.output:
         print(f"wrote {count} curl commands from session {session.name!r} to {args.output}")
     return 0
+
+
+#: Hop-by-hop headers (RFC 9110 7.6.1) and those meant for the proxy: a replay must not send them
+#: (curl makes its own connection; Transfer-Encoding and Upgrade would misframe or switch it).
+#: The HAR keeps them: it is the record of what was sent.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization",
+                        "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"})
+
+
+def _for_replay(flow: Any) -> Any:
+    """The flow with its request's hop-by-hop headers (and those Connection names) left out."""
+    import attrs
+
+    headers = flow.request.headers
+    named = {token.strip().lower() for value in headers.get_all("connection") for token in value.split(",")}
+    drop = HOP_BY_HOP | named
+    kept = [(k, v) for k, v in headers.fields if k.lower() not in drop]
+    if len(kept) == len(headers):
+        return flow
+    return attrs.evolve(flow, request=attrs.evolve(flow.request, headers=kept))
 
 
 @contextlib.contextmanager
