@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import attrs
@@ -58,7 +59,7 @@ class _Manager(pluggy.PluginManager):
         finally:
             self.version += 1
 
-    def add_hookspecs(self, module_or_class: object) -> None:
+    def add_hookspecs(self, module_or_class: ModuleType | type) -> None:  # pluggy's _Namespace
         try:
             super().add_hookspecs(module_or_class)
         finally:
@@ -131,7 +132,8 @@ class PluginHost:
             except Exception as exc:  # a plugin may raise anything while importing
                 info.status = "failed"
                 info.error = f"{type(exc).__name__}: {exc}"
-                message = f"plugin {ep.name!r} (from {dist or 'unknown distribution'}) failed to load: {info.error}"
+                message = (f"plugin {ep.name!r} (from {dist or 'unknown distribution'}) failed to load: "
+                           f"{info.error}")
                 if self.strict:
                     raise PluginLoadError(message) from exc
                 log.warning("%s", message, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -142,17 +144,20 @@ class PluginHost:
         """Register an object or module with ``@flowtap.hookimpl`` functions; returns its name."""
         name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
         if name in self.disabled:
-            self.infos[name] = PluginInfo(name, "disabled", module=_module_of(plugin), reason="disabled by name")
+            self.infos[name] = PluginInfo(name, "disabled", module=_module_of(plugin),
+                                          reason="disabled by name")
             return name
         self._register(plugin, name)
-        self.infos[name] = PluginInfo(name, "enabled", module=_module_of(plugin), hooks=self._hooks_of(plugin))
+        self.infos[name] = PluginInfo(name, "enabled", module=_module_of(plugin),
+                                      hooks=self._hooks_of(plugin))
         return name
 
     def _register(self, plugin: object, name: str) -> None:
         self.pm.register(plugin, name=name)
         unknown = [c.name for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec()]
         if unknown:  # a misspelled hook would otherwise never be called, silently
-            message = f"plugin {name!r} implements {', '.join(unknown)}, which flowtap does not call: misspelled?"
+            message = (f"plugin {name!r} implements {', '.join(unknown)}, which flowtap does not call: "
+                       "misspelled?")
             if self.strict:
                 self.pm.unregister(plugin)
                 raise PluginLoadError(message)
@@ -171,7 +176,8 @@ class PluginHost:
 
     # -- calling ------------------------------------------------------------
 
-    def each(self, hook: str, reraise: type[Exception] | tuple = (), **kwargs: Any) -> Iterator[tuple[str, Any]]:
+    def each(self, hook: str, reraise: type[Exception] | tuple = (),
+             **kwargs: Any) -> Iterator[tuple[str, Any]]:
         """Call every implementation of ``hook`` on its own; yield ``(plugin name, result)``.
 
         An implementation that raises is logged with the plugin's name and a

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from flowtap.store.reader import Event, FlowRow, SessionInfo
 
 _TEXT_TYPES = ("json", "xml", "javascript", "ecmascript", "x-www-form-urlencoded", "graphql", "yaml", "csv")
+#: The timings ``flowtap show`` lists after the total, when known.
+_PHASES = ("dns", "connect", "tls", "send", "wait", "receive")
 
 
 def when(timestamp: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
@@ -50,7 +52,8 @@ def sessions_table(sessions: list[SessionInfo]) -> list[str]:
         rows.append((s.id, s.name, when(s.started), duration(None if end is None else end - s.started),
                      s.state, str(s.flows)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.rjust(w) if i == 5 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    return ["  ".join(c.rjust(w) if i == 5 else c.ljust(w)
+                      for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
             for r in rows]
 
 
@@ -78,12 +81,24 @@ def session_details(s: SessionInfo, events: list[Event], hosts: list[tuple[str, 
 
 # -- flows -------------------------------------------------------------------------------------
 
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def host_port(host: str, port: int | None, scheme: str) -> str:
+    """``host`` with ``:port`` where the port is not the scheme's default (``api.test:8443``,
+    ``[::1]:8080``): two services on one host are told apart."""
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 FLOW_HEADER = ("ID", "TIME", "METHOD", "STATUS", "HOST", "PATH", "SIZE", "DURATION")
 
 
 def flow_cells(row: FlowRow, id_width: int = 12) -> tuple[str, ...]:
     status = str(row.status) if row.status is not None else ("ERR" if row.error else "-")
-    return (row.id[:id_width], when(row.time, "%m-%d %H:%M:%S"), row.method, status, row.host, row.path,
+    return (row.id[:id_width], when(row.time, "%m-%d %H:%M:%S"), row.method, status,
+            host_port(row.host, row.port, row.scheme), row.path,
             size(row.response_size), "-" if row.duration is None else f"{row.duration:.0f}ms")
 
 
@@ -134,7 +149,8 @@ def _message_lines(first: str, message: Request | Response, raw: bool) -> tuple[
             lines.append(body_text(message))
         else:
             kind = message.content_type or "unknown type"
-            lines.append(f"[{len(message.body)} bytes of {kind}; `flowtap show --raw` prints them as they are]")
+            lines.append(f"[{len(message.body)} bytes of {kind}; "
+                         "`flowtap show --raw` prints them as they are]")
     elif message.body_size:
         lines.append(f"[body not captured: {message.body_size} bytes]")
     if note:
@@ -147,18 +163,18 @@ def flow_parts(flow: Flow, row: FlowRow, session: SessionInfo | None, raw: bool 
     t = flow.timings
     took = "-" if t.duration is None else f"{t.duration:.0f} ms"
     where = f"session {session.name!r} ({session.id})" if session else f"session {row.session}"
-    out: list[str | bytes] = [f"flow {flow.id}  {where}  source {flow.source}",
-                              f"{when(t.start)}  {took}"]
-    phases = [f"{name} {getattr(t, name):.0f}ms" for name in ("dns", "connect", "tls", "send", "wait", "receive")
-              if getattr(t, name) is not None]
+    timing = f"{when(t.start)}  {took}"
+    phases = [f"{name} {getattr(t, name):.0f}ms" for name in _PHASES if getattr(t, name) is not None]
     if phases:
-        out[-1] += "  (" + ", ".join(phases) + ")"
+        timing += "  (" + ", ".join(phases) + ")"
+    out: list[str | bytes] = [f"flow {flow.id}  {where}  source {flow.source}", timing]
     peers = []
     if flow.client_address:
         peers.append(f"client {flow.client_address[0]}:{flow.client_address[1]}")
     if flow.server_address:
-        peers.append(f"server {flow.server_address[0]}:{flow.server_address[1]}"
-                     + (f" ({flow.server_ip})" if flow.server_ip and flow.server_ip != flow.server_address[0] else ""))
+        host, port = flow.server_address[0], flow.server_address[1]
+        peers.append(f"server {host}:{port}"
+                     + (f" ({flow.server_ip})" if flow.server_ip and flow.server_ip != host else ""))
     if flow.tls:
         peers.append("TLS " + " ".join(v for v in (flow.tls.version, flow.tls.alpn, flow.tls.cipher) if v))
     if peers:
@@ -174,7 +190,8 @@ def flow_parts(flow: Flow, row: FlowRow, session: SessionInfo | None, raw: bool 
     if flow.response is not None:
         resp = flow.response
         out.append("")
-        lines, body = _message_lines(f"{resp.http_version} {resp.status_code} {resp.reason}".rstrip(), resp, raw)
+        status_line = f"{resp.http_version} {resp.status_code} {resp.reason}".rstrip()
+        lines, body = _message_lines(status_line, resp, raw)
         out += lines
         if body:
             out.append(body)
@@ -210,7 +227,8 @@ def curl(flow: Flow) -> str:
         args.append("--head")
     elif req.method != ("POST" if req.body else "GET"):
         args += ["-X", req.method]
-    authority = req.host if req.port in (None, {"http": 80, "https": 443}.get(req.scheme)) else f"{req.host}:{req.port}"
+    default_port = {"http": 80, "https": 443}.get(req.scheme)
+    authority = req.host if req.port in (None, default_port) else f"{req.host}:{req.port}"
     for name, value in req.headers.fields:
         lower = name.lower()
         if name.startswith(":") or lower in ("content-length", "transfer-encoding") or (
