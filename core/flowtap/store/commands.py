@@ -252,12 +252,32 @@ def _export_curl(args: argparse.Namespace) -> int:
                                                    total=session.flows) as progress:
             count = 0
             for flow in store.flows(args.filter, session=session):
-                progress.print(render.curl(flow), file=out)
+                progress.print(render.curl(_for_replay(flow)), file=out)
                 count += 1
                 progress.advance()
     if args.output:
         print(f"wrote {count} curl commands from session {session.name!r} to {args.output}")
     return 0
+
+
+#: Hop-by-hop headers (RFC 9110 7.6.1) and those meant for the proxy: a replay must not send them
+#: (curl makes its own connection; Transfer-Encoding and Upgrade would misframe or switch it).
+#: The HAR keeps them: it is the record of what was sent.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization",
+                        "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"})
+
+
+def _for_replay(flow: Any) -> Any:
+    """The flow with its request's hop-by-hop headers (and those Connection names) left out."""
+    import attrs
+
+    headers = flow.request.headers
+    named = {token.strip().lower() for value in headers.get_all("connection") for token in value.split(",")}
+    drop = HOP_BY_HOP | named
+    kept = [(k, v) for k, v in headers.fields if k.lower() not in drop]
+    if len(kept) == len(headers):
+        return flow
+    return attrs.evolve(flow, request=attrs.evolve(flow.request, headers=kept))
 
 
 @contextlib.contextmanager
@@ -299,7 +319,15 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
         raw = config.raw
         for name, other in capture.sink_factories.items():
             _table(raw, other.table)["enabled"] = name == args.sink
-        _table(raw, entry.table)["path"] = str(Path(args.output).expanduser())
+        # -o names the file to write: an existing one is replaced once the export is done (a live
+        # session never overwrites another's file, so the sink writes beside it first).
+        from flowtap.paths import expand_path
+
+        target = expand_path(args.output, session)
+        scratch = target.with_name(f".{target.name}.export-{os.getpid()}") if target.is_file() else target
+        if scratch != target:
+            scratch = scratch.with_name(scratch.name + "".join(target.suffixes[-2:]))
+        _table(raw, entry.table)["path"] = str(scratch)
         for other in capture.source_factories.values():
             _table(raw, other.table)["enabled"] = False
         raw.pop("filters", None)  # the stored flows passed the capture's filters already
@@ -317,10 +345,16 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
                 capture.stop()
     if capture.host.error_count:
         print(f"flowtap: error: sink {args.sink!r} failed while exporting (see above); "
-              f"{args.output} may be incomplete", file=sys.stderr)
+              f"{scratch} may be incomplete", file=sys.stderr)
         return 1
+    if scratch != target and scratch.is_file():
+        try:
+            os.replace(scratch, target)
+        except OSError as exc:
+            raise UsageError(f"{target}: cannot replace it with the export in {scratch}: "
+                             f"{exc.strerror or exc}") from None
     print(f"exported {count} flows of session {session.name!r} ({session.id}) through {args.sink!r} "
-          f"to {args.output}")
+          f"to {target}")
     return 0
 
 
