@@ -133,12 +133,21 @@ def test_ca_says_how_to_trust_it_where_people_get_stuck(tmp_path):
         f"keytool -importcert -noprompt -alias flowtap -file {cert} -keystore flowtap.p12",     # Java
         "-Djavax.net.ssl.trustStore=flowtap.p12",
         f"export NODE_EXTRA_CA_CERTS={cert}",                                                   # Node
-        "Node's fetch() ignores https_proxy: on Node 24.0+ or 22.21+ also",
+        "Node ignores https_proxy unless told. Node 24.0+ or 22.21+: also",
         "export NODE_USE_ENV_PROXY=1 https_proxy=http://127.0.0.1:5555",
-        "EnvHttpProxyAgent",
+        "npm install undici@7", "setGlobalDispatcher(new EnvHttpProxyAgent())", "new HttpsProxyAgent(",
         f"export REQUESTS_CA_BUNDLE={cert}", f"export SSL_CERT_FILE={cert}",                     # Python
         "adb push", "emulator -avd NAME -writable-system -http-proxy 127.0.0.1:5555",          # Android
         "docker run --add-host=host.docker.internal:host-gateway",                              # containers
         "update-ca-certificates", "security add-trusted-cert", "certutil -addstore root", "Firefox", "iOS",
     ]:  # fmt: skip
         assert hint in out, hint
+
+
+def test_ca_fills_in_the_proxy_address_the_config_names(tmp_path):
+    env = {"FLOWTAP_DATA_DIR": str(tmp_path / "data")}
+    (tmp_path / "flowtap.toml").write_text("[sources.proxy]\nlisten = '0.0.0.0:8081'\n")
+    out = run_cli("ca", env=env, cwd=tmp_path).stdout
+    assert "-x http://127.0.0.1:8081 " in out and "-Dhttps.proxyPort=8081" in out and "5555" not in out
+    out = run_cli("--set", "sources.proxy.listen=127.0.0.1:0", "ca", env=env, cwd=tmp_path).stdout
+    assert "-x http://127.0.0.1:5555 " in out  # any free port: the default is the best guess

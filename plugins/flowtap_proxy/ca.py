@@ -17,6 +17,8 @@ from pathlib import Path
 BASENAME = "mitmproxy"
 CA_NAME = "flowtap CA"
 KEY_SIZE = 2048
+#: Where clients find the proxy when the config says nothing else (``[sources.proxy] listen``'s default).
+DEFAULT_PROXY = "http://127.0.0.1:5555"
 #: Files holding the private key: readable by the owner only.
 SECRET_FILES = (f"{BASENAME}-ca.pem", f"{BASENAME}-ca.p12")
 ALL_FILES = (*SECRET_FILES, f"{BASENAME}-ca-cert.pem", f"{BASENAME}-ca-cert.cer",
@@ -91,7 +93,7 @@ def regenerate(confdir: Path | None = None) -> Path:
     return ensure_ca(confdir)[0]
 
 
-def trust_instructions(path: Path, proxy: str = "http://127.0.0.1:5555") -> list[str]:
+def trust_instructions(path: Path, proxy: str = DEFAULT_PROXY) -> list[str]:
     """How to make each kind of client trust the certificate at ``path`` (and use the proxy at ``proxy``).
 
     Systems, then browsers, then languages and tools (each of which may keep a list of its own,
@@ -120,6 +122,8 @@ def trust_instructions(path: Path, proxy: str = "http://127.0.0.1:5555") -> list
         " --empty-password;",
         "    Chromium as a snap: ~/snap/chromium/current/.pki/nssdb)",
         f"    start it with --proxy-server={proxy}",
+        "    (it goes direct to localhost and 127.*; for local servers too, add"
+        " --proxy-bypass-list='<-loopback>')",
         "  Firefox:         Settings > Privacy & Security > Certificates > View Certificates > Authorities >",
         f"                   Import {path}, tick \"Trust this CA to identify websites\"",
         "",
@@ -127,20 +131,29 @@ def trust_instructions(path: Path, proxy: str = "http://127.0.0.1:5555") -> list
         f"  curl:            curl --cacert {path} -x {proxy} https://...",
         f"  Python requests: export REQUESTS_CA_BUNDLE={path}",
         f"  Python httpx, urllib, aiohttp (the ssl module): export SSL_CERT_FILE={path}",
+        f"                   With https_proxy={proxy} exported, requests, httpx and urllib use the proxy",
+        "                   (aiohttp only with ClientSession(trust_env=True)).",
         "                   Both replace the usual list: sites reached directly (no_proxy) then fail; for",
         "                   those, trust a bundle of both:"
         f" cat \"$(python3 -m certifi)\" {path} > bundle.pem",
         f"  Node.js:         export NODE_EXTRA_CA_CERTS={path}   (added to Node's list; read at start-up)",
-        "                   Node's fetch() ignores https_proxy: on Node 24.0+ or 22.21+ also",
-        f"                   export NODE_USE_ENV_PROXY=1 https_proxy={proxy}   (http/https.request too",
-        "                   on 24.5+); older Node: a proxy agent, e.g. undici's",
-        "                   setGlobalDispatcher(new EnvHttpProxyAgent()), or https-proxy-agent for axios/got",
+        "                   Node ignores https_proxy unless told. Node 24.0+ or 22.21+: also",
+        f"                   export NODE_USE_ENV_PROXY=1 https_proxy={proxy}   (fetch();"
+        " http/https.request too",
+        "                   on 24.5+). Older Node (20, 22.20 and before): a proxy agent from npm."
+        " For fetch():",
+        f"                   npm install undici@7, export https_proxy={proxy}, and before the first fetch:",
+        '    import { setGlobalDispatcher, EnvHttpProxyAgent } from "undici";'
+        " setGlobalDispatcher(new EnvHttpProxyAgent());",
+        "                   For http/https.request, axios, got: npm install https-proxy-agent, and give them",
+        "    agent: new HttpsProxyAgent(process.env.https_proxy)",
         "  Java:            keytool keeps its own store; make one with the CA and point the JVM at it:",
         f"    keytool -importcert -noprompt -alias flowtap -file {path} -keystore flowtap.p12"
         " -storepass changeit",
         "    java -Djavax.net.ssl.trustStore=flowtap.p12 -Djavax.net.ssl.trustStorePassword=changeit \\",
         f"         -Dhttps.proxyHost={host} -Dhttps.proxyPort={port} -Dhttp.proxyHost={host}"
         f" -Dhttp.proxyPort={port} ...",
+        "    (it goes direct to localhost and 127.*; for local servers too, add -Dhttp.nonProxyHosts=)",
         f"    (or into the JDK's own list: keytool -importcert -cacerts -storepass changeit -alias flowtap"
         f" -file {path})",
         "",
@@ -209,19 +222,40 @@ def run(args: argparse.Namespace) -> int:
             path = regenerate()
             print(f"flowtap: a new CA was created: {path}")
             print("Clients that trusted the old one must now trust this one.")
-            _describe(path)
+            _describe(path, proxy_url(args))
             return 0
         path, created = ensure_ca()
         if created:
             print("flowtap: created a new CA.")
-        _describe(path)
+        _describe(path, proxy_url(args))
         return 0
     except CAError as exc:
         print(f"flowtap: error: {exc}", file=sys.stderr)
         return 1
 
 
-def _describe(path: Path) -> None:
+def proxy_url(args: argparse.Namespace) -> str:
+    """The proxy address clients of this machine use: the config's ``[sources.proxy] listen``.
+
+    A wildcard host (``0.0.0.0``, ``::``) becomes 127.0.0.1; port 0 (any free port) or a config
+    that cannot be read gives the default, 127.0.0.1:5555 (this command is about the CA: a broken
+    config is `flowtap config check`'s to report).
+    """
+    from flowtap.config import ConfigError, load_config, parse_address
+
+    try:
+        raw = load_config(getattr(args, "config", None), getattr(args, "overrides", None) or ()).raw
+        host, port = parse_address(str(raw.get("sources", {}).get("proxy", {}).get("listen", "")))
+    except (ConfigError, ValueError, AttributeError):
+        return DEFAULT_PROXY
+    if port == 0:
+        return DEFAULT_PROXY
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _describe(path: Path, proxy: str = "") -> None:
     cert = load_cert(path.parent)
     print(f"CA certificate: {path}")
     print(f"  issued to {cert.cn!r}, valid until {cert.notafter:%Y-%m-%d}, "
@@ -229,7 +263,7 @@ def _describe(path: Path) -> None:
     if cert.has_expired():
         print("  EXPIRED: run `flowtap ca regenerate` and trust the new certificate")
     print()
-    for line in trust_instructions(path):
+    for line in trust_instructions(path, proxy or DEFAULT_PROXY):
         print(line)
 
 
