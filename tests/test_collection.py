@@ -214,7 +214,8 @@ def test_multipart_files_binary_bodies_and_media_responses(tmp_path, judge):
     form = doc["item"][0]["request"]
     field = form["body"]["formdata"][2]
     assert field["src"].startswith("out.postman_collection.json.bodies/") and field["src"].endswith("/a.bin")
-    assert field == {"key": "doc", "type": "file", "src": field["src"], "contentType": "application/octet-stream"}
+    assert field == {"key": "doc", "type": "file", "src": field["src"],
+                     "contentType": "application/octet-stream"}
     assert (tmp_path / field["src"]).read_bytes() == b"\x00\x01\x02"
     assert (tmp_path / field["src"]).stat().st_mode & 0o777 == 0o600
     assert not any(h["key"].lower() == "content-type" for h in form["header"])  # newman sets the boundary
@@ -565,8 +566,9 @@ def test_newman_replays_secrets_cookies_bytes_and_field_order_as_captured(tmp_pa
     assert "GET /status/:status" in folders
     variables = {v["key"]: v["value"] for v in doc["variable"]}
     assert (variables["authorization"], variables["authorization2"]) == ("Bearer B", "Bearer D")
-    assert [h["value"] for item in folders["GET /me"] for h in item["request"]["header"]
-            if h["key"] == "Authorization"] == ["{{authorization}}", "{{authorization2}}", "{{authorization}}"]
+    sent = [h["value"] for item in folders["GET /me"] for h in item["request"]["header"]
+            if h["key"] == "Authorization"]
+    assert sent == ["{{authorization}}", "{{authorization2}}", "{{authorization}}"]
     cookies = [h["value"] for h in folders["GET /status/:status"][0]["response"][0]["header"]
                if h["key"] == "Set-Cookie"]
     assert [variables[c.strip("{}")] for c in cookies] == ["a=1; Path=/", "b=2; Path=/"]

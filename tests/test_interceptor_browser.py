@@ -74,6 +74,8 @@ BODIES_PAGE = b"""<!doctype html><html><body><script>
 (async () => {
   await fetch("/api/items?x=2");
   await fetch("/api/items", {method: "POST", headers: {"Content-Type": "application/json"}, body: "[1,2,3]"});
+  const form = new URLSearchParams([["user", "alice"], ["pass", "p w"]]);
+  await fetch("/api/order", {method: "POST", body: form});
   await fetch("/api/done");
 })();
 </script></body></html>"""
@@ -353,6 +355,11 @@ def test_the_extension_reconnects_and_reads_response_bodies_when_asked(browser, 
     posted = flows[("POST", "/api/items")]
     assert posted.request.body == b"[1,2,3]"
     assert json.loads(posted.response.body) == {"path": "/api/items", "got": 7}
+    # Form fields in the page's order: the browser's formData has them sorted; the debugger has the bytes.
+    ordered = flows[("POST", "/api/order")]
+    assert ordered.request.body == site.bodies["/api/order"] == b"user=alice&pass=p+w"
+    assert ordered.metadata["request_body_source"] == "debugger"
+    assert "request_body_rebuilt" not in ordered.metadata
     # On connecting, the extension sent every cookie of the synced domains it holds.
     harness.capture.dispatcher.sync(5)
     assert jar.events and ("pref", "kept") in [(c.name, c.value) for c in jar.events[0]]

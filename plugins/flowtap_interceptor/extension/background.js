@@ -421,7 +421,14 @@ chrome.debugger.onDetach.addListener((source) => attached.delete(source.tabId));
 chrome.debugger.onEvent.addListener((source, method, params) => {
   const key = `${source.tabId}:${params.requestId}`;
   if (method === "Network.requestWillBeSent") {
-    debugged.set(key, { url: params.request.url, method: params.request.method });
+    const request = { url: params.request.url, method: params.request.method };
+    // webRequest shows a form body only as fields sorted by name; the debugger has its bytes.
+    const entries = params.request.postDataEntries;
+    const type = Object.entries(params.request.headers || {})
+      .find(([name]) => name.toLowerCase() === "content-type");
+    if (entries && entries.length && entries.every((e) => e.bytes !== undefined) && type &&
+        /x-www-form-urlencoded|multipart\/form-data/i.test(type[1])) request.postData = entries;
+    debugged.set(key, request);
   } else if (method === "Network.loadingFailed") {
     debugged.delete(key);
   } else if (method === "Network.loadingFinished") {
@@ -433,6 +440,16 @@ chrome.debugger.onEvent.addListener((source, method, params) => {
 
 async function sendBody(tabId, requestId, request) {
   const msg = { type: "body", tabId, url: request.url, method: request.method };
+  if (request.postData) {
+    const parts = request.postData.map((e) => Uint8Array.from(atob(e.bytes), (c) => c.charCodeAt(0)));
+    const size = parts.reduce((n, p) => n + p.length, 0);
+    if (size <= settings.maxBodySize) {
+      const bytes = new Uint8Array(size);
+      let at = 0;
+      for (const part of parts) { bytes.set(part, at); at += part.length; }
+      msg.requestBody = toBase64(bytes);
+    }
+  }
   try {
     const result = await chrome.debugger.sendCommand({ tabId }, "Network.getResponseBody", { requestId });
     let bytes = result.base64Encoded ? Uint8Array.from(atob(result.body), (c) => c.charCodeAt(0)) : new TextEncoder().encode(result.body);
