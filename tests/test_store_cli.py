@@ -387,3 +387,27 @@ def test_curl_export_leaves_out_the_headers_meant_for_the_proxy(tmp_path, capsys
     ((_, _, headers, _),) = _Recorder.seen
     assert headers["X-Kept"] == "yes"
     assert not {"Proxy-Connection", "Proxy-Authorization", "Keep-Alive", "TE", "X-Hop"} & set(headers)
+
+
+def test_export_uses_the_sink_options_the_session_was_recorded_with(tmp_path, capsys):
+    """Issue 11 item 9: a session captured with organize = "domain+endpoint" exports in folders by default."""
+    path = tmp_path / "store.db"
+    config = {"store": {"path": str(path)}, "session": {"name": "shop"},
+              "sinks": {"collection": {"path": str(tmp_path / "live.json"), "organize": "domain+endpoint"}}}
+    with capture("collection", config=config) as cap:
+        cap.feed(make_flow(url="https://api.example.com/users/42"), make_flow(url="https://cdn.example.com/a"))
+    out_path = tmp_path / "exported.postman_collection.json"
+    code, out, err = cli(capsys, "export", "shop", "--sink", "collection", "-o", str(out_path),
+                         "--set", f"store.path={path}")
+    assert code == 0, err
+    assert "with the options it was recorded with for [sinks.collection]" in out
+    exported = json.loads(out_path.read_text())
+    assert [f["name"] for f in exported["item"]] == ["api.example.com", "cdn.example.com"]
+    assert exported["item"][0]["item"][0]["name"] == "GET /users/:userId"
+    assert exported["item"] == json.loads((tmp_path / "live.json").read_text())["item"]
+    code, out, err = cli(capsys, "export", "shop", "--sink", "collection", "-o", str(out_path),
+                         "--current-config", "--set", f"store.path={path}")
+    assert code == 0, err
+    assert "with this config's options" in out
+    assert [i["name"] for i in json.loads(out_path.read_text())["item"]] == [
+        "GET api.example.com/users/42", "GET cdn.example.com/a"]

@@ -293,6 +293,17 @@ def _output(path: str | None) -> Iterator[TextIO]:
         yield fh
 
 
+def _recorded_options(recorded: dict[str, Any], dotted: str, known: list[Any]) -> dict[str, Any] | None:
+    """Table ``dotted`` as the session's config had it (options this version still knows), or None."""
+    node: Any = recorded.get("tables")
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        return None
+    names = {option.name for option in known}
+    return {key: value for key, value in node.items() if key in names}
+
+
 def _table(raw: dict[str, Any], dotted: str) -> dict[str, Any]:
     node = raw
     for part in dotted.split("."):
@@ -317,6 +328,11 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
     with _store(args) as store:
         session = store.session(args.session)
         raw = config.raw
+        recorded = _recorded_options(session.config, entry.table, capture.options.get(entry.table, []))
+        if recorded is not None and not args.current_config:  # the options the session was captured with
+            table = _table(raw, entry.table)
+            table.clear()
+            table.update(recorded)
         for name, other in capture.sink_factories.items():
             _table(raw, other.table)["enabled"] = name == args.sink
         # -o names the file to write: an existing one is replaced once the export is done (a live
@@ -353,8 +369,10 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
         except OSError as exc:
             raise UsageError(f"{target}: cannot replace it with the export in {scratch}: "
                              f"{exc.strerror or exc}") from None
+    how = ("with the options it was recorded with" if recorded is not None and not args.current_config
+           else "with this config's options")
     print(f"exported {count} flows of session {session.name!r} ({session.id}) through {args.sink!r} "
-          f"to {target}")
+          f"to {target} ({how} for [{entry.table}])")
     return 0
 
 
@@ -424,3 +442,7 @@ def setup_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("curl",), help="print curl commands instead")
     parser.add_argument("-o", "--output", metavar="PATH", help="the file to write (for curl: default stdout)")
     parser.add_argument("--filter", metavar="EXPR", help="only the flows matching this filter expression")
+    parser.add_argument("--current-config", action="store_true",
+                        help="take the sink's options from this directory's config (and --config/--set), not "
+                             "from the config the session was recorded with (the default; -o always names "
+                             "the file)")
