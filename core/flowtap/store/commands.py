@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from flowtap.commandline import (
     UsageError,
@@ -24,6 +24,9 @@ from flowtap.commandline import (
 )
 from flowtap.config import Config, ConfigError
 from flowtap.progress import Progress
+
+if TYPE_CHECKING:
+    from flowtap.cookies import Cookie
 
 
 def store_path(config: Config) -> Path:
@@ -293,6 +296,27 @@ def _output(path: str | None) -> Iterator[TextIO]:
         yield fh
 
 
+def _cookie_events(events: list[Any], order: dict[str, int]) -> list[tuple[int, list[Cookie], str]]:
+    """The cookies seen that no stored flow sets again (while paused, before a clear, or reported by a
+    source), each with the number of the stored flow it came after (-1: before them all) and its source."""
+    from flowtap.cookies import Cookie
+
+    out = []
+    for event in events:
+        if event.kind != "cookies":
+            continue
+        try:
+            data = json.loads(event.text)
+            if data.get("flow") in order:
+                continue  # its flow is stored and sets them again (if --filter keeps it)
+            found = [Cookie(**fields) for fields in data["cookies"]]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # a row this version cannot read
+        out.append((order.get(data.get("after"), -1), found, str(data.get("source", "store"))))
+    out.sort(key=lambda item: item[0])  # stable: in the order they were seen
+    return out
+
+
 def _recorded_options(recorded: dict[str, Any], dotted: str, known: list[Any]) -> dict[str, Any] | None:
     """Table ``dotted`` as the session's config had it (options this version still knows), or None."""
     node: Any = recorded.get("tables")
@@ -350,12 +374,18 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
         _table(raw, "session").update(name=session.name, duration="")
         capture.start(started=session.started)
         count = 0
+        order = {row.id: number for number, row in enumerate(store.rows(session=session))}
+        cookies = _cookie_events(store.events(session.id, cookies=True), order)
         with Progress(f"exporting {session.name!r} through {args.sink!r}", total=session.flows) as progress:
             try:
                 for flow in store.flows(args.filter, session=session):
+                    while cookies and cookies[0][0] < order.get(flow.id, -1):
+                        capture.dispatcher.cookies(*cookies.pop(0)[1:])
                     capture.emit(flow)
                     count += 1
                     progress.advance()
+                for _, found, source in cookies:
+                    capture.dispatcher.cookies(found, source)
                 progress.note = f"finishing {args.output}"
             finally:
                 capture.stop()
