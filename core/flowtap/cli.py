@@ -13,7 +13,9 @@ codes are in docs/guide.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import io
 import logging
 import os
 import sys
@@ -192,6 +194,10 @@ def _setup_logging(verbosity: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    for stream in (sys.stdout, sys.stderr):  # captured bytes that were not UTF-8 print as escapes
+        if isinstance(stream, io.TextIOWrapper):
+            with contextlib.suppress(ValueError, io.UnsupportedOperation):
+                stream.reconfigure(errors="backslashreplace")
     _setup_logging(0)
     try:
         parser = build_parser(commands(argv))

@@ -289,7 +289,7 @@ def _output(path: str | None) -> Iterator[TextIO]:
         yield sys.stdout
         return
     try:
-        fh = open(path, "w", encoding="utf-8")
+        fh = open(path, "w", encoding="utf-8", errors="backslashreplace")
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
     with fh:

@@ -219,6 +219,15 @@ def _ansi_c(data: bytes) -> str:
     return "$'" + "".join(out) + "'"
 
 
+def _shell(arg: str) -> str:
+    """One shell word; header bytes that were not UTF-8 (lone surrogates) as ``$'\\xNN'`` escapes."""
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ansi_c(arg.encode("utf-8", "surrogateescape"))
+    return shlex.quote(arg)
+
+
 def curl(flow: Flow) -> str:
     """A curl command line that sends the flow's request again."""
     req = flow.request
@@ -238,7 +247,7 @@ def curl(flow: Flow) -> str:
             args.append("--compressed")
         else:
             args += ["-H", f"{name}: {value}"]
-    quoted = [shlex.quote(a) for a in args] + [shlex.quote(req.url)]
+    quoted = [_shell(a) for a in args] + [shlex.quote(req.url)]
     prefix = ""
     if req.body:
         try:
