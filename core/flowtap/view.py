@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from flowtap.api import Sink
 from flowtap.plugins import hookimpl
+from flowtap.terminal import terminal_safe
 
 if TYPE_CHECKING:
     from flowtap.capture import Capture
@@ -50,26 +51,26 @@ def _size(n: int | None) -> str:
 
 
 def flow_row(flow: Flow) -> tuple[str, ...]:
-    """time, method, status, host, path, size, duration: one flow as table cells."""
+    """time, method, status, host, path, size, duration: one flow as table cells (terminal-safe)."""
     response = flow.response
     status = str(response.status_code) if response else ("ERR" if flow.error else "-")
     duration = flow.timings.duration
     return (
         time.strftime("%H:%M:%S", time.localtime(flow.timings.start)),
-        flow.request.method,
+        terminal_safe(flow.request.method),
         status,
-        flow.request.host,
-        flow.request.path,
+        terminal_safe(flow.request.host),
+        terminal_safe(flow.request.path),
         _size(response.body_size if response else None),
         "-" if duration is None else f"{duration:.0f}ms",
     )
 
 
 def flow_line(flow: Flow) -> str:
-    """One flow as a log line; failures carry their error."""
+    """One flow as a log line, terminal-safe; failures carry their error."""
     cells = flow_row(flow)
     line = f"{cells[0]} {cells[1]:<7} {cells[2]:>3} {cells[3]}{cells[4]}  {cells[5]} {cells[6]}"
-    return f"{line}  ({flow.error})" if flow.error else line
+    return f"{line}  ({terminal_safe(flow.error)})" if flow.error else line
 
 
 class _ViewSink(Sink):
@@ -153,7 +154,7 @@ class MessageArea(logging.Handler):
         if record.levelno < logging.WARNING:
             return
         try:
-            text = record.getMessage().strip().splitlines()
+            text = terminal_safe(record.getMessage().strip(), lines=True).splitlines()
             line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname}: "
             line += text[0] if text else ""
             if record.exc_info or len(text) > 1:
