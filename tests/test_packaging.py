@@ -1,5 +1,6 @@
 """One distribution: a plain wheel maps the core and every bundled plugin to top-level packages."""
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -30,3 +31,13 @@ def test_wheel_contains_every_package_and_entry_point(tmp_path):
     assert "Requires-Python: >=3.10" in metadata
     for dependency in ["pluggy", "mitmproxy>=10.1", "attrs", "platformdirs", "tomli", "websockets"]:
         assert f"Requires-Dist: {dependency}" in metadata, dependency
+
+
+def test_ci_runs_the_oldest_and_the_newest_declared_python():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    floor = re.search(r'^requires-python = ">=(3\.\d+)"', pyproject, re.M).group(1)
+    declared = sorted(re.findall(r'"Programming Language :: Python :: (3\.\d+)"', pyproject),
+                      key=lambda v: tuple(map(int, v.split("."))))
+    ci = re.search(r"^PYTHONS=\(([^)]*)\)", (ROOT / ".ci" / "run").read_text(), re.M).group(1).split()
+    assert declared[0] == floor, "the oldest classifier is not requires-python's floor"
+    assert ci == [floor, declared[-1]], ".ci/run must test the oldest and the newest declared Python"

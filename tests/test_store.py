@@ -124,6 +124,13 @@ def test_rows_hold_the_searchable_fields(stored):
     assert round(health.duration) == 50 and health.source == "test"
 
 
+def test_the_port_column_is_the_scheme_default_when_the_url_has_none_or_a_bad_one():
+    port = db.FLOW_COLUMNS.index("port") - 2  # flow_columns leaves out seq and session, both before it
+    ports = [db.flow_columns(make_flow(url=url))[port]
+             for url in ("https://a.test:8443/x", "https://a.test/x", "http://a.test:99999/x", "ws://a.test:x/")]
+    assert ports == [8443, 443, 80, 80]
+
+
 def test_serialize_round_trips_every_field():
     for flow in corpus():
         assert serialize.loads(serialize.dumps(flow)) == flow
@@ -245,6 +252,15 @@ def test_reading_never_changes_the_database(stored):
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             store._conn.execute("DELETE FROM flows")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_the_package_exports_what_it_lists_and_loads_it_on_first_use():
+    # __all__ is spelled out for linters; the lazy table must name the same things.
+    assert sorted(flowtap.store.__all__) == sorted(flowtap.store._WHERE)
+    for name in flowtap.store.__all__:
+        assert getattr(flowtap.store, name).__name__ == name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        flowtap.store.nope  # noqa: B018 -- the attribute access is what raises
 
 
 def test_flows_are_found_by_id_or_unique_prefix(tmp_path):

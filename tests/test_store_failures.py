@@ -216,6 +216,21 @@ def test_a_run_waits_while_another_process_creates_the_store(tmp_path):
         assert [(s.name, s.flows) for s in store.sessions()] == [("second", 1)]
 
 
+def test_a_flow_written_to_a_closed_store_sink_is_reported_lost_not_dropped_silently(tmp_path):
+    """Before, it waited for a commit that would never come (and a big body was left in a file)."""
+    path = tmp_path / "s.db"
+    sink = StoreSink({"path": str(path), "body_file_threshold": 10, "batch_interval": 0})
+    with pytest.raises(SinkFailed, match="the store is not open; the flow is lost") as before:
+        sink.write(make_flow())
+    session = flowtap.Session(name="one")
+    sink.open(session)
+    sink.close()
+    with pytest.raises(SinkFailed, match="the store is not open; the flow is lost") as after:
+        sink.write(make_flow(response_body=b"x" * 100))
+    assert before.value.lost == after.value.lost == 1
+    assert not db.bodies_dir(path).exists() or not any(db.bodies_dir(path).rglob("*.response"))
+
+
 OPENER = """
 import sys, time
 import flowtap

@@ -143,9 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Ending: the sinks get their close timeout; the next Ctrl-C or SIGTERM quits at once.
         for sig in _ENDING:
             signal.signal(sig, lambda *_: _quit_now(capture))
-        notice = threading.Timer(NOTICE_AFTER, _waiting_notice, (capture,))
-        notice.daemon = True
-        notice.start()
+        notice = capture.scheduler.call_later(NOTICE_AFTER, lambda: _waiting_notice(capture))
         try:
             control.close()
             capture.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from flowtap.model import Flow, Request, _Message
@@ -166,6 +167,59 @@ def _compile_node(node: object, ff) -> Predicate:
     raise NotImplementedError(f"operator ~{code} is not supported")
 
 
+# pyparsing's QuotedString(q, esc_char="\\"), as mitmproxy's grammar uses it
+_QUOTED = {q: re.compile(rf"{q}(?:[^{q}\\]|\\.)*{q}") for q in "\"'"}
+_CODE = re.compile(r"\w*")
+_DIGIT = re.compile("[0-9]")
+
+
+def _first_mistake(expression: str, flowfilter: Any) -> tuple[int, str] | None:
+    """The first mistake in an expression mitmproxy's grammar refused, by that grammar's rules:
+    its column and what is wrong; None if it is none of the common ones.
+
+    pyparsing's own error column depends on its version: from 3.3 on, a bad operand is reported
+    at its start, with every alternative of the grammar as the message.
+    """
+    kinds = {cls.code: "flag" for cls in flowfilter.filter_unary}
+    kinds.update({cls.code: "value" for cls in flowfilter.filter_rex})
+    kinds.update({cls.code: "number" for cls in flowfilter.filter_int})
+    opened: list[int] = []
+    i = 0
+    while i < len(expression):
+        char = expression[i]
+        if char in "\"'":
+            quoted = _QUOTED[char].match(expression, i)
+            if quoted is None:
+                return i, "unterminated quoted string"
+            i = quoted.end()
+            continue
+        if char == "(":
+            opened.append(i)
+        elif char == ")":
+            if not opened:
+                return i, "')' without its '('"
+            opened.pop()
+        elif char == "~":
+            word = _CODE.match(expression, i + 1)
+            assert word is not None  # \w* matches, if only the empty string
+            code, end = word.group(), word.end()
+            if code not in kinds:
+                return i, f"unknown operator ~{code}"
+            if end < len(expression) and not expression[end].isspace():
+                return end, f"~{code} must be followed by a space"
+            value = len(expression) - len(expression[end:].lstrip())
+            if kinds[code] == "number" and not _DIGIT.match(expression, value):
+                return value, f"~{code} expects a number"
+            if kinds[code] == "value" and (value == len(expression) or expression[value] in "()~"):
+                return value, f"~{code} expects a value: a word or a quoted string"
+            i = end
+            continue
+        i += 1
+    if opened:
+        return opened[-1], "'(' without its ')'"
+    return None
+
+
 def compile_expression(expression: str) -> Predicate:
     """Compile a mitmproxy filter expression into a predicate over flowtap flows.
 
@@ -180,7 +234,8 @@ def compile_expression(expression: str) -> Predicate:
     try:
         tree = flowfilter.bnf.parseString(expression, parseAll=True)[0]
     except pyparsing.ParseBaseException as e:
-        raise FilterError(expression, e.msg, e.loc) from e
+        column, detail = _first_mistake(expression, flowfilter) or (e.loc, e.msg)
+        raise FilterError(expression, detail, column) from e
     except ValueError as e:  # a regex that does not compile (or encode)
         cause = e.__context__
         if not isinstance(cause, re.error) or cause.pattern is None:

@@ -10,6 +10,20 @@ order with its flows, not with the plugins' implementations.
 
 Each implementation is called on its own: one that raises is logged with its
 plugin's name and traceback, and the others still run.
+
+Hook wrappers run as pluggy documents them, around the other implementations,
+in pluggy's order (tryfirst/trylast; the first to run is the outermost):
+``@flowtap.hookimpl(wrapper=True)`` (``result = yield``, then return the result
+or a replacement) and ``@flowtap.hookimpl(hookwrapper=True)`` (``outcome =
+yield``, ``outcome.get_result()``, ``outcome.force_result(...)``). Isolation
+decides what they see: an implementation that raised has been reported and
+counts as having returned nothing, so wrappers get the results of the others,
+never its exception; a wrapper that raises, or makes the results something
+other than a list, is reported and changes nothing. Only an exception that ends
+the call reaches the wrappers (a :class:`flowtap.ConfigError` from
+:func:`flowtap_config_validate`, KeyboardInterrupt), and they may catch it.
+The historic hooks (configuration options, registration) cannot be wrapped:
+pluggy refuses such a plugin when it is registered.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 
 import attrs
 import pluggy
@@ -58,7 +59,7 @@ class _Manager(pluggy.PluginManager):
         finally:
             self.version += 1
 
-    def add_hookspecs(self, module_or_class: object) -> None:
+    def add_hookspecs(self, module_or_class: ModuleType | type) -> None:  # pluggy's _Namespace
         try:
             super().add_hookspecs(module_or_class)
         finally:
@@ -97,7 +98,7 @@ class PluginHost:
         self._history: dict[str, dict[str, Any]] = {}
         #: The plugin whose hook implementation is running (for register callbacks).
         self.calling: str | None = None
-        self._impls: dict[str, tuple[int, tuple[Any, ...]]] = {}  # hook -> (pm.version, implementations)
+        self._impls: dict[str, _Plan] = {}  # hook -> how to call it
 
     # -- loading ------------------------------------------------------------
 
@@ -131,7 +132,8 @@ class PluginHost:
             except Exception as exc:  # a plugin may raise anything while importing
                 info.status = "failed"
                 info.error = f"{type(exc).__name__}: {exc}"
-                message = f"plugin {ep.name!r} (from {dist or 'unknown distribution'}) failed to load: {info.error}"
+                message = (f"plugin {ep.name!r} (from {dist or 'unknown distribution'}) failed to load: "
+                           f"{info.error}")
                 if self.strict:
                     raise PluginLoadError(message) from exc
                 log.warning("%s", message, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -142,17 +144,20 @@ class PluginHost:
         """Register an object or module with ``@flowtap.hookimpl`` functions; returns its name."""
         name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
         if name in self.disabled:
-            self.infos[name] = PluginInfo(name, "disabled", module=_module_of(plugin), reason="disabled by name")
+            self.infos[name] = PluginInfo(name, "disabled", module=_module_of(plugin),
+                                          reason="disabled by name")
             return name
         self._register(plugin, name)
-        self.infos[name] = PluginInfo(name, "enabled", module=_module_of(plugin), hooks=self._hooks_of(plugin))
+        self.infos[name] = PluginInfo(name, "enabled", module=_module_of(plugin),
+                                      hooks=self._hooks_of(plugin))
         return name
 
     def _register(self, plugin: object, name: str) -> None:
         self.pm.register(plugin, name=name)
         unknown = [c.name for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec()]
         if unknown:  # a misspelled hook would otherwise never be called, silently
-            message = f"plugin {name!r} implements {', '.join(unknown)}, which flowtap does not call: misspelled?"
+            message = (f"plugin {name!r} implements {', '.join(unknown)}, which flowtap does not call: "
+                       "misspelled?")
             if self.strict:
                 self.pm.unregister(plugin)
                 raise PluginLoadError(message)
@@ -171,25 +176,41 @@ class PluginHost:
 
     # -- calling ------------------------------------------------------------
 
-    def each(self, hook: str, reraise: type[Exception] | tuple = (), **kwargs: Any) -> Iterator[tuple[str, Any]]:
+    def each(self, hook: str, reraise: type[Exception] | tuple = (),
+             **kwargs: Any) -> Iterator[tuple[str, Any]]:
         """Call every implementation of ``hook`` on its own; yield ``(plugin name, result)``.
 
         An implementation that raises is logged with the plugin's name and a
         traceback and skipped; the others still run. Exceptions of the
         ``reraise`` types (a ConfigError, say) propagate instead.
+
+        Hook wrappers (``wrapper=True``, ``hookwrapper=True``) run around the
+        other implementations as pluggy documents. A wrapper that replaces the
+        results makes this yield ``(wrapper's plugin name, value)`` for each
+        value of its replacement instead.
         """
         yield from self._call_impls(hook, kwargs, reraise=reraise)
 
     def _call_impls(
         self, hook: str, kwargs: dict[str, Any], only: object = None, reraise: type[Exception] | tuple = ()
     ) -> Iterator[tuple[str, Any]]:
-        for impl in self.impls(hook):
-            if only is not None and impl.plugin is not only:
-                continue
-            args = [kwargs[name] for name in impl.argnames]
+        plan = self._plan(hook)
+        wrappers, plain = plan.wrappers, plan.plain
+        if only is not None:
+            wrappers = tuple(impl for impl in wrappers if impl.plugin is only)
+            plain = tuple(impl for impl in plain if impl.plugin is only)
+        if wrappers:
+            return self._call_wrapped(hook, wrappers, plain, kwargs, reraise, plan.firstresult)
+        return self._call_plain(hook, plain, kwargs, reraise, plan.firstresult)
+
+    def _call_plain(
+        self, hook: str, impls: tuple[Any, ...], kwargs: dict[str, Any], reraise: Any, firstresult: bool
+    ) -> Iterator[tuple[str, Any]]:
+        """Call ``impls`` one by one, lazily: a caller that stops early stops the calls."""
+        for impl in impls:
             self.calling = impl.plugin_name
             try:
-                result = impl.function(*args)
+                result = impl.function(*[kwargs[name] for name in impl.argnames])
             except reraise:
                 raise
             except Exception:
@@ -198,14 +219,90 @@ class PluginHost:
             finally:
                 self.calling = None
             yield impl.plugin_name, result
+            if firstresult and result is not None:
+                return
+
+    def _call_wrapped(
+        self,
+        hook: str,
+        wrappers: tuple[Any, ...],
+        plain: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        reraise: Any,
+        firstresult: bool,
+    ) -> Iterator[tuple[str, Any]]:
+        """Run the wrappers up to their ``yield`` (outermost first), every plain implementation on
+        its own, then the rest of each wrapper (innermost first), as pluggy's own loop does.
+
+        Only exceptions that escape the call (the ``reraise`` types, KeyboardInterrupt) reach the
+        wrappers; any other one is reported with the plugin's name and its raiser left out: an
+        implementation returned nothing, a wrapper changed nothing.
+        """
+        error: BaseException | None = None  # the exception the call ends with, if any
+        started = []
+        for impl in wrappers:
+            self.calling = impl.plugin_name
+            try:
+                gen = impl.function(*[kwargs[name] for name in impl.argnames])
+                if next(gen, _NO_YIELD) is _NO_YIELD:
+                    raise RuntimeError(f"hook wrapper {impl.function.__qualname__} returned before its yield")
+                started.append((impl, gen))
+            except BaseException as exc:
+                if not _escapes(exc, reraise):
+                    self.report_error(f"plugin {impl.plugin_name!r}", hook)
+                    continue
+                error = exc
+                break
+            finally:
+                self.calling = None
+        pairs: list[tuple[str, Any]] = []
+        if error is None:
+            try:
+                pairs = list(self._call_plain(hook, plain, kwargs, reraise, firstresult))
+            except BaseException as exc:  # only what escapes gets out of _call_plain
+                error = exc
+        values = [value for _, value in pairs if value is not None]
+        result: Any = (values[0] if values else None) if firstresult else values
+        owner = None  # the plugin whose wrapper replaced the results last
+        for impl, gen in reversed(started):
+            before, snapshot = result, list(result) if isinstance(result, list) else None
+            self.calling = impl.plugin_name
+            try:
+                result, error = _finish_wrapper(impl, gen, result, error, firstresult)
+            except BaseException as exc:
+                if not _escapes(exc, reraise):
+                    self.report_error(f"plugin {impl.plugin_name!r}", hook)
+                elif exc is not error:  # a new exception, not the one it was handed
+                    result, error = None, exc
+            finally:
+                self.calling = None
+            if result is not before or (snapshot is not None and result != snapshot):
+                owner = impl.plugin_name
+        if error is not None:
+            raise error
+        if owner is None:
+            yield from pairs
+        elif firstresult:
+            yield owner, result
+        else:
+            for value in result:
+                yield owner, value
 
     def impls(self, hook: str) -> tuple[Any, ...]:
-        """The implementations of ``hook`` in calling order (cached until a plugin (un)registers)."""
-        cached = self._impls.get(hook)
-        if cached is None or cached[0] != self.pm.version:
-            impls = tuple(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
-            cached = self._impls[hook] = (self.pm.version, impls)
-        return cached[1]
+        """The implementations of ``hook`` in calling order: wrappers (outermost first), then the
+        others (cached until a plugin (un)registers)."""
+        return self._plan(hook).impls
+
+    def _plan(self, hook: str) -> _Plan:
+        plan = self._impls.get(hook)
+        if plan is None or plan.version != self.pm.version:
+            caller = getattr(self.pm.hook, hook)
+            impls = tuple(reversed(caller.get_hookimpls()))  # pluggy keeps them in reverse calling order
+            wrappers = tuple(impl for impl in impls if impl.wrapper or impl.hookwrapper)
+            plain = tuple(impl for impl in impls if not (impl.wrapper or impl.hookwrapper))
+            firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+            plan = self._impls[hook] = _Plan(self.pm.version, wrappers + plain, wrappers, plain, firstresult)
+        return plan
 
     def call(self, hook: str, **kwargs: Any) -> None:
         """Call every implementation of a notification hook, isolating failures."""
@@ -231,6 +328,52 @@ class PluginHost:
     def error_count(self) -> int:
         """How many times plugins, sources and sinks have raised so far."""
         return self.errors.count
+
+
+class _Plan(NamedTuple):
+    """How to call one hook, worked out once per registration change."""
+
+    version: int  # the manager's version it was made for
+    impls: tuple[Any, ...]  # calling order: wrappers, outermost first, then the others
+    wrappers: tuple[Any, ...]
+    plain: tuple[Any, ...]
+    firstresult: bool
+
+
+_NO_YIELD = object()
+
+
+def _escapes(exc: BaseException, reraise: Any) -> bool:
+    """Whether ``exc`` ends the hook call rather than being reported and isolated."""
+    return not isinstance(exc, Exception) or isinstance(exc, reraise)
+
+
+def _finish_wrapper(impl: Any, gen: Any, result: Any, error: BaseException | None, firstresult: bool) -> Any:
+    """Resume a hook wrapper after its ``yield``; return the call's ``(result, error)`` after it."""
+    outcome = pluggy.Result(None, error) if error is not None else pluggy.Result(result, None)
+    try:
+        if impl.hookwrapper:  # old style: ``outcome = yield``
+            gen.send(outcome)
+        elif error is not None:  # new style: ``result = yield`` raises the call's exception
+            gen.throw(error)
+        else:
+            gen.send(result)
+    except StopIteration as stop:
+        if impl.wrapper:
+            outcome.force_result(stop.value)
+    else:
+        gen.close()
+        raise RuntimeError(f"hook wrapper {impl.function.__qualname__} has a second yield")
+    if outcome.exception is not None:  # handed on, or one of its own (old style: force_exception)
+        if outcome.exception is not error:
+            raise outcome.exception
+        return None, error
+    result = outcome.get_result()
+    if not firstresult and not isinstance(result, list):
+        fix = "return (yield)" if impl.wrapper else "outcome.force_result(a list)"
+        name = impl.function.__qualname__
+        raise TypeError(f"hook wrapper {name} made the results {result!r}, not a list ({fix}?)")
+    return result, None
 
 
 def _module_of(plugin: object) -> str:

@@ -14,6 +14,7 @@ locks of its own.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -71,6 +72,7 @@ class SinkWorker:
         self._errors = errors
         self._hooks = _sink_hooks(sink, self.who)
         self._items: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._batch: collections.deque[tuple[Any, ...]] = collections.deque()  # the one being handled
         self._flows = 0  # flows waiting or in the batch being handled
         self._bytes = 0  # their bodies' bytes
         self._handed = 0  # flows of the batch being handled that write() has been given
@@ -173,7 +175,7 @@ class SinkWorker:
             self.detached = True
             self.health.missed += self._flows - self._handed  # the flow it is stuck on included
             self.health.state, self.health.stuck_in = state, f"{self.call or 'idle'} at {where}"
-            for item in self._items:
+            for item in itertools.chain(self._batch, self._items):  # no sync may wait on it any more
                 if item[0] == "sync":
                     item[1].set()
             self._items.clear()
@@ -195,7 +197,8 @@ class SinkWorker:
         with self._cond:
             while not self._items:
                 self._cond.wait()
-            items, self._items = self._items, collections.deque()
+            items = self._batch = self._items
+            self._items = collections.deque()
             self._behind = False
         sink = self.sink
         self._handed = size = 0  # flows handled (and their bytes): in the backlog until the batch is done

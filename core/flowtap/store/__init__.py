@@ -27,14 +27,18 @@ if TYPE_CHECKING:
     from flowtap.store.reader import Event, FlowRow, SessionInfo, Store, open_store
     from flowtap.store.sink import StoreSink
 
+# Spelled out, not computed from _WHERE, so that linters and type checkers see the re-exports.
+__all__ = [
+    "Event", "FlowRow", "SessionInfo", "Store", "StoreError", "StoreSink", "default_path", "open_store",
+]
+
 # Imported on first use, so that the command line stays quick to start.
 _WHERE = {
     "StoreError": "db", "default_path": "db",
-    "Event": "reader", "FlowRow": "reader", "SessionInfo": "reader", "Store": "reader", "open_store": "reader",
+    "Event": "reader", "FlowRow": "reader", "SessionInfo": "reader", "Store": "reader",
+    "open_store": "reader",
     "StoreSink": "sink",
 }  # fmt: skip
-
-__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

@@ -365,7 +365,8 @@ def setup_search(parser: argparse.ArgumentParser) -> None:
 
 def setup_show(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("flow", metavar="FLOW_ID", help="the flow's id, or its start (as search prints it)")
-    parser.add_argument("--raw", action="store_true", help="bodies as they are, not decoded or pretty-printed")
+    parser.add_argument("--raw", action="store_true",
+                        help="bodies as they are, not decoded or pretty-printed")
     parser.add_argument("--json", action="store_true", help="the whole flow as JSON (bodies in base64)")
 
 

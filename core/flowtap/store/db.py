@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from flowtap import serialize
 from flowtap.filters import pretty_url
@@ -119,8 +119,8 @@ VERSION = max(MIGRATIONS)
 READS_FROM = 1
 
 FLOW_COLUMNS = ("seq", "id", "session", "time", "method", "scheme", "host", "host_header", "port", "path",
-                "url", "pretty_url", "status", "request_type", "response_type", "request_size", "response_size",
-                "duration", "source", "error", "websocket", "files")
+                "url", "pretty_url", "status", "request_type", "response_type", "request_size",
+                "response_size", "duration", "source", "error", "websocket", "files")
 INSERT_FLOW = f"INSERT INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES ({', '.join('?' * len(FLOW_COLUMNS))})"
 INSERT_CONTENT = "INSERT INTO contents (seq, data, request_body, response_body) VALUES (?, ?, ?, ?)"
 
@@ -192,9 +192,9 @@ def _code(exc: sqlite3.Error) -> str:
 
 def damaged(path: Path, what: str) -> StoreError:
     """The error for a store SQLite finds damaged; ``what``: SQLite's words."""
-    return StoreError(f"{path}: the session store is damaged ({what}); move it aside (a new store is started in "
-                      f"its place) or recover what it holds: sqlite3 {shlex.quote(str(path))} .recover "
-                      "| sqlite3 recovered.db")
+    return StoreError(f"{path}: the session store is damaged ({what}); move it aside (a new store is "
+                      f"started in its place) or recover what it holds: sqlite3 {shlex.quote(str(path))} "
+                      ".recover | sqlite3 recovered.db")
 
 
 def error(path: Path, exc: sqlite3.Error, doing: str = "read") -> StoreError:
@@ -203,8 +203,9 @@ def error(path: Path, exc: sqlite3.Error, doing: str = "read") -> StoreError:
     if code == "SQLITE_CORRUPT":
         return damaged(path, f"SQLite: {text}")
     if code == "SQLITE_NOTADB":
-        return StoreError(f"{path}: not a readable flowtap session store (SQLite: {text}); if [store] path is "
-                          "right, the file is damaged: move it aside (a new store is started in its place)")
+        return StoreError(f"{path}: not a readable flowtap session store (SQLite: {text}); if [store] "
+                          "path is right, the file is damaged: move it aside (a new store is started in its "
+                          "place)")
     if code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
         return StoreError(f"{path}: the store stayed locked by another process for {BUSY_TIMEOUT:.0f} s "
                           f"(SQLite: {text}); try again when it is done")
@@ -399,7 +400,7 @@ def flow_columns(flow: Flow) -> list[Any]:
     req, resp = flow.request, flow.response
     parts = urlsplit(req.url)  # once, not once per Request property
     pretty = pretty_url(req)  # what ~u searches
-    port = parts.port if _valid_port(parts) else None
+    port = _port(parts)
     return [_text(value) for value in (
         flow.id,
         flow.timings.start,
@@ -433,12 +434,12 @@ def _text(value: Any) -> Any:
     return value
 
 
-def _valid_port(parts) -> bool:
+def _port(parts: SplitResult) -> int | None:
+    """The URL's port, or None if it has none or one that is not a number in range (``.port`` raises)."""
     try:
-        parts.port
+        return parts.port
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def flow_data(flow: Flow, request_file: str | None, response_file: str | None) -> str:

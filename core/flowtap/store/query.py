@@ -27,8 +27,15 @@ from typing import Any
 
 import attrs
 
-from flowtap.filters import (ASSET_TYPES, FilterError, Predicate, as_bytes, compile_expression, header_block,
-                             parse_authority)
+from flowtap.filters import (
+    ASSET_TYPES,
+    FilterError,
+    Predicate,
+    as_bytes,
+    compile_expression,
+    header_block,
+    parse_authority,
+)
 
 TRUE, FALSE = "1", "0"
 
@@ -111,7 +118,7 @@ class _Builder:
         """
         aliases = [f"v{i}" for i in range(len(columns))]
         call = self.function(len(columns), fn, *aliases)
-        values = ", ".join(f"{c} AS {a}" for c, a in zip(columns, aliases))
+        values = ", ".join(f"{c} AS {a}" for c, a in zip(columns, aliases, strict=True))
         return (f"(({', '.join(f'f.{c}' for c in columns)}) IN (SELECT {', '.join(aliases)} FROM "
                 f"(SELECT DISTINCT {values} FROM flows LIMIT -1) WHERE {call}))")
 
@@ -130,9 +137,9 @@ class _Builder:
             exact = f"(f.status IS {int(node.num)})"
             return exact, exact
         code = getattr(node, "code", None)
-        exact = self.leaf(code, getattr(node, "re", None))
-        if exact is not None:
-            return exact, exact
+        leaf = self.leaf(code, getattr(node, "re", None))
+        if leaf is not None:
+            return leaf, leaf
         if code in ("b", "bq", "bs"):
             return self.body(code, node.re)
         if code in ("h", "hq", "hs"):
@@ -154,8 +161,9 @@ class _Builder:
         if code == "m":
             return self.distinct(lambda method: rx.search(as_bytes(method)), "method")
         if code == "d":
-            return self.distinct(lambda host, header: rx.search(host) or rx.search(parse_authority(header or host)[0]),
-                                 "host", "host_header")
+            return self.distinct(
+                lambda host, header: rx.search(host) or rx.search(parse_authority(header or host)[0]),
+                "host", "host_header")
         if code == "u":  # the stored pretty URL is filters.pretty_url(request)
             return self.function(1, rx.search, "coalesce(f.pretty_url, f.url)")
         if code in ("t", "tq", "ts"):
@@ -166,8 +174,8 @@ class _Builder:
             return self.distinct(lambda q, s: any(rx.search(ct) for ct in _split(q) + _split(s)),
                                  "request_type", "response_type")
         if code == "a":
-            return self.distinct(lambda s: any(asset.search(ct) for ct in _split(s) for asset in ASSET_TYPES),
-                                 "response_type")
+            return self.distinct(
+                lambda s: any(asset.search(ct) for ct in _split(s) for asset in ASSET_TYPES), "response_type")
         return None
 
     def headers(self, code: str, rx: Any) -> str:
@@ -182,7 +190,7 @@ class _Builder:
         return self.function(1, search, "c.data")
 
     def body(self, code: str, rx: Any) -> tuple[str, str]:
-        """``~b``/``~bq``/``~bs``: decided in SQL unless a body is in a file or WebSocket messages count too."""
+        """``~b``/``~bq``/``~bs``: in SQL, unless a body is in a file or WebSocket messages count too."""
         request, response = code != "bs", code != "bq"
 
         def search(q: bytes | None, s: bytes | None) -> bool:

@@ -215,8 +215,8 @@ class Store:
 
     # -- flows ---------------------------------------------------------------------------------
 
-    def rows(self, expression: str | None = None, session: str | SessionInfo | None = None, limit: int | None = None,
-             newest_first: bool = False) -> Iterator[FlowRow]:
+    def rows(self, expression: str | None = None, session: str | SessionInfo | None = None,
+             limit: int | None = None, newest_first: bool = False) -> Iterator[FlowRow]:
         """The searchable fields of the flows matching ``expression``.
 
         :param expression: a mitmproxy filter expression; None: every flow.
@@ -229,8 +229,8 @@ class Store:
         for row, _ in self._select(expression, session, limit, newest_first, load=False):
             yield row
 
-    def flows(self, expression: str | None = None, session: str | SessionInfo | None = None, limit: int | None = None,
-              newest_first: bool = False) -> Iterator[Flow]:
+    def flows(self, expression: str | None = None, session: str | SessionInfo | None = None,
+              limit: int | None = None, newest_first: bool = False) -> Iterator[Flow]:
         """The :class:`flowtap.Flow` objects matching ``expression`` (arguments as for :meth:`rows`)."""
         for row, flow in self._select(expression, session, limit, newest_first, load=True):
             yield flow if flow is not None else self._load(row.seq)
@@ -252,7 +252,8 @@ class Store:
         if not rows:
             raise StoreError(f"no flow {ref!r} in {self.path} (`flowtap search` lists flows with their ids)")
         if len(rows) > 1 and rows[0].id != ref:
-            raise StoreError(f"flow id {ref!r} is ambiguous: several flows start with it; give more of the id")
+            raise StoreError(f"flow id {ref!r} is ambiguous: several flows start with it; "
+                             "give more of the id")
         return rows[0]
 
     def count(self, session: str | None = None) -> int:
@@ -295,7 +296,7 @@ class Store:
         for values in self._iterate(sql, params):
             row, sure = FlowRow(*values[:width]), values[width]
             flow = None
-            if not sure:
+            if not sure and plan.predicate is not None:  # no predicate: no filter, every row matches
                 flow = db.load_flow(self.path, *values[width + 1:])
                 if not plan.predicate(flow):
                     continue

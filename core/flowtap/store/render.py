@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from flowtap.store.reader import Event, FlowRow, SessionInfo
 
 _TEXT_TYPES = ("json", "xml", "javascript", "ecmascript", "x-www-form-urlencoded", "graphql", "yaml", "csv")
+#: The timings ``flowtap show`` lists after the total, when known.
+_PHASES = ("dns", "connect", "tls", "send", "wait", "receive")
 
 
 def when(timestamp: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
@@ -156,19 +158,18 @@ def flow_parts(flow: Flow, row: FlowRow, session: SessionInfo | None, raw: bool 
     t = flow.timings
     took = "-" if t.duration is None else f"{t.duration:.0f} ms"
     where = f"session {session.name!r} ({session.id})" if session else f"session {row.session}"
-    summary = f"{when(t.start)}  {took}"
-    names = ("dns", "connect", "tls", "send", "wait", "receive")
-    phases = [f"{name} {getattr(t, name):.0f}ms" for name in names if getattr(t, name) is not None]
+    timing = f"{when(t.start)}  {took}"
+    phases = [f"{name} {getattr(t, name):.0f}ms" for name in _PHASES if getattr(t, name) is not None]
     if phases:
-        summary += "  (" + ", ".join(phases) + ")"
-    out: list[str | bytes] = [f"flow {flow.id}  {where}  source {terminal_safe(flow.source)}", summary]
+        timing += "  (" + ", ".join(phases) + ")"
+    out: list[str | bytes] = [f"flow {flow.id}  {where}  source {terminal_safe(flow.source)}", timing]
     peers = []
     if flow.client_address:
         peers.append(f"client {flow.client_address[0]}:{flow.client_address[1]}")
     if flow.server_address:
-        ip = flow.server_ip
-        peers.append(f"server {flow.server_address[0]}:{flow.server_address[1]}"
-                     + (f" ({ip})" if ip and ip != flow.server_address[0] else ""))
+        host, port = flow.server_address[0], flow.server_address[1]
+        peers.append(f"server {host}:{port}"
+                     + (f" ({flow.server_ip})" if flow.server_ip and flow.server_ip != host else ""))
     if flow.tls:
         peers.append("TLS " + " ".join(v for v in (flow.tls.version, flow.tls.alpn, flow.tls.cipher) if v))
     if peers:
@@ -184,8 +185,8 @@ def flow_parts(flow: Flow, row: FlowRow, session: SessionInfo | None, raw: bool 
     if flow.response is not None:
         resp = flow.response
         out.append("")
-        lines, body = _message_lines(f"{resp.http_version} {resp.status_code} {resp.reason}".rstrip(), resp,
-                                     raw)
+        status_line = f"{resp.http_version} {resp.status_code} {resp.reason}".rstrip()
+        lines, body = _message_lines(status_line, resp, raw)
         out += lines
         if body:
             out.append(body)

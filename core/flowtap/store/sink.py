@@ -77,34 +77,38 @@ class StoreSink(Sink):
 
     def open(self, session: Session) -> None:
         try:
-            self.conn = db.connect(self.path, write=True)
+            self.conn = conn = db.connect(self.path, write=True)
         except StoreError as exc:
             raise SinkError(str(exc)) from None
         self.session = session
         try:
-            with db.transaction(self.conn):
-                self._close_interrupted()
-                self.conn.execute(
-                    "INSERT INTO sessions (id, name, started, state, pid, config) VALUES (?, ?, ?, ?, ?, ?)",
-                    (session.id, session.name, session.started, session.state.value, os.getpid(), self.config))
+            with db.transaction(conn):
+                self._close_interrupted(conn)
+                conn.execute("INSERT INTO sessions (id, name, started, state, pid, config) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             (session.id, session.name, session.started, session.state.value, os.getpid(),
+                              self.config))
         except sqlite3.Error as exc:
-            self.conn.close()
+            conn.close()
             self.conn = None
             raise SinkError(str(db.error(self.path, exc, "write"))) from None
 
     def write(self, flow: Flow) -> None:
+        session = self.session
+        if session is None or self.conn is None:  # never opened, or closed: nothing would commit it
+            raise SinkFailed(f"{self.path}: the store is not open; the flow is lost", lost=1)
         files = 0
         request_body: bytes | None = flow.request.body
         response_body: bytes | None = None
         request_file = response_file = None
         try:
             if len(flow.request.body) > self.threshold:
-                request_file = self._body_file(flow.request.body, "request")
+                request_file = self._body_file(session, flow.request.body, "request")
                 request_body, files = None, db.REQUEST_FILE
             if flow.response is not None:
                 response_body = flow.response.body
                 if len(flow.response.body) > self.threshold:
-                    response_file = self._body_file(flow.response.body, "response")
+                    response_file = self._body_file(session, flow.response.body, "response")
                     response_body, files = None, files | db.RESPONSE_FILE
         except OSError as exc:
             self._remove_bodies(request_file)
@@ -119,7 +123,8 @@ class StoreSink(Sink):
         wait = self._last_commit + self.interval - time.monotonic()
         if not self.interval or (self._pending and (wait <= 0 or len(self._pending) >= BATCH_ROWS)):
             self._commit()
-        elif self._timer is None:  # flows to hold back, or only new counts (at most one such commit an interval)
+        elif self._timer is None:
+            # Flows to hold back, or only new counts (at most one such commit an interval).
             self._timer = self.call_later(wait if self._pending else self.interval, self._commit)
 
     def close(self) -> None:
@@ -154,7 +159,8 @@ class StoreSink(Sink):
         """Flows, marks or new counts to commit."""
         assert self.session is not None
         c = self.session.counts
-        return bool(self._pending or self._marks) or (c.recorded, c.filtered, c.paused, c.received) != self._counts
+        counts = (c.recorded, c.filtered, c.paused, c.received)
+        return bool(self._pending or self._marks) or counts != self._counts
 
     def _commit(self) -> None:
         """Commit the waiting flows, the marks and the counts, in one transaction.
@@ -195,14 +201,16 @@ class StoreSink(Sink):
             raise SinkFailed(f"{self.path}: a flow ({method} {url}) not stored: {error}"
                              + (f"; and {_many(more, 'other')}" if more else ""), lost=len(refused))
 
-    def _insert(self, conn: sqlite3.Connection, session: Session, pending: list[Row]) -> list[tuple[str, str, str]]:
+    def _insert(self, conn: sqlite3.Connection, session: Session,
+                pending: list[Row]) -> list[tuple[str, str, str]]:
         """Insert the waiting flows; a row the database refuses is left out, not the batch.
 
         :returns: the method, URL and error of each flow left out.
         """
         seq = conn.execute("SELECT coalesce(max(seq), 0) FROM flows").fetchone()[0]
         rows = [((seq, columns[0], session.id, *columns[1:], files), (seq, data, request_body, response_body))
-                for seq, (columns, data, request_body, response_body, files, _) in enumerate(pending, seq + 1)]
+                for seq, (columns, data, request_body, response_body, files, _)
+                in enumerate(pending, seq + 1)]
         refused = []
         conn.execute("SAVEPOINT batch")
         try:
@@ -299,9 +307,9 @@ class StoreSink(Sink):
                 except OSError:
                     pass
 
-    def _body_file(self, body: bytes, part: str) -> str:
+    def _body_file(self, session: Session, body: bytes, part: str) -> str:
         """Write a body beside the database; its name relative to the bodies directory."""
-        name = f"{self.session.id}/{secrets.token_hex(8)}.{part}"
+        name = f"{session.id}/{secrets.token_hex(8)}.{part}"
         target = db.bodies_dir(self.path) / name
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -313,12 +321,12 @@ class StoreSink(Sink):
             raise
         return name
 
-    def _close_interrupted(self) -> None:
+    def _close_interrupted(self, conn: sqlite3.Connection) -> None:
         """Mark sessions whose process died without ending them as interrupted."""
-        rows = self.conn.execute("SELECT id, pid FROM sessions WHERE state IN ('running', 'paused')").fetchall()
+        rows = conn.execute("SELECT id, pid FROM sessions WHERE state IN ('running', 'paused')").fetchall()
         for sid, pid in rows:
             if pid != os.getpid() and not pid_alive(pid):
-                self.conn.execute(
+                conn.execute(
                     "UPDATE sessions SET state = 'interrupted', ended = coalesce("
                     "(SELECT max(time) FROM flows WHERE session = ?), started) WHERE id = ?", (sid, sid))
 
