@@ -30,7 +30,7 @@ from flowtap.cli import _SafeFormatter
 from flowtap.control import runs
 from flowtap.store import render
 from flowtap.testing import capture, make_flow
-from flowtap.view import ConsoleView, MessageArea, flow_line, flow_row
+from flowtap.view import ConsoleView, MessageArea, flow_line, flow_row, health_table
 
 from clirun import flowtap as run_cli
 
@@ -96,6 +96,15 @@ def test_the_live_view_and_the_plain_lines_show_control_characters_escaped(tmp_p
         area.detach()
     (message,), _ = area.snapshot()
     assert not raw_controls(message) and "\\x1b[2J\\rflowtap: ERROR: forged" in message
+
+
+def test_a_sinks_error_text_is_shown_escaped():
+    from flowtap.health import SinkHealth
+
+    health = SinkHealth("har", "flowtap_har", errors=1, state="failing",
+                        last_error="cannot write http://x/\x1b]0;owned\x07")
+    (_, row) = health_table([health])
+    assert not raw_controls(row) and row.endswith("last error: cannot write http://x/\\x1b]0;owned\\x07")
 
 
 def test_log_lines_escape_control_characters_and_indent_further_lines():

@@ -363,7 +363,8 @@ def health_table(sinks: Iterable[SinkHealth]) -> list[str]:
             notes.append(f"stuck in {h.stuck_in}")
         if h.last_error:
             notes.append(f"last error: {h.last_error}")
-        rows.append((h.name, h.state, str(h.written), str(h.errors), str(h.missed), "; ".join(notes)))
+        note = terminal_safe("; ".join(notes))  # an error's text may quote what was captured (a URL)
+        rows.append((h.name, h.state, str(h.written), str(h.errors), str(h.missed), note))
     if len(rows) == 1:
         return []
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
