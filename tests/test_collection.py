@@ -219,6 +219,26 @@ def test_multipart_files_binary_bodies_and_media_responses(tmp_path, judge):
     assert run_collection(tmp_path, image, save_responses=False)["item"][0]["response"] == []
 
 
+def test_an_example_body_above_max_example_size_is_cut_and_says_its_size(tmp_path, judge):
+    """Text stays text (the cut never splits a UTF-8 character); the real size is in the name."""
+    text = ('{"name": "' + "é" * 100_000 + '"}').encode()  # 200 kB, é is 2 bytes: 999 splits one
+    big = make_flow(url="https://api.example.com/big", response_body=text,
+                    response_headers=[("Content-Type", "application/json")])
+    binary = make_flow(url="https://api.example.com/blob", response_body=b"\xff" * 5000,
+                       response_headers=[("Content-Type", "application/octet-stream")])
+    small = make_flow(url="https://api.example.com/small", response_body=b'{"ok": true}',
+                      response_headers=[("Content-Type", "application/json")])
+    doc = run_collection(tmp_path, big, binary, small, max_example_size="999")
+    assert judge.postman_errors(tmp_path / "out.postman_collection.json") == ""
+    cut, blob, whole = (item["response"][0] for item in doc["item"])
+    assert cut["body"] == text[:998].decode() and cut["name"] == "200 OK (body cut to 998 B of 195.3 KiB)"
+    assert len(blob["body"]) == 1332 and blob["name"].endswith("(body cut to 999 B of 4.9 KiB)")  # base64
+    assert whole["body"] == '{"ok": true}' and whole["name"] == "200 OK"
+    assert doc["item"][0]["request"]["url"]["raw"].endswith("/big")  # the request is as it was
+    default = run_collection(tmp_path, big)["item"][0]["response"][0]
+    assert len(default["body"].encode()) <= 64 * 1024 and "of 195.3 KiB)" in default["name"]
+
+
 def test_file_is_valid_after_every_flush_and_clear_empties_it(tmp_path):
     out = tmp_path / "live.json"
 

@@ -90,6 +90,19 @@ def test_search_prints_a_table_or_json_lines(recorded, capsys):
     assert code == 0 and out == "" and "no flows in the store match '~c 999'" in err
 
 
+def test_search_shows_the_port_where_it_is_not_the_default(tmp_path, capsys):
+    path = tmp_path / "store.db"
+    with capture(config={"store": {"path": str(path)}}) as cap:
+        cap.feed(make_flow(url="http://api.test:8080/a"), make_flow(url="https://api.test/b"),
+                 make_flow(url="http://api.test:80/c"), make_flow(url="https://[::1]:9443/d"),
+                 make_flow(url="https://api.test:80/e"))
+    code, out, _ = cli(capsys, "search", "--set", f"store.path={path}")
+    assert code == 0
+    assert [line.split()[-2:] for line in out.splitlines()[1:]] == [
+        ["api.test:80", "/e"], ["[::1]:9443", "/d"], ["api.test", "/c"], ["api.test", "/b"],
+        ["api.test:8080", "/a"]]
+
+
 def test_show_pretty_prints_text_and_keeps_raw_bytes(recorded, capsys):
     path, morning, _ = recorded
     store = ("--set", f"store.path={path}")

@@ -5,7 +5,8 @@ Runs on 127.0.0.1 in threads of its own. Routes (HTTP/1.1 and HTTP/2 alike):
 - ``/json``: a small JSON body with Content-Length, duplicate headers and two Set-Cookie
 - ``/echo``: the request body back (any method)
 - ``/gzip``: a gzip-encoded JSON body
-- ``/big?n=N``: N bytes with a Content-Length; ``/chunked?n=N``: N bytes, chunked
+- ``/big?n=N``: N bytes with a Content-Length; ``/chunked?n=N``: N bytes, chunked;
+  ``/bigjson?n=N``: N bytes of JSON, with a Set-Cookie
 - ``/slow?ms=M``: answers after M milliseconds
 - ``/stream``: one chunk, then (once ``server.release`` is set) a second; ``server.released`` says
   whether the release came before a 5 s timeout (HTTP/1.1 only)
@@ -59,6 +60,9 @@ def route(method: str, target: str, body: bytes) -> tuple[int, list[tuple[str, s
                      ("Content-Encoding", "gzip")], gzip.compress(data), False
     if url.path == "/big":
         return 200, [("Content-Type", "application/octet-stream")], b"x" * int(query.get("n", "0")), False
+    if url.path == "/bigjson":  # N bytes of JSON text: {"pad": "xxx..."}
+        return 200, [("Content-Type", "application/json"), ("Set-Cookie", "big=1; Path=/")], (
+            b'{"pad": "' + b"x" * max(0, int(query.get("n", "0")) - 11) + b'"}'), False
     if url.path == "/chunked":
         return 200, [("Content-Type", "text/plain")], b"y" * int(query.get("n", "0")), True
     if url.path == "/slow":

@@ -8,19 +8,24 @@ table, and are printed in full (tracebacks too) once the table is gone.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import logging
 import os
 import select
 import shutil
+import signal
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from flowtap.api import Sink
 from flowtap.plugins import hookimpl
+from flowtap.session import State
+from flowtap.store.render import duration, host_port
 from flowtap.terminal import terminal_safe
 
 if TYPE_CHECKING:
@@ -30,6 +35,16 @@ if TYPE_CHECKING:
     from flowtap.session import Session
 
 KEYS = "p pause  r resume  c clear  m mark  q end"
+#: Seconds between two looks at what changed (flows, messages, the clock) in the live view.
+TICK = 0.25
+#: Rows the live view keeps (flows and markers): the latest, as many as a tall terminal shows.
+ROWS_KEPT = 500
+#: Columns of the HOST column: it grows up to HOST_WIDTH_MAX for longer ``host:port``s.
+HOST_WIDTH, HOST_WIDTH_MAX = 24, 40
+#: Columns PATH keeps on a narrow terminal (HOST gives way first, down to 10).
+PATH_WIDTH_MIN = 20
+#: Characters a marker typed after `m` may have.
+MARKER_CHARS = 200
 #: Messages the live view shows at once (the latest).
 MESSAGE_LINES = 5
 #: Characters of log output held back while the live view is drawn, printed after it
@@ -50,30 +65,59 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def flow_row(flow: Flow) -> tuple[str, ...]:
-    """time, method, status, host, path, size, duration: one flow as table cells (terminal-safe)."""
+class Row(NamedTuple):
+    """One flow as the live table's cells; ``error`` is "" for a flow that did not fail."""
+
+    time: str
+    method: str
+    status: str
+    host: str
+    path: str
+    size: str
+    duration: str
+    error: str
+
+
+class Marker(NamedTuple):
+    """A marker between the flows of the live table."""
+
+    time: str
+    text: str
+
+
+def flow_row(flow: Flow) -> Row:
+    """One flow as table cells, terminal-safe; HOST carries the port where it is not the default."""
     response = flow.response
     status = str(response.status_code) if response else ("ERR" if flow.error else "-")
     duration = flow.timings.duration
-    return (
+    request = flow.request
+    return Row(
         time.strftime("%H:%M:%S", time.localtime(flow.timings.start)),
-        terminal_safe(flow.request.method),
+        terminal_safe(request.method),
         status,
-        terminal_safe(flow.request.host),
-        terminal_safe(flow.request.path),
+        terminal_safe(host_port(request.host, request.port, request.scheme)),
+        terminal_safe(request.path),
         _size(response.body_size if response else None),
         "-" if duration is None else f"{duration:.0f}ms",
+        terminal_safe(flow.error or ""),
     )
 
 
 def flow_line(flow: Flow) -> str:
-    """One flow as a log line, terminal-safe; failures carry their error."""
-    cells = flow_row(flow)
-    line = f"{cells[0]} {cells[1]:<7} {cells[2]:>3} {cells[3]}{cells[4]}  {cells[5]} {cells[6]}"
-    return f"{line}  ({terminal_safe(flow.error)})" if flow.error else line
+    """One flow as a log line; failures carry their error."""
+    row = flow_row(flow)
+    line = f"{row.time} {row.method:<7} {row.status:>3} {row.host}{row.path}  {row.size} {row.duration}"
+    return f"{line}  ({row.error})" if row.error else line
+
+
+def marker_line(text: str) -> str:
+    """A marker as a log line."""
+    return f"-- {time.strftime('%H:%M:%S')} marker: {terminal_safe(text)} --"
 
 
 class _ViewSink(Sink):
+    """The view's console sink: flows and markers reach it in the order they happened."""
+
     def __init__(self, view: ConsoleView) -> None:
         self.view = view
 
@@ -82,6 +126,14 @@ class _ViewSink(Sink):
 
     def flush(self) -> None:
         self.view.flush()
+
+    @hookimpl
+    def flowtap_session_clear(self) -> None:
+        self.view.cleared()
+
+    @hookimpl
+    def flowtap_session_mark(self, text: str) -> None:
+        self.view.marked(text)
 
 
 class _HeldOutput:
@@ -179,7 +231,7 @@ def _is_terminal(stream: object) -> bool:
 
 
 class ConsoleView:
-    """Shows flows as they are recorded, and takes p/r/c/q from the keyboard.
+    """Shows flows as they are recorded, and takes p/r/c/m/q from the keyboard.
 
     :param interactive: draw a live table and read keys (a terminal);
         otherwise print one line per flow to ``out``.
@@ -192,10 +244,12 @@ class ConsoleView:
         self.interactive = interactive
         self.per_flow = per_flow
         self.out = out or sys.stdout
-        self.rows: collections.deque[tuple[str, ...]] = collections.deque(maxlen=200)
+        self.rows: collections.deque[Row | Marker] = collections.deque(maxlen=ROWS_KEPT)
         self._lock = threading.Lock()
         self._early: list[str] | None = []  # lines held back until the banner is out
         self._facts: list[str] = []  # the start-up lines, kept at the top of the live table
+        self._prompt: str | None = None  # the marker text being typed after `m`
+        self._host_width = HOST_WIDTH
         self.area: MessageArea | None = None
         if interactive:  # from now on: what sinks log as the sources start belongs in it too
             self.area = MessageArea(logging.getLogger("flowtap"))
@@ -206,26 +260,40 @@ class ConsoleView:
         if self.per_flow:
             register("console", lambda options: _ViewSink(self), default=True)
 
-    @hookimpl
-    def flowtap_session_clear(self):
-        with self._lock:
-            self.rows.clear()
+    # -- what the console sink hands over (on its own thread) ------------------------------------
 
     def add(self, flow: Flow) -> None:
         if self.interactive:
+            row = flow_row(flow)
             with self._lock:
-                self.rows.append(flow_row(flow))
+                self.rows.append(row)
         else:
+            self._plain(flow_line(flow))
+
+    def marked(self, text: str) -> None:
+        if self.interactive:
             with self._lock:
-                if self._early is not None:
-                    self._early.append(flow_line(flow))
-                    return
-            self.out.write(flow_line(flow) + "\n")
+                self.rows.append(Marker(time.strftime("%H:%M:%S"), terminal_safe(text)))
+        else:
+            self._plain(marker_line(text))
+
+    def cleared(self) -> None:
+        with self._lock:
+            self.rows.clear()
+
+    def _plain(self, line: str) -> None:
+        with self._lock:
+            if self._early is not None:
+                self._early.append(line)
+                return
+        self.out.write(line + "\n")
 
     def flush(self) -> None:
         """Show the lines of a batch at once (one write per batch, not per flow)."""
         if not self.interactive:
             self.out.flush()
+
+    # -- start-up ---------------------------------------------------------------------------------
 
     def facts(self) -> list[str]:
         """The start-up facts: the session, where each source listens and how to point clients at it."""
@@ -254,6 +322,8 @@ class ConsoleView:
             self._early = None
         self.out.flush()
 
+    # -- the live table ---------------------------------------------------------------------------
+
     def run_until(self, stop: threading.Event) -> None:
         """Block until ``stop`` is set, drawing the table and handling keys when interactive."""
         if not self.interactive:
@@ -273,62 +343,122 @@ class ConsoleView:
             self.area.attach()
         area = self.area
         area.hold_terminal()
+        screen = _Screen(self.out)
+        keys = _Keys()
+        # A resize wakes the loop at once (the handler writes to a pipe it waits on); the size is
+        # looked at on every tick as well, so a resize is never missed.
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGWINCH, lambda *_: _poke(wake_w))
         try:
-            self.out.write("\x1b[?1049h\x1b[?25l")  # alternate screen, hide cursor
+            screen.open()
             while not stop.is_set():
-                self._draw()
-                ready, _, _ = select.select([fd], [], [], 0.25)
-                if ready:
-                    self._key(os.read(fd, 1).decode(errors="ignore").lower(), stop)
+                screen.draw(*self._screen_lines(*screen.size()))
+                ready, _, _ = select.select([fd, wake_r], [], [], TICK)
+                if wake_r in ready:
+                    os.read(wake_r, 64)
+                if fd in ready:
+                    for key in keys.feed(os.read(fd, 1024)):
+                        self._key(key, stop)
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGWINCH, previous)
+            os.close(wake_r)
+            os.close(wake_w)
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-            self.out.write("\x1b[?25h\x1b[?1049l")
-            self.out.flush()
+            screen.close()
             area.free_terminal()
 
     def _key(self, key: str, stop: threading.Event) -> None:
         session = self.capture.session
         if session is None:
             return
-        actions = {"p": session.pause, "r": session.resume, "c": session.clear,
-                   "m": lambda: session.mark(time.strftime("mark %H:%M:%S"))}
+        if self._prompt is not None:
+            self._prompt_key(key, session)
+            return
+        key = key.lower()
+        actions = {"p": session.pause, "r": session.resume, "c": session.clear}
         if key in actions:
             actions[key]()
+        elif key == "m":
+            self._prompt = ""
         elif key == "q":
             stop.set()
 
-    def _draw(self) -> None:
+    def _prompt_key(self, key: str, session: Session) -> None:
+        """A key while the marker's text is asked for: Enter sets the marker, Esc cancels."""
+        text = self._prompt or ""
+        if key in ("\r", "\n"):
+            self._prompt = None
+            session.mark(text.strip() or time.strftime("mark %H:%M:%S"))
+        elif key == "\x1b":
+            self._prompt = None
+        elif key in ("\x7f", "\b"):
+            self._prompt = text[:-1]
+        elif key == "\x15":  # Ctrl-U
+            self._prompt = ""
+        elif len(key) == 1 and key.isprintable() and len(text) < MARKER_CHARS:
+            self._prompt = text + key
+
+    def _screen_lines(self, width: int, height: int) -> tuple[list[str], int | None]:
+        """The lines of the screen (the status line last), and the cursor's column on it (or None)."""
         session = self.capture.session
-        if session is None:
-            return
-        width, height = shutil.get_terminal_size((100, 30))
+        if session is None or width < 1 or height < 1:
+            return [], None
         messages, count = self.area.snapshot() if self.area else ([], 0)
         if count > len(messages):
             ruler = f"-- messages: the last {len(messages)} of {count} "
         else:
             ruler = "-- messages " if count else "-- messages: none "
-        bottom = ["\x1b[7m" + ruler.ljust(width, "-")[:width] + "\x1b[0m", *(m[:width] for m in messages)]
-        facts = [f[:width] for f in self._facts]
+        bottom = [_REVERSE + _fit(ruler, width, "-") + _RESET,
+                  *(_fit(terminal_safe(m), width) for m in messages)]
+        facts = [_fit(f, width) for f in self._facts]
         # The table keeps at least 3 rows: the facts give way first on a short terminal.
         facts = facts[:max(0, height - 1 - len(bottom) - 1 - 3)]
-        header = ("TIME", "METHOD", "STATUS", "HOST", "PATH", "SIZE", "DURATION")
         room = max(0, height - 1 - len(bottom) - len(facts) - 1)
         with self._lock:
             rows = list(self.rows)[-room:] if room else []
-        widths = [8, 7, 6, 24, 0, 8, 8]
-        widths[4] = max(10, width - sum(widths) - 7)
-        table = [" ".join(c[:w].ljust(w) for c, w in zip(row, widths, strict=True))[:width]
-                 for row in (header, *rows)]
-        table += [""] * (room - len(rows))
-        state = session.state.value.upper()
-        status = (f" {session.name} | {state} | {session.counts.recorded} recorded | "
-                  f"{session.elapsed:.0f}s{self._sinks_status()} | {KEYS} ")
+        table = [*self._table(rows, width), *[""] * (room - len(rows))]
         lines = [*facts, *table, *bottom][:height - 1]
-        # Each line over the last one, cleared to its end (no clearing the whole screen: no flicker).
-        screen = ("\x1b[H" + "\x1b[K\r\n".join(lines) + "\x1b[K\x1b[J"
-                  + f"\x1b[{height};1H\x1b[7m{status[:width].ljust(width)}\x1b[0m")
-        self.out.write(screen)
-        self.out.flush()
+        status, cursor = self._status(session, width)
+        return [*lines, *[""] * (height - 1 - len(lines)), status], cursor
+
+    def _table(self, rows: list[Row | Marker], width: int) -> list[str]:
+        """The header and the rows, fit to ``width``; failed flows in red with their error."""
+        for row in rows:
+            if isinstance(row, Row) and len(row.host) > self._host_width:
+                self._host_width = min(HOST_WIDTH_MAX, len(row.host))  # grows, never jumps back
+        fixed = 8 + 7 + 6 + 8 + 8 + 6  # TIME METHOD STATUS SIZE DURATION, and the blanks between
+        host = max(10, min(self._host_width, width - fixed - PATH_WIDTH_MIN))  # on a narrow screen
+        widths = [8, 7, 6, host, max(10, width - fixed - host), 8, 8]
+        header = ("TIME", "METHOD", "STATUS", "HOST", "PATH", "SIZE", "DURATION")
+        lines = [_fit(" ".join(_fit(c, w) for c, w in zip(header, widths, strict=True)), width)]
+        for row in rows:
+            if isinstance(row, Marker):
+                lines.append(_BOLD + _fit(f"-- {row.time} marker: {row.text} ", width, "-") + _RESET)
+                continue
+            path = row.path
+            if row.error:  # the error after the path, the path shortened so that the error shows
+                path = f"{_fit(path, max(12, widths[4] - _width(row.error) - 4)).rstrip()}  ! {row.error}"
+            cells = (*row[:4], path, row.size, row.duration)
+            line = _fit(" ".join(_fit(c, w) for c, w in zip(cells, widths, strict=True)), width)
+            lines.append(_RED + line + _RESET if row.error else line)
+        return lines
+
+    def _status(self, session: Session, width: int) -> tuple[str, int | None]:
+        """The status line, or the marker prompt with the cursor's column."""
+        if self._prompt is not None:
+            hint = "  (Enter sets it, Esc cancels)"
+            text = self._prompt[-max(1, width - len(" marker: ") - len(hint) - 1):]
+            head = f" marker: {text}"
+            return _REVERSE + _fit(head + hint, width) + _RESET, min(width, _width(head) + 1)
+        c = session.counts
+        paused = f" | {c.paused} while paused" if c.paused or session.state is State.PAUSED else ""
+        status = (f" {session.name} | {session.state.value.upper()} | {c.recorded} recorded{paused} | "
+                  f"{duration(session.elapsed)}{self._sinks_status()} | {KEYS} ")
+        return _REVERSE + _fit(status, width) + _RESET, None
 
     def _sinks_status(self) -> str:
         """`` | sink 'har' failing`` for the sinks not doing well; empty when all are."""
@@ -337,6 +467,8 @@ class ConsoleView:
             return ""
         return " | " + ", ".join(f"sink {h.name!r} {h.state if h.state != 'ok' else 'missed flows'}"
                                  for h in bad)
+
+    # -- the end ----------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop catching log records for the message area (the run is over)."""
@@ -352,6 +484,122 @@ class ConsoleView:
         for line in health_table(h for h in self.capture.health() if h.plugin != VIEW_PLUGIN or not h.clean):
             print(f"  {line}", file=self.out)
         self.out.flush()
+
+
+# -- the terminal, in raw ANSI ------------------------------------------------------------------------
+
+_REVERSE, _BOLD, _RED, _RESET = "\x1b[7m", "\x1b[1m", "\x1b[31m", "\x1b[0m"
+
+
+def _poke(fd: int) -> None:
+    try:
+        os.write(fd, b"w")
+    except OSError:  # the pipe is full: the loop is woken already
+        pass
+
+
+def _char_width(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def _width(text: str) -> int:
+    """Columns ``text`` takes on a terminal (wide East Asian characters take two)."""
+    return len(text) if text.isascii() else sum(map(_char_width, text))
+
+
+def _fit(text: str, width: int, fill: str = " ") -> str:
+    """``text`` cut or padded to exactly ``width`` columns; a cut is shown by a last ``~``."""
+    total = _width(text)
+    if total <= width:
+        return text + fill * (width - total)
+    if width < 1:
+        return ""
+    out, used = [], 0
+    for char in text:
+        w = _char_width(char)
+        if used + w > width - 1:
+            break
+        out.append(char)
+        used += w
+    return "".join(out) + "~" * (width - used)
+
+
+class _Keys:
+    """Bytes read from the terminal as keys: characters, lone Esc, and escape sequences in one piece
+    (an arrow key is one key, ``\\x1b[A``, not an Esc followed by letters)."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> list[str]:
+        text = self._decoder.decode(data)
+        keys, i = [], 0
+        while i < len(text):
+            if text[i] == "\x1b" and i + 1 < len(text):
+                end = i + 2
+                if text[i + 1] in "[O":  # CSI or SS3: parameters, then a final byte @..~
+                    while end < len(text) and not ("@" <= text[end] <= "~"):
+                        end += 1
+                    end = min(end + 1, len(text))
+                keys.append(text[i:end])
+                i = end
+            else:
+                keys.append(text[i])
+                i += 1
+        return keys
+
+
+class _Screen:
+    """The terminal's alternate screen, drawn line by line: only the lines that changed are written.
+
+    Each change is one write, framed as a synchronized update (terminals that know it show it at
+    once; others ignore the frame). A new size clears the screen and draws it whole, once.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.shown: list[str] = []
+        self._size: tuple[int, int] | None = None
+        self._cursor: int | None = None
+
+    def size(self) -> tuple[int, int]:
+        try:
+            columns, lines = os.get_terminal_size(self.out.fileno())
+        except (OSError, ValueError, AttributeError):
+            columns, lines = shutil.get_terminal_size((100, 30))
+        if (columns, lines) != self._size:
+            self._size = (columns, lines)
+            self.shown = []
+        return columns, lines
+
+    def open(self) -> None:
+        self.out.write("\x1b[?1049h\x1b[?25l\x1b[2J")  # alternate screen, hide the cursor
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.write("\x1b[?25h\x1b[?1049l")
+        self.out.flush()
+
+    def draw(self, lines: list[str], cursor: int | None) -> None:
+        parts = []
+        if not self.shown and lines:
+            parts.append("\x1b[2J")
+        for i, line in enumerate(lines):
+            if i >= len(self.shown) or self.shown[i] != line:
+                # Lines with text are as wide as the screen; an empty one clears its row.
+                parts.append(f"\x1b[{i + 1};1H{line}" + ("" if line else "\x1b[K"))
+        if parts or cursor != self._cursor:
+            if cursor is not None:
+                parts.append(f"\x1b[{len(lines)};{cursor + 1}H\x1b[?25h")
+            elif self._cursor is not None:
+                parts.append("\x1b[?25l")
+            self._cursor = cursor
+        if parts:
+            self.out.write("\x1b[?2026h" + "".join(parts) + "\x1b[?2026l")
+            self.out.flush()
+        self.shown = lines
 
 
 def health_table(sinks: Iterable[SinkHealth]) -> list[str]:

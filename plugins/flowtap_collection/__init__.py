@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import flowtap
-from flowtap import Option
+from flowtap import Option, parse_size
 
 NAME = "collection"
 
@@ -24,6 +24,12 @@ def flowtap_config_options(declare):
                choices=("none", "domain", "endpoint", "domain+endpoint")),
         Option("save_responses", bool, True,
                "Save each response as an example (never image, audio or video bodies, as in Postman)."),
+        Option("max_example_size", (int, str), "64kb",
+               "A saved response's body longer than this is cut to it, and the example's name says so "
+               "with the body's real size (e.g. \"200 OK (body cut to 64 KiB of 3.2 MiB)\"): examples "
+               "are for reading, and Postman struggles with collections of hundreds of megabytes. The "
+               "HAR and the session store keep bodies as their own max_body_size says.",
+               convert=parse_size),
         Option("dedupe", bool, False,
                "Keep one request per method and URL (the first), adding later responses as examples; "
                "with organize = endpoint the URL is the templated one (/users/:userId)."),

@@ -31,7 +31,10 @@ import uuid
 from array import array
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import attrs
+
 import flowtap
+from flowtap.memory import unmap_large_buffers
 from flowtap.paths import atomic_writer, check_writable, expand_path
 from flowtap.serialize import json_bytes
 from flowtap_collection.convert import Converter, Variables
@@ -48,6 +51,8 @@ SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 INTERVAL = 1.0
 #: The next rewrite waits this many times as long as the last one took.
 BUDGET = 20
+#: ``max_example_size``'s default: a saved response's body is cut past this many bytes.
+MAX_EXAMPLE_SIZE = 64 * 1024
 
 Piece = tuple[int, int]  # offset and length in the spool
 
@@ -98,6 +103,7 @@ class CollectionSink(flowtap.Sink):
         self.title = options["name"]
         self.organize = options["organize"]
         self.save_responses = options["save_responses"]
+        self.max_example_size: int = options.get("max_example_size", MAX_EXAMPLE_SIZE)
         self.dedupe = options["dedupe"]
         self.use_variables = options["variables"]
         self.include_secrets = options["include_secrets"]
@@ -123,6 +129,7 @@ class CollectionSink(flowtap.Sink):
     # -- the sink -----------------------------------------------------------
 
     def open(self, session: flowtap.Session) -> None:
+        unmap_large_buffers()
         self.path = path = expand_path(self.template, session)
         check_writable(path)
         self.title = self.title or session.name
@@ -146,7 +153,13 @@ class CollectionSink(flowtap.Sink):
         if seen is None:
             name = f"{method} {captured if 'domain' in self.organize else flow.request.host + captured}"
             head = json_bytes({"name": name, "request": request})[:-1]  # without the closing brace
-        example = self._convert.example(flow, request) if self.save_responses else None
+        example = None
+        if self.save_responses:
+            short, size = self._cut(flow)
+            example = self._convert.example(short, request)
+            if example is not None and size is not None:
+                kept = len(short.response.body) if short.response is not None else 0
+                example["name"] += f" (body cut to {_size(kept)} of {_size(size)})"
         response = b"" if example is None else json_bytes(example)
         if not head and not response:
             return
@@ -188,6 +201,23 @@ class CollectionSink(flowtap.Sink):
             self._spool = None
         if self.skipped:
             log.info("%s: %d WebSocket or CONNECT flow(s) left out", self.path, self.skipped)
+
+    def _cut(self, flow: flowtap.Flow) -> tuple[flowtap.Flow, int | None]:
+        """``flow`` with its response body cut to ``max_example_size``, and the body's real size.
+
+        The cut falls between UTF-8 characters, so that text stays text; the
+        size is None when nothing was cut. Only what is kept is converted.
+        """
+        response = flow.response
+        if response is None or len(response.body) <= self.max_example_size:
+            return flow, None
+        body, end = response.body, self.max_example_size
+        for _ in range(3):  # a UTF-8 character is at most 4 bytes: do not split one
+            if end > 0 and body[end] & 0xC0 == 0x80:
+                end -= 1
+        size = response.body_size if response.body_size is not None else len(body)
+        short = attrs.evolve(response, body=body[:end], body_size=size, truncated=True)
+        return attrs.evolve(flow, response=short), size
 
     # -- the index ----------------------------------------------------------
 
@@ -275,3 +305,15 @@ class CollectionSink(flowtap.Sink):
                 comma = b","
             out.write(b"]}")
             first = False
+
+
+def _size(n: int) -> str:
+    """A byte count as people read it: 980 B, 64 KiB, 3.2 MiB."""
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}".replace(".0 ", " ")
+        value /= 1024
+    return f"{value:.1f} GiB".replace(".0 ", " ")

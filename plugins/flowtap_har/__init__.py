@@ -19,7 +19,8 @@ def flowtap_config_options(declare):
         Option("path", str, "flowtap-{session}-{date}.har",
                "Where to write the HAR; {session} is replaced by the session name (made safe for a file "
                "name) and {date} by the session's start (YYYY-MM-DD_HHMMSS). Entries are appended to "
-               "PATH.journal while the session runs; the HAR is written when it ends."),
+               "PATH.journal while the session runs; when it ends the journal is closed and renamed "
+               "to PATH."),
         Option("content", str, "full",
                "Bodies to keep: full, headers (no bodies) or none (no headers, no bodies).",
                choices=("full", "headers", "none")),

@@ -1,11 +1,17 @@
-"""The HAR journal: entries appended one JSON line at a time, finalized into one HAR file.
+"""The HAR journal: the HAR itself, written as it grows, closed and renamed at the end.
 
-A journal's first line describes it (``{"flowtap_har_journal": 1, ...}``:
-the HAR it is for, the session, the creator); each further line is one
-entry. Lines are only ever appended, so a crash can at worst tear the last
-one; :func:`finalize` streams the lines into a HAR without holding them in
-memory, which is also what ``flowtap har finalize`` does with a journal
-left behind by a crashed run.
+A journal is a HAR file missing only its last line. Its first line opens
+the HAR up to its entries (``{"log":{"version":"1.2", ..., "_flowtap":
+{"journal": 1, ...}, "entries":[``); each further line is one entry (all but
+the first with a leading comma). Lines are only ever appended, so a crash
+can at worst tear the last one. Ending a session appends the closing line
+(``]}}``) and renames the journal to the HAR: finalizing touches none of
+the entries, however many gigabytes they hold, so Ctrl-C stays fast.
+
+``flowtap har finalize`` turns a journal left by a crashed run into a HAR
+(:func:`finalize`: streams it line by line, dropping a torn last line). It
+also reads the journals of earlier versions, whose first line was
+``{"flowtap_har_journal": 1, ...}`` and whose lines were bare entries.
 """
 
 from __future__ import annotations
@@ -19,8 +25,12 @@ import flowtap
 from flowtap.paths import atomic_writer
 from flowtap.serialize import json_bytes
 
-MARK = "flowtap_har_journal"
+MARK = "flowtap_har_journal"  # the first line of an earlier version's journal
 SUFFIX = ".journal"
+#: How a journal's first line ends: the HAR's entries begin.
+OPEN = b',"entries":['
+#: What closes a HAR whose entries were written.
+CLOSE = b"]}}\n"
 
 
 def journal_path(target: Path) -> Path:
@@ -33,10 +43,14 @@ def journal_path(target: Path) -> Path:
     return path
 
 
-def header(target: Path, session: Any) -> dict[str, Any]:
-    """The journal's first line: what :func:`finalize` needs to write the HAR."""
-    return {MARK: 1, "har": str(target), "session": session.name, "session_id": session.id,
-            "creator": {"name": "flowtap", "version": flowtap.__version__}}
+def head(target: Path, session: Any) -> bytes:
+    """The journal's first line: the HAR's opening, up to its entries, and a newline."""
+    log: dict[str, Any] = {"version": "1.2", "creator": {"name": "flowtap", "version": flowtap.__version__},
+                           "pages": []}
+    if session.name:
+        log["comment"] = f"flowtap session {session.name}"
+    log["_flowtap"] = {"journal": 1, "har": target.name, "session_id": session.id}
+    return b'{"log":' + json_bytes(log)[:-1] + OPEN + b"\n"
 
 
 def dump(obj: Any) -> bytes:
@@ -45,6 +59,7 @@ def dump(obj: Any) -> bytes:
 
 
 def _log_head(meta: dict[str, Any]) -> bytes:
+    """The HAR's opening for an earlier version's journal."""
     log: dict[str, Any] = {
         "version": "1.2",
         "creator": meta.get("creator") or {"name": "flowtap", "version": flowtap.__version__},
@@ -52,24 +67,47 @@ def _log_head(meta: dict[str, Any]) -> bytes:
     }
     if meta.get("session"):
         log["comment"] = f"flowtap session {meta['session']}"
-    return b'{"log":' + dump(log).rstrip(b"\n")[:-1] + b',"entries":['
+    return b'{"log":' + dump(log).rstrip(b"\n")[:-1] + OPEN
+
+
+def _parse_head(line: bytes) -> dict[str, Any] | None:
+    """The ``log`` object a journal's first line opens (without entries), or None if it is not one."""
+    if not (line.startswith(b'{"log":') and line.rstrip(b"\n").endswith(OPEN)):
+        return None
+    try:
+        data = json.loads(line.rstrip(b"\n")[: -len(OPEN)] + b"}}")
+    except ValueError:
+        return None
+    log = data.get("log") if isinstance(data, dict) else None
+    return log if isinstance(log, dict) else None
 
 
 def read_meta(fh: BinaryIO) -> dict[str, Any]:
-    """The journal's header line, or ``{}`` (position rewound) if it has none."""
+    """What the journal's first line says (``har``: the HAR it is for), or ``{}`` (position rewound).
+
+    Reads both this version's journals (``opening`` then holds the line, to be copied as it is)
+    and earlier ones'.
+    """
     first = fh.readline()
-    try:
-        meta = json.loads(first)
-    except ValueError:
-        meta = None
-    if isinstance(meta, dict) and MARK in meta:
+    log = _parse_head(first)
+    if log is not None:
+        meta = dict(log.get("_flowtap") or {})
+        meta["opening"] = first.rstrip(b"\n")
         return meta
+    try:
+        old = json.loads(first)
+    except ValueError:
+        old = None
+    if isinstance(old, dict) and MARK in old:
+        return old
     fh.seek(0)
     return {}
 
 
 def finalize(journal: Path, out: Path, check: bool = False) -> tuple[int, int]:
-    """Write the HAR at ``out`` (atomically) from the entries in ``journal``.
+    """Write the HAR at ``out`` (atomically) from the entries in ``journal``, a copy streamed line by line.
+
+    For a journal left behind by a crash; a session that ends renames its journal instead.
 
     :param check: parse each line and skip those that are not JSON objects
         (for journals left by a crash); without it only a torn last line is skipped.
@@ -78,24 +116,27 @@ def finalize(journal: Path, out: Path, check: bool = False) -> tuple[int, int]:
     written = skipped = 0
     with open(journal, "rb") as src, atomic_writer(out) as dst:
         meta = read_meta(src)
-        dst.write(_log_head(meta))
+        dst.write(meta.get("opening") or _log_head(meta))
         for line in src:
             if not line.strip():
                 continue
             if not line.endswith(b"\n"):  # torn by a crash while it was written
                 skipped += 1
                 continue
+            if line == CLOSE:  # closed, but not renamed
+                break
+            entry = memoryview(line)[1 if line.startswith(b",") else 0:-1]
             if check:
                 try:
-                    if not isinstance(json.loads(line), dict):
+                    if not isinstance(json.loads(entry.tobytes()), dict):
                         raise ValueError
                 except ValueError:
                     skipped += 1
                     continue
             dst.write(b"\n" if written == 0 else b",\n")
-            dst.write(line[:-1])
+            dst.write(entry)
             written += 1
-        dst.write(b"\n]}}\n")
+        dst.write(b"\n" + CLOSE)
     return written, skipped
 
 
@@ -107,7 +148,7 @@ def default_output(journal: Path) -> Path:
     except OSError:
         target = None
     if target:
-        return Path(target)
+        return journal.with_name(target) if "/" not in target else Path(target)
     name = journal.name
     for suffix in (SUFFIX, ".jsonl"):
         if name.endswith(suffix):

@@ -1,4 +1,9 @@
-"""The HAR sink: each kept flow appended to a journal, finalized into a HAR 1.2 file at the end.
+"""The HAR sink: each kept flow appended to a journal that becomes the HAR 1.2 file at the end.
+
+The journal is the HAR being written (:mod:`flowtap_har.journal`); an
+entry goes to it when its flow arrives, and nothing of it stays in memory.
+Ending the session appends the HAR's last line and renames the journal:
+however large the HAR, the end touches none of its entries.
 
 Every flush hands what was written to the operating system, so a crashed
 or killed process loses nothing that was flushed. The journal is fsync'd
@@ -11,13 +16,16 @@ CPU than the entries themselves under small batches.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import flowtap
+from flowtap.memory import unmap_large_buffers
 from flowtap.paths import check_writable, expand_path
+from flowtap.serialize import json_bytes
 from flowtap_har import journal
 from flowtap_har.entry import har_entry
 
@@ -37,7 +45,7 @@ class HarSink(flowtap.Sink):
 
     Memory does not grow with the session: entries go to the journal as they
     arrive (flushed on every :meth:`flush`, fsync'd within :data:`FSYNC_INTERVAL`), and :meth:`close`
-    streams the journal into the HAR (temp file + rename) and deletes it.
+    closes the HAR's JSON and renames the journal to the HAR.
     """
 
     def __init__(self, options: dict[str, Any]) -> None:
@@ -48,11 +56,13 @@ class HarSink(flowtap.Sink):
         self.journal_path: Path | None = None
         self._file: BinaryIO | None = None
         self._header = b""
+        self._entries = 0  # in the journal
         self._timer: Timer | None = None  # the fsync a throttled flush left
         self._last_sync = float("-inf")
         self._unsynced = False
 
     def open(self, session: flowtap.Session) -> None:
+        unmap_large_buffers()
         self.path = path = expand_path(self.template, session)
         check_writable(path)
         self.journal_path = journal.journal_path(path)
@@ -65,12 +75,18 @@ class HarSink(flowtap.Sink):
         except OSError as exc:
             raise flowtap.SinkError(f"{self.journal_path}: cannot create: {exc.strerror or exc}") from None
         self._file = os.fdopen(fd, "wb")
-        self._header = journal.dump(journal.header(path, session))
+        self._header = journal.head(path, session)
         self._file.write(self._header)
 
     def write(self, flow: flowtap.Flow) -> None:
         assert self._file is not None
-        self._file.write(journal.dump(har_entry(flow, self.content, self.max_body_size)))
+        data = json_bytes(har_entry(flow, self.content, self.max_body_size))
+        # Three writes rather than one joined line: a large entry is not copied again.
+        if self._entries:
+            self._file.write(b",")
+        self._file.write(data)
+        self._file.write(b"\n")
+        self._entries += 1
 
     def flush(self) -> None:
         if self._file is None or self._file.closed:
@@ -117,6 +133,7 @@ class HarSink(flowtap.Sink):
         if self._file is not None:
             self._file.truncate(0)
             self._file.write(self._header)
+            self._entries = 0
             self._sync_now()
 
     def close(self) -> None:
@@ -125,19 +142,43 @@ class HarSink(flowtap.Sink):
         assert self.path is not None and self.journal_path is not None
         failed = None
         try:
-            self._sync_now()
+            self._sync_now()  # the entries, on disk before the HAR's closing line
         except flowtap.SinkFailed as exc:  # the HAR gets what reached the journal all the same
             failed = exc
-        finally:
-            self._file.close()
         try:
-            written, _ = journal.finalize(self.journal_path, self.path)
+            if failed is None:
+                entries = self._close_in_place()
+            else:  # the journal may end in a torn line: the HAR is a copy without it
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                entries, _ = journal.finalize(self.journal_path, self.path)
+                self.journal_path.unlink()
         except OSError as exc:
             raise flowtap.SinkFailed(
                 f"{self.path}: cannot write the HAR ({exc.strerror or exc}); the entries are kept in "
                 f"{self.journal_path}: run `flowtap har finalize {self.journal_path}` once the problem "
                 "is fixed") from None
-        self.journal_path.unlink()
-        log.info("%s: %d entries", self.path, written)
+        finally:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        log.info("%s: %d entries", self.path, entries)
         if failed is not None:
             raise failed
+
+    def _close_in_place(self) -> int:
+        """Append the HAR's closing line to the (flushed) journal and rename it to the HAR.
+
+        :raises OSError: the journal is left as it was, for ``flowtap har finalize``.
+        """
+        assert self._file is not None and self.path is not None and self.journal_path is not None
+        fd = self._file.fileno()
+        end = os.fstat(fd).st_size
+        try:
+            os.write(fd, journal.CLOSE)  # short writes do not happen on regular files but on a full disk
+            os.fsync(fd)
+            os.replace(self.journal_path, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)  # a journal again
+            raise
+        return self._entries

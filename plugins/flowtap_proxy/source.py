@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 import flowtap
+from flowtap.memory import unmap_large_buffers
 from flowtap_proxy import ca
 
 #: mitmproxy keeps its master in a module-level global: one proxy per process.
@@ -45,6 +46,7 @@ class ProxySource(flowtap.Source):
         if not _running.acquire(blocking=False):
             raise flowtap.SourceError("another proxy source is already running in this process")
         self._owns_process_slot = True
+        unmap_large_buffers()  # bodies freed after the sinks are done with them leave RSS
         try:
             try:
                 ca.ensure_ca(self.confdir)

@@ -87,13 +87,24 @@ def session_details(s: SessionInfo, events: list[Event], hosts: list[tuple[str, 
 
 # -- flows -------------------------------------------------------------------------------------
 
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def host_port(host: str, port: int | None, scheme: str) -> str:
+    """``host`` with ``:port`` where the port is not the scheme's default (``api.test:8443``,
+    ``[::1]:8080``): two services on one host are told apart."""
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 FLOW_HEADER = ("ID", "TIME", "METHOD", "STATUS", "HOST", "PATH", "SIZE", "DURATION")
 
 
 def flow_cells(row: FlowRow, id_width: int = 12) -> tuple[str, ...]:
     status = str(row.status) if row.status is not None else ("ERR" if row.error else "-")
     return (row.id[:id_width], when(row.time, "%m-%d %H:%M:%S"), terminal_safe(row.method), status,
-            terminal_safe(row.host), terminal_safe(row.path),
+            terminal_safe(host_port(row.host, row.port, row.scheme)), terminal_safe(row.path),
             size(row.response_size), "-" if row.duration is None else f"{row.duration:.0f}ms")
 
 

@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from flowtap.api import Sink, SinkError, SinkFailed
+from flowtap.memory import unmap_large_buffers
 from flowtap.plugins import hookimpl
 from flowtap.store import db
 from flowtap.store.db import StoreError
@@ -76,6 +77,7 @@ class StoreSink(Sink):
     # -- flowtap.Sink --------------------------------------------------------------
 
     def open(self, session: Session) -> None:
+        unmap_large_buffers()
         try:
             self.conn = conn = db.connect(self.path, write=True)
         except StoreError as exc:
