@@ -1,10 +1,13 @@
 """Shared test set-up: no test touches the user's real flowtap dirs or inherits FLOWTAP_* settings."""
 
 import os
+import shutil
 import tempfile
 
 import pytest
 
+#: The tests' home for flowtap's data, config and cache dirs (a CA is made in it): removed when
+#: the run ends, so that no run leaves a `flowtap-tests-*` directory in the system temp dir.
 _home = tempfile.mkdtemp(prefix="flowtap-tests-")
 for var in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
     os.environ[var] = os.path.join(_home, var.lower())
@@ -17,3 +20,7 @@ for var in ("FLOWTAP_LOAD_PLUGINS", "FLOWTAP_DISABLE_PLUGINS", "FLOWTAP_STRICT_P
 def _in_tmp_dir(tmp_path, monkeypatch):
     """Each test runs in its own empty working directory (no stray ./flowtap.toml)."""
     monkeypatch.chdir(tmp_path)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_home, ignore_errors=True)

@@ -27,7 +27,7 @@ def test_help_does_not_import_mitmproxy():
     assert "usage: flowtap" in result.stdout and "run" in result.stdout and "plugins" in result.stdout
 
 
-CORE_COMMANDS = ["run", "plugins", "config", "sessions", "search", "show", "export", "ctl"]
+CORE_COMMANDS = ["init", "run", "plugins", "config", "sessions", "search", "show", "export", "ctl"]
 
 
 def test_help_lists_the_core_commands_and_the_plugins_commands():
@@ -123,3 +123,65 @@ def test_quiet_run_prints_no_line_per_flow(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "api.test/items/" not in result.stdout
     assert "[replay] replaying 3 flows" in result.stdout and "3 recorded" in result.stdout.splitlines()[-3]
+
+
+# -- mistakes on the command line, and the help ------------------------------------------------------
+
+
+def test_a_mistyped_command_gets_did_you_mean():
+    result = run_cli("confg", "check")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        "flowtap: error: unknown command 'confg'; did you mean config? (choose from init, run, plugins, ")
+    result = run_cli("sessions", "shw", "last")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "flowtap sessions: error: unknown command 'shw'; did you mean show? "
+        "(choose from show, rename, delete)")
+
+
+def test_a_mistyped_option_or_choice_gets_did_you_mean():
+    result = run_cli("run", "--durration", "30m")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0].startswith("usage: flowtap run ")
+    assert result.stderr.splitlines()[-1] == (
+        "flowtap run: error: unrecognized arguments: --durration 30m; did you mean --duration?")
+    result = run_cli("export", "last", "--format", "crul")
+    assert result.stderr.splitlines()[-1] == (
+        "flowtap export: error: unknown --format value 'crul'; did you mean curl? (choose from curl)")
+    result = run_cli("search", "--sesion=last", "~d x")
+    assert result.stderr.splitlines()[-1] == (
+        "flowtap search: error: unrecognized arguments: --sesion=last; did you mean --session?")
+
+
+def _parsers(parser, path=("flowtap",)):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_command_and_action_has_a_description_and_examples():
+    from flowtap.cli import build_parser, commands
+
+    found = list(_parsers(build_parser(commands(["ca"]))))  # a plugin's command: every plugin loads
+    assert {"init", "run", "ca", "har", "interceptor", "completion"} <= {path[1] for path, _ in found}
+    for path, parser in found:
+        text = parser.format_help()
+        name = " ".join(path)
+        assert parser.description and len(parser.description) > 20, name
+        assert "\nexamples:\n" in text, name
+        examples = text.split("\nexamples:\n", 1)[1].splitlines()
+        assert examples and all(line.startswith(f"  {name}") or "flowtap" in line for line in examples), name
+        assert "-p no:NAME  -p no:NAME" not in " ".join(text.split()), name
+
+
+def test_help_of_a_command_shows_its_description_and_examples():
+    result = run_cli("run", "--help")
+    assert result.returncode == 0
+    assert "\nStart the configured sources and a debug session" in result.stdout
+    assert "\nexamples:\n  flowtap run\n  flowtap run --duration 30m --name checkout\n" in result.stdout
+    assert "  -p no:NAME            disable the plugin NAME (repeatable)\n" in result.stdout

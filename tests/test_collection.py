@@ -64,6 +64,7 @@ def config(path, **options):
 
 def run_collection(tmp_path, *flows, **options) -> dict:
     out = tmp_path / "out.postman_collection.json"
+    out.unlink(missing_ok=True)  # a run never overwrites an earlier run's collection
     with capture("collection", config=config(out, **options)) as cap:
         cap.feed(*flows)
     return load_json(out)
@@ -510,3 +511,15 @@ def test_a_rewrite_the_disk_refuses_is_reported_and_tried_again(tmp_path, monkey
     assert not cap.capture.clean
     assert len(load_json(out)["item"]) == 4
     assert "No space left on device" in caplog.text
+
+
+def test_a_rerun_after_a_crash_never_overwrites_the_crashed_sessions_collection(tmp_path):
+    """Issue 11, item 10: 941 requests were lost to a rerun that wrote 1."""
+    out = tmp_path / "api.postman_collection.json"
+    crashed = {"info": {"name": "crashed", "schema": "x"}, "item": [{"name": f"r{i}"} for i in range(941)]}
+    out.write_text(json.dumps(crashed))  # what a killed run leaves: its last atomic rewrite
+    with capture("collection", config=config(out)) as cap:
+        cap.feed(make_flow(url="https://a.example/one"))
+    assert load_json(out) == crashed
+    rerun = load_json(tmp_path / "api-2.postman_collection.json")
+    assert len(rerun["item"]) == 1 and "/one" in json.dumps(rerun["item"])

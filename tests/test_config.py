@@ -142,3 +142,43 @@ def test_durations_and_sizes():
             parse_duration(bad)
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+# -- a value given on the command line is blamed on the command line -------------------------------
+
+
+def test_a_bad_set_value_is_blamed_on_set_not_on_a_line_of_the_file(tmp_path):
+    (tmp_path / "flowtap.toml").symlink_to(EXAMPLE)  # has `duration = ""` in [session]
+    result = run_cli("config", "check", "--set", "session.duration=30x", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == ("flowtap: error: --set session.duration=30x: [session] duration: "
+                             "expected a duration such as \"90s\", \"30m\" or \"2h\", got '30x'\n")
+
+
+def test_run_options_are_blamed_by_their_own_name(tmp_path):
+    (tmp_path / "flowtap.toml").symlink_to(EXAMPLE)
+    result = run_cli("run", "--duration", "30x", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == ("flowtap: error: --duration 30x: [session] duration: "
+                             "expected a duration such as \"90s\", \"30m\" or \"2h\", got '30x'\n")
+
+
+def test_set_of_an_unknown_key_or_table_and_a_bad_filter_blame_set(tmp_path):
+    (tmp_path / "flowtap.toml").symlink_to(EXAMPLE)
+    result = run_cli("config", "check", "--set", "sinks.har.pth=x.har", cwd=tmp_path)
+    assert result.stderr.startswith(
+        "flowtap: error: --set sinks.har.pth=x.har: [sinks.har] pth: unknown key; ")
+    result = run_cli("config", "check", "--set", "session.nme=x", cwd=tmp_path)
+    assert result.stderr.startswith("flowtap: error: --set session.nme=x: [session] nme: unknown key; ")
+    result = run_cli("config", "check", "--set", "filters.expression=~d foo & (~m GET", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "flowtap: error: --set filters.expression=~d foo & (~m GET: [filters] expression: "
+        "invalid filter expression '~d foo & (~m GET': error at column 10: '(' without its ')'",
+        "  ~d foo & (~m GET",
+        "           ^",
+    ]
+    # A value from the file is still blamed on its line.
+    path = write(tmp_path / "c.toml", "[session]\nname = 'x'\nduration = '30x'\n")
+    result = run_cli("config", "check", str(path))
+    assert result.stderr.startswith(f"flowtap: error: {path}:3: [session] duration: expected a duration")

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import attrs
@@ -468,7 +469,7 @@ def test_curl_sends_the_synced_cookies(tmp_path, echo_server):
         harness.feed(set_cookie_flow(
             f"{echo_server}/login",
             "sid=abc; Path=/; HttpOnly",  # host-only for 127.0.0.1
-            "wide=1; Domain=127.0.0.1; Max-Age=600",  # a domain cookie for the IP
+            "wide=1; Domain=127.0.0.1; Max-Age=600",  # host-only: an IP covers no other host
             "deep=1; Path=/only/here",
             "dead=1; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
         ))
@@ -523,3 +524,38 @@ def test_cookies_captured_by_the_proxy_reach_curl(tmp_path, echo_server):
         assert wait_for(lambda: names_in(path).keys() == {"made", "wide", "client"}, timeout=5)
         assert sorted(curl("-b", str(path), f"{echo_server}/echo").split("; ")) == [
             "client=sent", "made=bycurl", "wide=1"]
+
+
+@needs_curl
+def test_a_single_label_or_ip_domain_is_host_only_and_curl_agrees_with_python(tmp_path, echo_server):
+    """Issue 11, item 7: ``Domain=localhost`` was ``.localhost TRUE``, so curl sent it where browsers
+    and Python's policy do not. Browsers keep it host-only."""
+    port = echo_server.rsplit(":", 1)[1]
+    path = tmp_path / "jar.txt"
+    with capture("cookiejar", config=config(path)) as harness:
+        harness.feed(set_cookie_flow(f"http://localhost:{port}/",
+                                     "lh=1; Domain=localhost; Path=/; Max-Age=600",
+                                     "other=1; Domain=example; Path=/"),  # not this host's: refused
+                     set_cookie_flow(f"{echo_server}/", "ip=1; Domain=127.0.0.1; Path=/; Max-Age=600",
+                                     "near=1; Domain=0.0.1; Path=/"))
+        assert wait_for(lambda: names_in(path).keys() == {"lh", "ip"})
+    lines = [line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    assert sorted((f[0], f[1]) for f in lines) == [("127.0.0.1", "FALSE"), ("localhost", "FALSE")]
+
+    def python_sends(url: str) -> str:
+        # Python's default policy sends a host-only cookie to subdomains too; this flag makes it
+        # honour the file's FALSE as browsers and curl do.
+        policy = http.cookiejar.DefaultCookiePolicy(
+            strict_ns_domain=http.cookiejar.DefaultCookiePolicy.DomainStrictNonDomain)
+        jar = http.cookiejar.MozillaCookieJar(str(path), policy=policy)
+        jar.load(ignore_discard=True, ignore_expires=True)
+        request = urllib.request.Request(url)
+        jar.add_cookie_header(request)
+        return request.get_header("Cookie") or ""
+
+    for host, expected in (("localhost", "lh=1"), ("127.0.0.1", "ip=1"), ("sub.localhost", "")):
+        url = f"http://{host}:{port}/echo"
+        sent = curl("-b", str(path), "--resolve", f"sub.localhost:{port}:127.0.0.1", url)
+        assert sent == expected, host
+        if host != "localhost":  # Python's policy takes a dotless host as "localhost.local": it sends none
+            assert python_sends(url) == expected, host

@@ -69,7 +69,9 @@ def test_a_url_with_no_host_sets_no_cookie():
 def test_domain_attribute_of_an_ip_host():
     assert parse("a=1; Domain=0.0.1", "http://127.0.0.1/") is None
     cookie = parse("a=1; Domain=127.0.0.1", "http://127.0.0.1/")
-    assert (cookie.domain, cookie.host_only) == ("127.0.0.1", False)
+    assert (cookie.domain, cookie.host_only) == ("127.0.0.1", True)  # as browsers keep it (issue 11)
+    assert parse("a=1; Domain=localhost", "http://localhost:8080/").host_only
+    assert parse("a=1; Domain=localhost", "http://app.localhost/") is None
 
 
 @pytest.mark.parametrize("value", [

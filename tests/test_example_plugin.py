@@ -56,4 +56,50 @@ def test_its_own_test_passes_with_the_testing_helper(installed):
                              str(EXAMPLE / "test_jsonl.py")], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(installed)}, cwd=installed)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
+    assert "2 passed" in result.stdout
+
+
+def test_the_pytest_plugin_imports_flowtap_only_for_a_test_that_uses_it(tmp_path):
+    """Every pytest run in an environment with flowtap loads its pytest11 entry point: it must cost
+    nothing until a test asks for ``flowtap_capture``."""
+    (tmp_path / "test_other.py").write_text(
+        "import sys\n\n"
+        "def test_unrelated():\n"
+        "    assert 'flowtap_pytest' in sys.modules  # the plugin is loaded...\n"
+        "    assert not [m for m in sys.modules if m.split('.')[0] == 'flowtap']  # ...lazily\n\n"
+        "def test_using_the_fixture(flowtap_capture):\n"
+        "    from flowtap.testing import make_flow\n"
+        "    cap = flowtap_capture()\n"
+        "    cap.feed(make_flow())\n"
+        "    assert len(cap.recorded.flows) == 1\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_other.py"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+def test_a_sink_object_made_in_code_joins_in_one_call():
+    import flowtap
+    from flowtap.testing import capture, make_flow
+
+    class Mine(flowtap.Sink):
+        def __init__(self):
+            self.urls, self.cleared = [], 0
+
+        def write(self, flow):
+            self.urls.append(flow.request.url)
+
+        @flowtap.hookimpl
+        def flowtap_session_clear(self, session):
+            self.cleared += 1
+
+    before, after = Mine(), Mine()
+    with capture() as cap:
+        cap.capture.register(flowtap.sink_plugin("before", before))
+        cap.feed(make_flow(url="https://api.example.com/1"))
+        cap.session.clear()
+        cap.capture.register(flowtap.sink_plugin("after", lambda options: after))  # a factory
+        cap.feed(make_flow(url="https://api.example.com/2"))
+        assert {h.name for h in cap.capture.health()} >= {"before", "after"}
+    assert before.urls == ["https://api.example.com/1", "https://api.example.com/2"] and before.cleared == 1
+    assert after.urls == ["https://api.example.com/2"]

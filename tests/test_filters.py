@@ -220,6 +220,36 @@ def test_filter_error_position(expression, position, detail):
     assert caret.index("^") == shown.index(expression) + position
 
 
+@pytest.mark.parametrize("expression, column, detail", [
+    ("~x foo", 1, "unknown operator ~x (operators: ~a ~all ~b ~bq ~bs ~c ~comment ~d ~dns ~dst ~e ~h ~hq "
+                  "~hs ~http ~m ~marked ~marker ~meta ~q ~replay ~replayq ~replays ~s ~src ~t ~tcp ~tq ~ts "
+                  "~u ~udp ~websocket)"),
+    ("~m GET | ~cc 200", 10, "unknown operator ~cc; did you mean ~c?"),
+    ("~d", 3, "~d expects a value (domain): a word or a quoted string, e.g. ~d api.example.com"),
+    ("~d foo & ~m", 12, "~m expects a value (method): a word or a quoted string, e.g. ~m POST"),
+    ("~c abc", 4, "~c expects a number (HTTP response code), e.g. ~c 404; got 'abc'"),
+    ("~d foo & (~m GET", 10, "'(' without its ')'"),
+    ("~d a)", 5, "')' without its '('"),
+    ('~h "abc', 4, 'unterminated quoted string: its " is never closed'),
+    ("(~s | ~q)", 9, "~q must be followed by a space"),
+    ("~d a ~", 6, "~ must be followed by an operator, e.g. ~d api.example.com"),
+])  # fmt: skip
+def test_filter_errors_say_what_was_expected_in_the_filters_own_words(expression, column, detail):
+    with pytest.raises(FilterError) as info:
+        compile_expression(expression)
+    assert str(info.value).splitlines()[0] == (
+        f"invalid filter expression {expression!r}: error at column {column}: {detail}")
+
+
+def test_no_parser_internals_in_filter_errors():
+    for expression in ["~x foo", "~d", "~c", "(~d a", "~d a)", "~h 'a", "~q)", "~d ~m", "!~", "~d a & (~m"]:
+        with pytest.raises(FilterError) as info:
+            compile_expression(expression)
+        message = str(info.value)
+        for internal in ("Expected", "Suppress", "W:(", "end of text", "enclosed in"):
+            assert internal not in message, (expression, message)
+
+
 def test_filter_error_bad_regex_and_empty():
     with pytest.raises(FilterError, match="bad regex"):
         compile_expression("~d ok | ~b '(unclosed'")

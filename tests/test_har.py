@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 from mitmproxy.io import read_flows_from_paths
@@ -276,11 +277,16 @@ def test_a_left_over_journal_is_never_overwritten(tmp_path, caplog):
     before = journal.read_bytes()
     with capture("har", config=har_config(tmp_path / "crash.har")) as cap:
         cap.feed(make_flow(url="https://b.example/new"))
-        assert cap.sink("har").journal_path.name == "crash.har.2.journal"
+        assert cap.sink("har").journal_path.name == "crash-2.har.journal"
     assert journal.read_bytes() == before
     assert "flowtap har finalize" in caplog.text
-    assert [e["request"]["url"] for e in load_json(tmp_path / "crash.har")["log"]["entries"]] == [
+    # The crashed session keeps its HAR's name: the rerun never takes it (issue 11, item 10)
+    assert not (tmp_path / "crash.har").exists()
+    assert [e["request"]["url"] for e in load_json(tmp_path / "crash-2.har")["log"]["entries"]] == [
         "https://b.example/new"]
+    assert run_cli("har", "finalize", str(journal)).returncode == 0
+    assert [e["request"]["url"] for e in load_json(tmp_path / "crash.har")["log"]["entries"]] == [
+        "https://a.example/1", "https://a.example/2"]
 
 
 def test_a_har_that_cannot_be_written_at_the_end_keeps_the_journal(tmp_path, caplog):
@@ -335,3 +341,121 @@ def test_weird_flows_never_stop_the_sink(tmp_path, judge, caplog):
     assert entries[3]["response"]["status"] == 0 and entries[3]["comment"] == "flowtap: no response"
     assert entries[5]["response"]["content"]["text"] == "ok"
     assert mitmdump(out, tmp_path).returncode == 0
+
+
+# -- issue 11, items 5 and 6: every body in any charset keeps its entry and reads back exactly ----------
+
+CHARSETS = ["utf-8", "utf-16", "utf-16le", "utf-16be", "utf-32", "utf-32be", "latin-1", "cp1252", "shift_jis",
+            "gbk", "gb2312", "koi8-r", "utf-7", "x-no-such-charset", "base64", "rot13", "zlib", "undefined",
+            "idna", "unicode_escape", '"utf-8"', ""]
+BODIES = {
+    "ascii": b"hello, world\n",
+    "text": "héllo wörld €".encode(),
+    "utf16-no-bom": "hé\n".encode("utf-16-le"),
+    "utf32-no-bom": "hé\n".encode("utf-32-be"),
+    "utf16-bom": "hé\n".encode("utf-16"),
+    "invalid": b"\xff\xfe\x00\xc3(\x80 bad",
+    "binary": bytes(range(256)),
+    "odd": b"\x00a\x00",
+}
+
+
+def charset_flows() -> list[flowtap.Flow]:
+    flows = []
+    for charset in CHARSETS:
+        for name, body in BODIES.items():
+            kind = f"text/plain; charset={charset}" if charset else "text/plain"
+            flows.append(make_flow(url=f"https://cs.example/{name}?charset={quote(charset)}", method="POST",
+                                   request_body=body,
+                                   request_headers=[("Content-Type", "application/octet-stream")],
+                                   response_body=body, response_headers=[("Content-Type", kind)]))
+    return flows
+
+
+def test_no_body_in_any_charset_costs_an_entry_and_mitmproxy_reads_every_one_back(tmp_path, judge, caplog):
+    flows = charset_flows()
+    out = tmp_path / "out.har"
+    with capture("har", config=har_config(out)) as cap:
+        cap.feed(*flows)
+    assert "sink 'har'" not in caplog.text
+    entries = load_json(out)["log"]["entries"]
+    assert len(entries) == len(flows)
+    assert judge.har_errors(out) == ""
+    read = list(read_flows_from_paths([str(out)]))
+    assert len(read) == len(flows)
+    for mine, theirs in zip(flows, read, strict=True):
+        assert (theirs.request.method, theirs.request.url) == (mine.request.method, mine.request.url)
+        assert theirs.response.status_code == mine.response.status_code
+        assert theirs.response.content == mine.response.body, mine.request.url
+        assert theirs.request.content == mine.request.body, mine.request.url  # binary: ISO-8859-1 text
+
+
+def request_flow(body: bytes, content_type: str, path: str) -> flowtap.Flow:
+    return make_flow(url=f"https://up.example/{path}", method="PUT", request_body=body,
+                     request_headers=[("Host", "up.example"), ("Content-Type", content_type)])
+
+
+def test_request_bodies_read_back_byte_for_byte_where_har_can_carry_them(tmp_path, judge):
+    """HAR 1.2's postData has no encoding field: mitmproxy encodes ``text`` with the request's
+    charset (UTF-8 for JSON, ISO-8859-1 when none is declared). Binary bodies are that text."""
+    exact = [
+        request_flow(PNG, "image/png", "png"),
+        request_flow(bytes(range(256)) * 4, "application/octet-stream", "octets"),
+        request_flow(b"\x08\x96\x01\x12\x04bin\x00", "application/x-protobuf", "proto"),
+        request_flow("café".encode(), "text/plain", "undeclared-utf8"),
+        request_flow("café".encode("latin-1"), "text/plain; charset=iso-8859-1", "latin1"),
+        request_flow('{"név": "€"}'.encode(), "application/json", "json"),
+        request_flow("hé".encode("utf-16"), "text/plain; charset=utf-16", "utf16-bom"),
+        request_flow(b"ok", "text/plain; charset=x-unknown", "unknown"),
+        request_flow(b"a=1&b=%C3%A9", "application/x-www-form-urlencoded", "form"),
+    ]
+    lossy = [
+        request_flow(b'{"a": "\xff"}', "application/json", "bad-json"),
+        request_flow("hé".encode("utf-16-le"), "text/plain; charset=utf-16", "utf16-no-bom"),
+    ]
+    out = tmp_path / "out.har"
+    with capture("har", config=har_config(out)) as cap:
+        cap.feed(*exact, *lossy)
+    assert judge.har_errors(out) == ""
+    entries = load_json(out)["log"]["entries"]
+    for entry in entries:
+        assert "_encoding" not in entry["request"]["postData"]  # readers took that text as the body
+    png = entries[0]["request"]["postData"]
+    assert "ISO-8859-1" in png["comment"] and png["text"].encode("latin-1") == PNG
+    for flow, entry in zip(lossy, entries[len(exact):], strict=True):
+        post = entry["request"]["postData"]
+        assert base64.b64decode(post["_base64"]) == flow.request.body and "lossy" in post["comment"]
+    read = list(read_flows_from_paths([str(out)]))
+    for mine, theirs in zip(exact, read[:len(exact)], strict=True):
+        assert theirs.request.content == mine.request.body, mine.request.url
+        if not mine.request.url.endswith("/unknown"):  # mitmproxy says charset=utf-8 for one it lacks
+            assert theirs.request.headers["content-type"] == mine.request.headers["content-type"]
+
+
+def test_a_failed_connect_reads_back_as_mitmproxy_reads_a_connect(tmp_path, judge):
+    """mitmproxy shows a CONNECT's URL in authority form: ``host:port``, as on the request line."""
+    flows = [make_flow(url=url, method="CONNECT", status=None, request_headers=[("Host", authority)],
+                       error="client does not trust flowtap's CA")
+             for url, authority in (("https://bank.example:8443/", "bank.example:8443"),
+                                    ("https://bank.example/", "bank.example:443"),
+                                    ("https://[::1]:9443/", "[::1]:9443"))]
+    out = tmp_path / "out.har"
+    with capture("har", config=har_config(out)) as cap:
+        cap.feed(*flows)
+    assert judge.har_errors(out) == ""
+    proc = mitmdump(out, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    read = list(read_flows_from_paths([str(out)]))
+    assert [(f.request.method, f.request.url, f.response.status_code) for f in read[:2]] == [
+        ("CONNECT", "bank.example:8443", 0), ("CONNECT", "bank.example:443", 0)]
+    # mitmproxy writes an IPv6 authority without brackets; host and port are read right
+    assert (read[2].request.method, read[2].request.host, read[2].request.port) == ("CONNECT", "::1", 9443)
+
+
+def test_a_rerun_never_overwrites_another_sessions_har(tmp_path):
+    out = tmp_path / "api.har"
+    for n in (1, 2, 3):
+        with capture("har", config=har_config(out)) as cap:
+            cap.feed(*(make_flow(url=f"https://a.example/{n}/{i}") for i in range(n)))
+    names = ("api.har", "api-2.har", "api-3.har")
+    assert [len(load_json(tmp_path / name)["log"]["entries"]) for name in names] == [1, 2, 3]

@@ -175,7 +175,8 @@ def test_misspelled_hook_is_reported(caplog, monkeypatch):
             return False
 
     PluginHost().register(Typo(), name="typo")
-    assert "plugin 'typo' implements flowtap_filtr, which flowtap does not call: misspelled?" in caplog.text
+    assert ("plugin 'typo': flowtap_filtr is not a flowtap hook (did you mean flowtap_filter?); "
+            "flowtap never calls it") in caplog.text
     monkeypatch.setenv("FLOWTAP_STRICT_PLUGINS", "1")
     with pytest.raises(PluginLoadError, match="flowtap_filtr"):
         PluginHost().register(Typo(), name="typo")

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -403,3 +404,32 @@ def test_ca_lives_in_the_data_dir_with_an_owner_only_key(proxy):
     for name in ca.SECRET_FILES:
         assert (directory / name).stat().st_mode & 0o777 == 0o600
     assert b"PRIVATE KEY" not in ca.cert_path().read_bytes()
+
+
+def test_a_response_reset_mid_body_records_the_bytes_that_arrived(proxy):
+    """Issue 11 item 10: Content-Length said 100,000, 5,000 bytes came, then a reset."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n"
+                             + b"z" * 5000)
+                time.sleep(0.2)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        h = proxy()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/reset"
+        with socket.create_connection(("127.0.0.1", port(h)), timeout=10) as sock:
+            sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            with contextlib.suppress(OSError):
+                while sock.recv(65536):
+                    pass
+        thread.join(10)
+    (flow,) = recorded(h, expect=1)
+    assert flow.error
+    response = flow.response
+    assert response is not None and not response.truncated  # the body holds all that arrived
+    assert response.body_size == 5000 and response.encoded_size == 5000
+    assert response.body == b"z" * 5000

@@ -361,3 +361,29 @@ def test_kill_9_keeps_every_flow_recorded_a_second_before(tmp_path):
     with flowtap.open_store(path) as store:
         doomed = store.session("doomed")
         assert (doomed.state, doomed.ended) == ("interrupted", stored[-1].time)
+
+
+def test_curl_export_leaves_out_the_headers_meant_for_the_proxy(tmp_path, capsys):
+    """Issue 11, item 9: ``Proxy-Connection: Keep-Alive`` and friends were replayed to the server."""
+    _Recorder.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    path = tmp_path / "s.db"
+    sent = [("Host", f"127.0.0.1:{server.server_port}"), ("Proxy-Connection", "Keep-Alive"),
+            ("Proxy-Authorization", "Basic cHJveHk6cHc="), ("Connection", "keep-alive, X-Hop"),
+            ("Keep-Alive", "timeout=5"), ("TE", "trailers"), ("X-Hop", "1"), ("X-Kept", "yes")]
+    with capture(config={"store": {"path": str(path)}}) as cap:
+        cap.feed(make_flow(url=f"{base}/hop", request_headers=sent))
+    try:
+        code, out, _ = cli(capsys, "export", "last", "--format", "curl", "--set", f"store.path={path}")
+        assert code == 0
+        for name in ("Proxy-Connection", "Proxy-Authorization", "Keep-Alive", "TE", "X-Hop"):
+            assert name not in out
+        subprocess.run(["bash", "-c", out.strip() + " --silent --show-error --max-time 10"], check=True,
+                       timeout=30, capture_output=True)
+    finally:
+        server.shutdown()
+    ((_, _, headers, _),) = _Recorder.seen
+    assert headers["X-Kept"] == "yes"
+    assert not {"Proxy-Connection", "Proxy-Authorization", "Keep-Alive", "TE", "X-Hop"} & set(headers)

@@ -8,7 +8,7 @@ are what a plugin registers and declares.
 
 __version__ = "0.1.0"
 
-from flowtap.api import Emitter, Sink, SinkError, SinkFailed, Source, SourceError
+from flowtap.api import Emitter, Sink, SinkError, SinkFailed, Source, SourceError, sink_plugin
 from flowtap.capture import Capture, StartupError
 from flowtap.config import (
     Config,
@@ -44,5 +44,5 @@ __all__ = [
     "Request", "Response", "Session", "Sink", "SinkError", "SinkFailed", "Source", "SourceError",
     "StartupError", "State", "TLSInfo", "Timings", "WebSocketMessage", "hookimpl",
     "load_config", "open_store", "parse_address", "parse_domains", "parse_duration", "parse_methods",
-    "parse_size", "terminal_safe",
+    "parse_size", "sink_plugin", "terminal_safe",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from flowtap.cookies import Cookie
@@ -112,6 +112,36 @@ class Sink:
         if worker is None:
             raise RuntimeError(f"sink {self.name!r} is not fed by a capture: call_later needs one")
         return worker.call_later(delay, callback)
+
+
+def sink_plugin(name: str, sink: Sink | Callable[[dict[str, Any]], Sink], *, default: bool = True) -> object:
+    """A plugin that registers one sink: hand it to :meth:`flowtap.Capture.register`, and a sink
+    made in code joins the capture in one call::
+
+        capture.register(flowtap.sink_plugin("mine", MySink))   # a new MySink(options) each session
+        capture.register(flowtap.sink_plugin("tee", my_sink))   # this very object, every session
+
+    Registered before :meth:`~flowtap.Capture.start`, it is opened with the first session;
+    after, it joins the running session.
+
+    :param name: the sink's name (in the summary, ``flowtap ctl status``, its table ``[sinks.NAME]``).
+    :param sink: a :class:`Sink` (used for every session: ``open`` again after ``close``), or a
+        factory called with the validated options of ``[sinks.NAME]`` (an empty dict unless a
+        plugin declares that table).
+    :param default: build it even when the config has no ``[sinks.NAME]`` table.
+    """
+    from flowtap.plugins import hookimpl
+
+    factory: Callable[[dict[str, Any]], Sink] = (lambda options: sink) if isinstance(sink, Sink) else sink
+
+    class SinkPlugin:
+        __name__ = f"sink:{name}"  # the plugin's name in `flowtap plugins` and in messages
+
+        @hookimpl
+        def flowtap_register_sinks(self, register: Callable[..., None]) -> None:
+            register(name, factory, default=default)
+
+    return SinkPlugin()
 
 
 class SourceError(Exception):

@@ -13,6 +13,7 @@ codes are in docs/guide.md).
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -72,11 +73,74 @@ def _disabled_before_parsing(argv: list[str]) -> set[str]:
     return disabled
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, but a paragraph with indented lines (examples) is kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            if any(line[:1].isspace() for line in paragraph.splitlines()):
+                paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a mistyped command, choice or option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = [str(choice) for choice in action.choices]
+            what = "command" if isinstance(action, argparse._SubParsersAction) else f"{_name(action)} value"
+            hint = _did_you_mean(str(value), choices)
+            listed = ", ".join(choices)
+            raise argparse.ArgumentError(None, f"unknown {what} {value!r}{hint} (choose from {listed})")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            chain = _chosen(self, parsed)
+            options = [o for parser in chain for a in parser._actions for o in a.option_strings]
+            hints = [_did_you_mean(extra.split("=", 1)[0], options).removeprefix("; ")
+                     for extra in extras if extra.startswith("-")]
+            hint = "; ".join(h for h in hints if h)
+            chain[-1].error(f"unrecognized arguments: {' '.join(extras)}" + (f"; {hint}" if hint else ""))
+        return parsed
+
+
+def _name(action: argparse.Action) -> str:
+    return action.option_strings[-1] if action.option_strings else (action.metavar or action.dest)  # type: ignore[return-value]
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _chosen(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> list[argparse.ArgumentParser]:
+    """``parser`` and the subcommand parsers the arguments chose, outermost first."""
+    chain = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(namespace, action.dest, None) or "")
+            if chosen is not None:
+                chain += _chosen(chosen, namespace)
+    return chain
+
+
 def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="flowtap",
         description="Capture HTTP and HTTPS traffic into debug sessions; save it as HAR, "
                     "Postman collections and cookie jars.",
+        epilog="start here:\n  flowtap init          # write ./flowtap.toml (a proxy on 127.0.0.1:5555)\n"
+               "  flowtap run           # capture until Ctrl-C\n"
+               "  flowtap COMMAND --help",
     )
     parser.add_argument("--version", action="version", version=f"flowtap {flowtap.__version__}")
     add_global_options(parser)
@@ -89,18 +153,31 @@ def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
         command_parser = sub.add_parser(command.name, help=command.help)
         command_parser.set_defaults(func=command.run)
         command.setup(command_parser)
+    _describe_all(parser)
     return parser
 
 
 def _parser_with(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
     """A parser class whose instances also accept the global options."""
 
-    class Parser(argparse.ArgumentParser):
+    class CommandParser(Parser):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.setdefault("parents", [common])
             super().__init__(*args, **kwargs)
 
-    return Parser
+    return CommandParser
+
+
+def _describe_all(parser: argparse.ArgumentParser) -> None:
+    """Give each subcommand without a description its one-line help as one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, command in action.choices.items():
+                text = helps.get(name)
+                if not command.description and text:
+                    command.description = text[0].upper() + text[1:] + "."
+                _describe_all(command)
 
 
 class _SafeFormatter(logging.Formatter):

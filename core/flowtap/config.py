@@ -145,11 +145,20 @@ def parse_domains(values: list[str]) -> list[str]:
     return domains
 
 
+#: The config file's name, in the working directory and in the user config directory.
+CONFIG_NAME = "flowtap.toml"
+
+
 def default_config_path() -> Path:
     """The user-wide config file, used when there is no ``./flowtap.toml``."""
     import platformdirs
 
-    return Path(platformdirs.user_config_dir("flowtap")) / "flowtap.toml"
+    return Path(platformdirs.user_config_dir("flowtap")) / CONFIG_NAME
+
+
+def config_candidates() -> list[Path]:
+    """Where flowtap looks for its config file without ``--config``, in order."""
+    return [Path(CONFIG_NAME), default_config_path()]
 
 
 def find_config(path: str | os.PathLike | None) -> Path | None:
@@ -159,7 +168,7 @@ def find_config(path: str | os.PathLike | None) -> Path | None:
         if not found.is_file():
             raise ConfigError(f"{found}: no such config file")
         return found
-    for candidate in (Path("flowtap.toml"), default_config_path()):
+    for candidate in config_candidates():
         if candidate.is_file():
             return candidate
     return None
@@ -176,12 +185,15 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``--set table.key=value``; the value is TOML, or a bare string."""
+def apply_override(data: dict[str, Any], assignment: str) -> str:
+    """Apply one ``--set table.key=value``; the value is TOML, or a bare string.
+
+    Returns the dotted key it set (``"sinks.har.path"``).
+    """
     dotted, sep, raw = assignment.partition("=")
     parts = [p.strip() for p in dotted.split(".")]
     if not sep or len(parts) < 2 or not all(parts):
-        raise ConfigError(f"--set {assignment!r}: expected TABLE.KEY=VALUE, e.g. sinks.har.path=out.har")
+        raise ConfigError(f"--set {assignment}: expected TABLE.KEY=VALUE, e.g. --set sinks.har.path=out.har")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -190,8 +202,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {assignment!r}: {part} is not a table")
+            raise ConfigError(f"--set {assignment}: {part} is not a table")
     node[parts[-1]] = value
+    return ".".join(parts)
 
 
 def _resolve_env(value: Any, where: str) -> Any:
@@ -212,6 +225,11 @@ class Config:
 
     raw: dict[str, Any] = attrs.field(factory=dict)
     path: Path | None = None
+    #: Keys set on the command line, not in the file: dotted key -> what set it
+    #: (``"session.duration" -> "--set session.duration=30x"``); messages about them blame it.
+    overrides: dict[str, str] = attrs.field(factory=dict)
+    #: The files looked for when no ``--config`` was given, in order (empty when one was).
+    searched: list[Path] = attrs.field(factory=list)
     _tables: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
 
     @classmethod
@@ -223,11 +241,38 @@ class Config:
     def origin(self) -> str:
         return str(self.path) if self.path else "<config>"
 
+    def override(self, dotted: str, value: Any, given_as: str) -> None:
+        """Set ``dotted`` (``"session.duration"``) as a command-line option did; errors blame ``given_as``."""
+        *tables, key = dotted.split(".")
+        node = self.raw
+        for part in tables:
+            node = node.setdefault(part, {})
+        node[key] = value
+        self.overrides[dotted] = given_as
+
     def where(self, table: str, key: str | None = None) -> str:
-        """``file:line: [table] key`` for messages, with the line when the file shows it."""
+        """``file:line: [table] key`` for messages, with the line when the file shows it.
+
+        A key (or a table) that came from the command line is blamed on the option that set it:
+        ``--set session.duration=30x: [session] duration``.
+        """
+        return f"{self._place(table, key)}: [{table}]" + (f" {key}" if key else "")
+
+    def _place(self, table: str, key: str | None) -> str:
+        given = self._given(table, key)
+        if given:
+            return given
         line = _locate(self.path, table, key) if self.path else None
-        place = f"{self.origin}:{line}" if line else self.origin
-        return f"{place}: [{table}]" + (f" {key}" if key else "")
+        return f"{self.origin}:{line}" if line else self.origin
+
+    def _given(self, table: str, key: str | None) -> str | None:
+        """The command-line option behind ``[table] key`` (or behind a table the file does not have)."""
+        if key is not None:
+            return self.overrides.get(f"{table}.{key}")
+        if self.path is not None and _locate(self.path, table, None):
+            return None
+        inside = [given for dotted, given in self.overrides.items() if dotted.startswith(table + ".")]
+        return inside[0] if inside else None
 
     def enabled(self, table: str, default: bool = False) -> bool:
         """Whether the plugin part behind ``[table]`` runs.
@@ -281,8 +326,7 @@ class Config:
                 else:
                     choices = sorted({t.split(".")[0] for t in known})
                 what = "table" if isinstance(value, dict) else "key"
-                line = _locate(self.path, name, None) if self.path else None
-                place = f"{self.origin}:{line}" if line else self.origin
+                place = self._place(name, None)
                 raise ConfigError(
                     f"{place}: unknown {what} [{name}]; expected one of: "
                     + ", ".join(f"[{c}]" for c in choices)
@@ -345,6 +389,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     """Find and parse the config file and apply ``--set`` overrides (not yet validated)."""
     found = find_config(path)
     data = read_toml(found) if found else {}
+    given = {}
     for assignment in overrides:
-        apply_override(data, assignment)
-    return Config(raw=data, path=found)
+        given[apply_override(data, assignment)] = f"--set {assignment}"
+    searched = config_candidates() if path is None else []
+    return Config(raw=data, path=found, overrides=given, searched=searched)

@@ -168,7 +168,13 @@ def parse_set_cookie(header: str, request_url: str, now: float | None = None) ->
         elif key == "samesite":
             samesite = val.capitalize() if val.lower() in ("strict", "lax", "none") else None
 
-    if domain and not domain_match(host, domain):
+    if domain and (_is_ip(domain) or "." not in domain):
+        # A single-label Domain (localhost) or an IP address covers no other host: browsers
+        # keep such a cookie host-only when it names the host itself, and refuse it otherwise.
+        if domain != host.strip("[]"):
+            return None
+        domain = ""
+    elif domain and not domain_match(host, domain):
         return None
     return Cookie(
         name=name,

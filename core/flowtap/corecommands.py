@@ -13,10 +13,12 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flowtap.commandline import UsageError, capture_from_args, config_from_args
-from flowtap.config import Config, ConfigError
+from flowtap.commandline import UsageError, capture_from_args, config_from_args, describe
+from flowtap.config import CONFIG_NAME, Config, ConfigError, default_config_path
+from flowtap.plugins import misspelled
 
 if TYPE_CHECKING:
     from flowtap.capture import Capture
@@ -25,7 +27,12 @@ if TYPE_CHECKING:
 
 
 def setup_plugins(parser: argparse.ArgumentParser) -> None:
-    pass
+    describe(parser, "List every plugin found through the `flowtap` entry points and in code: its name, "
+                     "version, distribution, status (enabled, disabled, failed and why), the config "
+                     "tables it provides and the hooks it implements. Works even when a plugin is broken.",
+             "flowtap plugins",
+             "flowtap plugins -p no:cookiejar       # as a run with cookiejar disabled sees them",
+             "FLOWTAP_LOAD_PLUGINS= flowtap plugins  # no third-party plugin loaded")
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -35,7 +42,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"flowtap: warning: {exc} (listing plugins without it)", file=sys.stderr)
         config = Config()
-    capture = capture_from_args(args, config)
+    capture = capture_from_args(args, config, check=False)
     provides: dict[str, list[str]] = {}
     for factories in (capture.source_factories, capture.sink_factories):
         for entry in factories.values():
@@ -47,6 +54,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         status = info.status + (f" ({info.reason})" if info.reason else "")
         if info.error:
             status += f": {info.error}"
+        if info.unknown_hooks:
+            status += f"; {misspelled(info.unknown_hooks)}"
         rows.append((info.name, info.version or "-", info.distribution or "(code)", status,
                      ", ".join(provides.get(info.name, [])) or "-",
                      ", ".join(h.removeprefix("flowtap_") for h in info.hooks) or "-"))
@@ -60,8 +69,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def setup_config(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "Work with flowtap's config file (TOML; docs/config.md is the reference).",
+             "flowtap config check", "flowtap config check ./other.toml")
     actions = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = actions.add_parser("check", help="validate a config file without running")
+    describe(check, "Validate the config file without running anything: which file was read and where "
+                    "flowtap looked, then every table and key against what the plugins declare. Exit "
+                    "code 2 and one line naming the file, line, table and key on an error.",
+             "flowtap config check",
+             "flowtap config check ~/.config/flowtap/flowtap.toml",
+             "flowtap config check --set session.duration=30m   # with an override, as run would")
     check.add_argument("path", nargs="?", help="the file (default: as for run)")
     check.set_defaults(func=cmd_config_check)
 
@@ -71,21 +88,154 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """Validate a config file without running anything."""
+    """Validate a config file without running anything; say which file it was and where flowtap looked."""
     config = config_from_args(args, args.path)
     capture = capture_from_args(args, config)
     capture.validate()
     sources = capture.configured_sources()
     sinks = [n for n, e in capture.sink_factories.items() if e.enabled(config)]
-    print(f"{config.origin}: OK (sources: {', '.join(sources) or 'none'}; "
-          f"sinks: {', '.join(sinks) or 'none'})")
+    name = str(config.path) if config.path else "no config file"
+    print(f"{name}: OK (sources: {', '.join(sources) or 'none'}; sinks: {', '.join(sinks) or 'none'})")
+    for line in config_origin(config, args.path or args.config):
+        print(line)
+    if not sources:
+        print(f"nothing to capture from: {no_source_fix(capture)}")
     return 0
+
+
+def config_origin(config: Config, given: str | None) -> list[str]:
+    """Lines saying which config file was read and where flowtap looked for one."""
+    lines = []
+    if given:
+        lines.append(f"config file: {Path(given).resolve()} (given with --config)")
+    else:
+        looked = f"looked for, in order: {shown(config.searched)}"
+        if config.path:
+            lines.append(f"config file: {config.path.resolve()} ({looked})")
+        else:
+            lines.append(f"config file: none ({looked}); using the defaults")
+    for given_as in config.overrides.values():
+        lines.append(f"overridden: {given_as}")
+    return lines
+
+
+def shown(paths: list[Path]) -> str:
+    """``./flowtap.toml, /home/me/.config/flowtap/flowtap.toml``."""
+    return ", ".join(str(path) if path.is_absolute() else f"./{path}" for path in paths)
+
+
+def no_source_fix(capture: Capture) -> str:
+    """What to run when the config starts no source."""
+    config = capture.config
+    if config.path is None and "proxy" in capture.source_factories:
+        return ("`flowtap init` writes ./flowtap.toml with a proxy on 127.0.0.1:5555 "
+                "(or run: flowtap run --set sources.proxy.enabled=true)")
+    available = ", ".join(f"[sources.{n}]" for n in capture.source_factories) or "none installed"
+    if "proxy" in capture.source_factories:
+        return (f"add a source table to {config.origin} (available: {available}), "
+                "or run: flowtap run --set sources.proxy.enabled=true")
+    return f"add a source table to {config.origin} (available: {available})"
+
+
+# -- flowtap init -----------------------------------------------------------------------------------
+
+
+def setup_init(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "Write a config file to start from: every option with its default, commented (the "
+                     "example config flowtap ships). It runs a proxy on 127.0.0.1:5555 and writes a HAR, "
+                     "a Postman collection and a cookie jar in the working directory. An existing file "
+                     "is never overwritten.",
+             "flowtap init && flowtap run",
+             "flowtap init --user            # the user config file, used wherever flowtap runs",
+             "flowtap init capture.toml && flowtap run -c capture.toml")
+    parser.add_argument("path", nargs="?", metavar="PATH",
+                        help=f"the file to write (default: ./{CONFIG_NAME})")
+    parser.add_argument("--user", action="store_true",
+                        help=f"write the user config file ({default_config_path()})")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write the shipped example config as ./flowtap.toml (or PATH, or the user config file)."""
+    if args.user and args.path:
+        raise UsageError("flowtap init: give PATH or --user, not both")
+    target = default_config_path() if args.user else Path(args.path or CONFIG_NAME)
+    text = example_config()
+    if target.exists():
+        raise UsageError(f"{target}: already exists; not overwritten (remove it first, or give another PATH)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "x", encoding="utf-8") as fh:
+            fh.write(text)
+    except FileExistsError:
+        raise UsageError(f"{target}: already exists; not overwritten") from None
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot write: {exc.strerror or exc}") from None
+    print(f"wrote {target}: a proxy on 127.0.0.1:5555; HAR, Postman collection and cookie jar in the "
+          "working directory; every option commented")
+    run = "flowtap run" if args.user or target == Path(CONFIG_NAME) else f"flowtap run -c {target}"
+    print(f"next: {run}   (and `flowtap ca` shows how to make clients trust its CA for HTTPS)")
+    return 0
+
+
+def example_config() -> str:
+    """The example config flowtap ships (every option, commented)."""
+    from importlib import resources
+
+    return resources.files("flowtap").joinpath("config.example.toml").read_text(encoding="utf-8")
+
+
+# -- flowtap completion -----------------------------------------------------------------------------
+
+#: The shells ``flowtap completion`` writes a script for.
+SHELLS = ("bash", "zsh", "fish")
+
+
+def setup_completion(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "Print a tab-completion script for bash, zsh or fish, generated from flowtap's "
+                     "commands and options, installed plugins' commands included (regenerate it after "
+                     "installing a plugin).",
+             'eval "$(flowtap completion bash)"    # this bash only; or, for every new one:',
+             "flowtap completion bash > ~/.local/share/bash-completion/completions/flowtap",
+             'flowtap completion zsh > "${fpath[1]}/_flowtap"      # then: compinit',
+             "flowtap completion fish > ~/.config/fish/completions/flowtap.fish")
+    parser.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print the completion script of ``args.shell`` for every command, plugins' included."""
+    import shtab
+
+    from flowtap.cli import build_parser, commands
+
+    parser = build_parser(commands([]))  # no core command named: every plugin's commands too
+    _complete_paths(parser, shtab.FILE)
+    sys.stdout.write(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
+def _complete_paths(parser: argparse.ArgumentParser, files: object) -> None:
+    """Complete file names where an argument is a path (``-c PATH``, ``-o FILE``, ``init PATH``)."""
+    for action in parser._actions:
+        if action.metavar in ("PATH", "FILE") or action.dest in ("path", "journal", "output"):
+            action.complete = files  # type: ignore[attr-defined]  # shtab's convention
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _complete_paths(sub, files)
 
 
 # -- flowtap run ----------------------------------------------------------------------------------
 
 
 def setup_run(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "Start the configured sources and a debug session, and capture until Ctrl-C, "
+                     "`flowtap ctl stop` or the time limit. On a terminal it shows a live table (keys: "
+                     "p pause, r resume, c clear, m mark, q end); otherwise one line per flow. Exit code 0 "
+                     "when every sink and plugin was clean, 1 when one failed, 2 for a config or start-up "
+                     "error.",
+             "flowtap run",
+             "flowtap run --duration 30m --name checkout",
+             "flowtap run --set filters.expression='~d api.example.com & !~t image'",
+             "flowtap run -p no:cookiejar --plain > flows.log")
     parser.add_argument("--name", help="name of the debug session")
     parser.add_argument("--duration", help='end after this long, e.g. "30m"')
     parser.add_argument("--plain", action="store_true", help="one line per flow, even on a terminal")
@@ -107,14 +257,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     if args.name:
-        config.raw.setdefault("session", {})["name"] = args.name
+        config.override("session.name", args.name, f"--name {args.name}")
     if args.duration:
-        config.raw.setdefault("session", {})["duration"] = args.duration
+        config.override("session.duration", args.duration, f"--duration {args.duration}")
     capture = capture_from_args(args, config)
     capture.validate()
     if not capture.configured_sources():
-        available = ", ".join(f"[sources.{n}]" for n in capture.source_factories) or "none installed"
-        raise UsageError(f"{config.origin}: no source to start; add a source table (available: {available})")
+        if config.path is None:
+            raise UsageError(f"no config file (looked for {shown(config.searched)}), so no source to start: "
+                             f"{no_source_fix(capture)}")
+        raise UsageError(f"{config.origin}: no source to start: {no_source_fix(capture)}")
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not (args.plain or args.quiet)
     view = ConsoleView(capture, interactive=interactive, per_flow=not args.quiet)
     capture.register(view, name=VIEW_PLUGIN)

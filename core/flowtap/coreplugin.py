@@ -90,6 +90,8 @@ class CorePlugin:
         from flowtap.control import client
         from flowtap.store import commands as store
 
+        register("init", "write a commented flowtap.toml to start from (never overwrites)",
+                 core.setup_init, core.cmd_init)
         register("run", "capture with the configured sources until Ctrl-C or the time limit",
                  core.setup_run, core.cmd_run)
         register("plugins", "list plugins: name, version, origin, hooks, status",
@@ -104,6 +106,8 @@ class CorePlugin:
                  store.setup_export, store.cmd_export)
         register("ctl", "control a running capture: status, pause, resume, clear, stop, mark",
                  client.setup_ctl, client.cmd_ctl)
+        register("completion", "print a shell completion script: bash, zsh or fish",
+                 core.setup_completion, core.cmd_completion)
 
     @hookimpl
     def flowtap_register_sinks(self, register):
@@ -121,9 +125,12 @@ class CorePlugin:
         self._config = config
         table = config.table("filters")
         self._filters = []
-        try:
-            if table["expression"]:
+        if table["expression"]:
+            try:
                 self._filters.append(compile_expression(table["expression"]))
+            except FilterError as exc:
+                raise ConfigError(f"{config.where('filters', 'expression')}: {exc}") from None
+        try:
             simple = simple_filter(
                 url_contains=table["url_contains"],
                 url_not_contains=table["url_not_contains"],
@@ -132,7 +139,8 @@ class CorePlugin:
                 skip_resources=table["skip_resources"],
             )
         except FilterError as exc:
-            raise ConfigError(f"{config.where('filters')}: {exc}") from None
+            key = "url_not_contains" if "url_not_contains" in exc.detail else "url_contains"
+            raise ConfigError(f"{config.where('filters', key)}: {exc}") from None
         if simple is not None:
             self._filters.append(simple)
 

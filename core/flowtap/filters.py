@@ -171,18 +171,29 @@ def _compile_node(node: object, ff) -> Predicate:
 _QUOTED = {q: re.compile(rf"{q}(?:[^{q}\\]|\\.)*{q}") for q in "\"'"}
 _CODE = re.compile(r"\w*")
 _DIGIT = re.compile("[0-9]")
+#: A value to show in "e.g. ~d api.example.com" for the operators that take one.
+_EXAMPLES = {"d": "api.example.com", "m": "POST", "u": "/users", "c": "404", "t": "json", "tq": "json",
+             "ts": "json", "h": "Authorization", "hq": "Authorization", "hs": "Set-Cookie",
+             "b": "token", "bq": "token", "bs": "token", "src": "127.0.0.1", "dst": "127.0.0.1"}
+#: What is said when no common mistake explains why the grammar refused an expression: never
+#: pyparsing's own words ("Expected Suppress:('|') term"), which name its internals.
+_EXPECTED = ("expected a filter here, e.g. ~d api.example.com, ~m POST, !~t image, "
+             "joined with & (and), | (or), grouped with ( )")
 
 
 def _first_mistake(expression: str, flowfilter: Any) -> tuple[int, str] | None:
     """The first mistake in an expression mitmproxy's grammar refused, by that grammar's rules:
-    its column and what is wrong; None if it is none of the common ones.
+    its column and what is wrong, in the filter language's own words; None if it is none of the
+    common ones.
 
     pyparsing's own error column depends on its version: from 3.3 on, a bad operand is reported
     at its start, with every alternative of the grammar as the message.
     """
-    kinds = {cls.code: "flag" for cls in flowfilter.filter_unary}
-    kinds.update({cls.code: "value" for cls in flowfilter.filter_rex})
-    kinds.update({cls.code: "number" for cls in flowfilter.filter_int})
+    import difflib
+
+    kinds = {cls.code: ("flag", cls.help) for cls in flowfilter.filter_unary}
+    kinds.update({cls.code: ("value", cls.help) for cls in flowfilter.filter_rex})
+    kinds.update({cls.code: ("number", cls.help) for cls in flowfilter.filter_int})
     opened: list[int] = []
     i = 0
     while i < len(expression):
@@ -190,7 +201,7 @@ def _first_mistake(expression: str, flowfilter: Any) -> tuple[int, str] | None:
         if char in "\"'":
             quoted = _QUOTED[char].match(expression, i)
             if quoted is None:
-                return i, "unterminated quoted string"
+                return i, f"unterminated quoted string: its {char} is never closed"
             i = quoted.end()
             continue
         if char == "(":
@@ -203,15 +214,26 @@ def _first_mistake(expression: str, flowfilter: Any) -> tuple[int, str] | None:
             word = _CODE.match(expression, i + 1)
             assert word is not None  # \w* matches, if only the empty string
             code, end = word.group(), word.end()
+            if not code:
+                return i, "~ must be followed by an operator, e.g. ~d api.example.com"
             if code not in kinds:
-                return i, f"unknown operator ~{code}"
+                close = difflib.get_close_matches(code, list(kinds), n=1, cutoff=0.5)
+                if close:
+                    return i, f"unknown operator ~{code}; did you mean ~{close[0]}?"
+                return i, f"unknown operator ~{code} (operators: {' '.join('~' + c for c in sorted(kinds))})"
             if end < len(expression) and not expression[end].isspace():
                 return end, f"~{code} must be followed by a space"
+            kind, what = kinds[code]
+            if what[1:2].islower():  # "Domain" -> "domain"; "HTTP response code" stays
+                what = what[0].lower() + what[1:]
+            example = f"e.g. ~{code} {_EXAMPLES.get(code, 'text')}"
             value = len(expression) - len(expression[end:].lstrip())
-            if kinds[code] == "number" and not _DIGIT.match(expression, value):
-                return value, f"~{code} expects a number"
-            if kinds[code] == "value" and (value == len(expression) or expression[value] in "()~"):
-                return value, f"~{code} expects a value: a word or a quoted string"
+            if kind == "number" and not _DIGIT.match(expression, value):
+                got = expression[value:].split(maxsplit=1)[0] if expression[value:].strip() else ""
+                got = f"; got {got!r}" if got else ""
+                return value, f"~{code} expects a number ({what}), {example}{got}"
+            if kind == "value" and (value == len(expression) or expression[value] in "()~"):
+                return value, f"~{code} expects a value ({what}): a word or a quoted string, {example}"
             i = end
             continue
         i += 1
@@ -234,8 +256,8 @@ def compile_expression(expression: str) -> Predicate:
     try:
         tree = flowfilter.bnf.parseString(expression, parseAll=True)[0]
     except pyparsing.ParseBaseException as e:
-        column, detail = _first_mistake(expression, flowfilter) or (e.loc, e.msg)
-        raise FilterError(expression, detail, column) from e
+        column, detail = _first_mistake(expression, flowfilter) or (e.loc, _EXPECTED)
+        raise FilterError(expression, detail, column) from None
     except ValueError as e:  # a regex that does not compile (or encode)
         cause = e.__context__
         if not isinstance(cause, re.error) or cause.pattern is None:

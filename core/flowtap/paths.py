@@ -69,6 +69,34 @@ def expand_path(template: str | os.PathLike, session: _SessionLike) -> Path:
     return path
 
 
+def unused_path(path: Path, companions: tuple[str, ...] = ()) -> Path:
+    """``path``, or the first of ``NAME-2.EXT``, ``NAME-3.EXT``... that nothing holds yet.
+
+    A file sink that writes a file of its own session (a HAR, a collection)
+    takes its path through this, so that a rerun with the same config (after
+    a crash, say) never overwrites another session's file. ``companions`` are
+    suffixes of files that claim the name too (``".journal"``: a crashed
+    session's journal, which will become that HAR).
+    """
+    def taken(candidate: Path) -> bool:  # a directory in the way is check_writable's to report
+        return (candidate.exists() and not candidate.is_dir()) or any(
+            candidate.with_name(candidate.name + s).exists() for s in companions)
+
+    if not taken(path):
+        return path
+    stem, suffix = path.name, ""
+    for known in (".postman_collection.json", ".har", ".json"):
+        if path.name.endswith(known) and path.name != known:
+            stem, suffix = path.name[: -len(known)], known
+            break
+    else:
+        stem, suffix = path.stem or path.name, path.suffix if path.stem else ""
+    number = 2
+    while taken(candidate := path.with_name(f"{stem}-{number}{suffix}")):
+        number += 1
+    return candidate
+
+
 def check_writable(path: Path) -> None:
     """Make sure a file can be created or replaced at ``path``, or raise.
 

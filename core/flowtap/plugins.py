@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterable, Iterator
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
@@ -38,6 +39,29 @@ class PluginInfo:
     hooks: list[str] = attrs.field(factory=list)
     error: str = ""
     reason: str = ""
+    #: For a plugin that failed to load: the traceback of its failure.
+    traceback: str = ""
+    #: ``flowtap_*`` functions it has that are no hook (misspelled?), each with the hook it probably meant.
+    unknown_hooks: dict[str, str | None] = attrs.field(factory=dict)
+
+
+def hook_names() -> list[str]:
+    """The names of every flowtap hook."""
+    return sorted(name for name in vars(hookspecs) if name.startswith("flowtap_"))
+
+
+def closest_hook(name: str) -> str | None:
+    """The hook ``name`` probably meant (``flowtap_register_sink`` -> ``flowtap_register_sinks``), if any."""
+    import difflib
+
+    close = difflib.get_close_matches(name, hook_names(), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def misspelled(unknown: dict[str, str | None]) -> str:
+    """``flowtap_register_sink is not a flowtap hook (did you mean flowtap_register_sinks?)``, for each."""
+    return "; ".join(f"{name} is not a flowtap hook" + (f" (did you mean {meant}?)" if meant else "")
+                     for name, meant in unknown.items())
 
 
 class _Manager(pluggy.PluginManager):
@@ -99,6 +123,7 @@ class PluginHost:
         #: The plugin whose hook implementation is running (for register callbacks).
         self.calling: str | None = None
         self._impls: dict[str, _Plan] = {}  # hook -> how to call it
+        self._unknown: dict[str, dict[str, str | None]] = {}  # plugin -> its misspelled hooks, for its info
 
     # -- loading ------------------------------------------------------------
 
@@ -132,13 +157,16 @@ class PluginHost:
             except Exception as exc:  # a plugin may raise anything while importing
                 info.status = "failed"
                 info.error = f"{type(exc).__name__}: {exc}"
+                info.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                 message = (f"plugin {ep.name!r} (from {dist or 'unknown distribution'}) failed to load: "
                            f"{info.error}")
                 if self.strict:
                     raise PluginLoadError(message) from exc
-                log.warning("%s", message, exc_info=log.isEnabledFor(logging.DEBUG))
+                log.warning("%s", message, exc_info=log.isEnabledFor(logging.DEBUG),
+                            extra={"plugin": ep.name})
                 continue
             info.hooks = self._hooks_of(plugin)
+            info.unknown_hooks = self._unknown.pop(ep.name, {})
 
     def register(self, plugin: object, name: str | None = None) -> str:
         """Register an object or module with ``@flowtap.hookimpl`` functions; returns its name."""
@@ -149,19 +177,20 @@ class PluginHost:
             return name
         self._register(plugin, name)
         self.infos[name] = PluginInfo(name, "enabled", module=_module_of(plugin),
-                                      hooks=self._hooks_of(plugin))
+                                      hooks=self._hooks_of(plugin), unknown_hooks=self._unknown.pop(name, {}))
         return name
 
     def _register(self, plugin: object, name: str) -> None:
         self.pm.register(plugin, name=name)
-        unknown = [c.name for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec()]
+        unknown = {c.name: closest_hook(c.name)
+                   for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec()}
         if unknown:  # a misspelled hook would otherwise never be called, silently
-            message = (f"plugin {name!r} implements {', '.join(unknown)}, which flowtap does not call: "
-                       "misspelled?")
+            self._unknown[name] = unknown
+            message = f"plugin {name!r}: {misspelled(unknown)}; flowtap never calls it"
             if self.strict:
                 self.pm.unregister(plugin)
                 raise PluginLoadError(message)
-            log.warning("%s", message)
+            log.warning("%s", message, extra={"plugin": name})
         for hook, kwargs in self._history.items():
             for _ in self._call_impls(hook, kwargs, only=plugin):
                 pass

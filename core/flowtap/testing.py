@@ -1,4 +1,5 @@
-"""Helpers for testing flowtap plugins, published as a pytest plugin.
+"""Helpers for testing flowtap plugins; the ``flowtap_capture`` fixture (in :mod:`flowtap_pytest`,
+flowtap's pytest plugin) is built on :func:`capture`.
 
 A plugin's test in three lines::
 
@@ -18,8 +19,6 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
-
-import pytest
 
 from flowtap.api import Sink
 from flowtap.capture import Capture
@@ -195,9 +194,3 @@ def capture(
     finally:
         cap.stop()
 
-
-@pytest.fixture
-def flowtap_capture() -> Iterator[Callable[..., CaptureHarness]]:
-    """Factory fixture: ``flowtap_capture(*plugins, config=...)`` returns a started harness."""
-    with contextlib.ExitStack() as stack:
-        yield lambda *plugins, **kwargs: stack.enter_context(capture(*plugins, **kwargs))

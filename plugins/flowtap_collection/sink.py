@@ -35,7 +35,7 @@ import attrs
 
 import flowtap
 from flowtap.memory import unmap_large_buffers
-from flowtap.paths import atomic_writer, check_writable, expand_path
+from flowtap.paths import atomic_writer, check_writable, expand_path, unused_path
 from flowtap.serialize import json_bytes
 from flowtap_collection.convert import Converter, Variables
 
@@ -130,7 +130,11 @@ class CollectionSink(flowtap.Sink):
 
     def open(self, session: flowtap.Session) -> None:
         unmap_large_buffers()
-        self.path = path = expand_path(self.template, session)
+        path = expand_path(self.template, session)
+        self.path = unused_path(path)  # never another session's collection
+        if self.path != path:
+            log.warning("%s is another session's; writing this session's collection to %s", path, self.path)
+        path = self.path
         check_writable(path)
         self.title = self.title or session.name
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(session.started))

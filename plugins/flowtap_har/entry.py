@@ -3,8 +3,17 @@
 Follows the HAR 1.2 spec (http://www.softwareishard.com/blog/har-12-spec/)
 and its JSON schema (npm ``har-schema``); custom fields start with ``_``, as
 the spec asks: ``_error`` (a flow without a response), ``_flowtap`` (a body
-that was truncated or left out), ``_encoding`` (a binary request body given
-as base64), ``_resourceType`` and ``_webSocketMessages`` (as Chrome writes them).
+that was truncated or left out), ``_base64`` (the exact bytes of a request body
+its declared charset cannot carry), ``_resourceType`` and ``_webSocketMessages``
+(as Chrome writes them).
+
+Bodies read back byte for byte through mitmproxy's HAR reader (``mitmdump -nr``),
+which turns ``text`` into bytes with the message's charset (UTF-8 for JSON,
+ISO-8859-1 when none is declared). A response body is ``text`` only when that
+gives its bytes back, else base64 (``content.encoding``). HAR 1.2 gives
+``postData`` no encoding field, so a request body is always ``text``: its bytes
+decoded with that same charset, so binary bodies come out as ISO-8859-1 text
+(each byte one character) and read back exactly; ``comment`` says so.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ _BINARY = ("image/", "audio/", "video/", "font/", "application/octet-stream", "a
 # translate(None, _TEXT_BYTES) keeps only those.
 _TEXT_BYTES = bytes(b for b in range(256) if b not in range(0x00, 0x09) and b not in range(0x0E, 0x20))
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f]")
+_UTF8 = codecs.lookup("utf-8")
 
 
 def iso_time(timestamp: float) -> str:
@@ -37,36 +47,119 @@ def iso_time(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def decode_body(message: Request | Response, data: bytes, complete: bool = True) -> str | None:
-    """``data`` as text with the message's charset, or None when it is binary.
-
-    ``complete=False`` allows an incomplete character at the end (a body cut short).
-    """
-    if message.content_type.startswith(_BINARY):
-        return None
-    charset = "utf-8"
+def _charset(message: Request | Response) -> str | None:
+    """The charset the message's Content-Type declares, or None."""
     for param in (message.headers.get("content-type") or "").split(";")[1:]:
         key, _, value = param.strip().partition("=")
-        if key.lower() == "charset" and value.strip("\"' "):
-            charset = value.strip("\"' ")
+        if key.strip().lower() == "charset" and value.strip("\"' "):
+            return value.strip("\"' ")
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _codec(name: str | None) -> codecs.CodecInfo | None:
+    """The text codec called ``name``; None for an unknown name or a codec that is no charset
+    (``base64``, ``zlib``, ``rot13``: bytes to bytes, or text to text)."""
+    if not name:
+        return None
     try:
-        codec = codecs.lookup(charset)
-    except LookupError:
-        codec = codecs.lookup("utf-8")
+        codec = codecs.lookup(name)
+    except (LookupError, ValueError, TypeError):
+        return None
+    return codec if getattr(codec, "_is_text_encoding", True) else None
+
+
+def reader_charset(message: Request | Response) -> str:
+    """The charset a HAR reader turns ``text`` back into bytes with, as mitmproxy's does
+    (``mitmproxy.net.http.headers.infer_content_encoding``): the declared charset, UTF-8 for
+    JSON, ISO-8859-1 otherwise (HTTP/1.1's old default)."""
+    charset = _charset(message)
+    if not charset and "json" in (message.headers.get("content-type") or ""):
+        charset = "utf-8"
+    charset = charset or "latin-1"
+    return "gb18030" if charset.lower() in ("gb2312", "gbk") else charset
+
+
+@functools.lru_cache(maxsize=256)
+def _foreign(name: str) -> bool:
+    """A codec Python knows that is no charset (``base64``, ``rot13``): a reader calling
+    ``codecs.encode(text, name)`` gets a TypeError, not bytes."""
+    try:
+        codecs.lookup(name)
+    except (LookupError, ValueError, TypeError):
+        return False
+    return _codec(name) is None
+
+
+def _round_trips(text: str, data: bytes, charset: str, complete: bool) -> bool:
+    """Whether a reader encoding ``text`` with ``charset`` gets ``data`` back (its start, when cut).
+
+    mitmproxy falls back to UTF-8 for a charset it does not know.
+    """
+    codec = _codec(charset) or _UTF8
+    try:
+        encoded = codec.encode(text)[0]
+    except Exception:  # any codec error: the reader could not rebuild the bytes either
+        return False
+    return encoded == data if complete else data.startswith(encoded)
+
+
+def _decode(codec: codecs.CodecInfo, data: bytes, complete: bool) -> str | None:
+    try:
+        return codec.incrementaldecoder("strict").decode(data, final=complete)
+    except Exception:  # UnicodeError (a UTF-16 body with no BOM), or a codec's own error
+        return None
+
+
+def decode_body(message: Request | Response, data: bytes, complete: bool = True) -> str | None:
+    """``data`` as text a HAR reader turns back into the same bytes, or None (give it base64).
+
+    Text is decoded with the message's charset (UTF-8 when none is declared) and kept only
+    when encoding it again with :func:`reader_charset` gives ``data`` back, so mitmproxy's
+    reader rebuilds the body byte for byte. ``complete=False`` allows an incomplete
+    character at the end (a body cut short). Never raises, whatever the charset.
+    """
+    if _foreign(reader_charset(message)):
+        return None  # mitmproxy's reader would raise encoding any text, even ""
+    if not data:
+        return ""
+    if message.content_type.startswith(_BINARY):
+        return None
+    codec = _codec(_charset(message)) or _UTF8
     wide = codec.name.startswith(("utf-16", "utf-32"))
     if not wide and data.translate(None, _TEXT_BYTES):  # fast: no decoding needed to see it
         return None
-    try:
-        text = codec.incrementaldecoder("strict").decode(data, final=complete)
-    except UnicodeDecodeError:
+    text = _decode(codec, data, complete)
+    if text is None or (wide and _CONTROL.search(text)):
         return None
-    return None if wide and _CONTROL.search(text) else text
+    return text if _round_trips(text, data, reader_charset(message), complete) else None
+
+
+def request_text(request: Request, data: bytes, complete: bool = True) -> tuple[str, str | None]:
+    """A request body as ``postData.text``, and a note when the text is not plainly the body.
+
+    HAR 1.2 has no encoding field for ``postData``: a reader encodes ``text`` with the
+    request's charset (:func:`reader_charset`), so the text is the body decoded with that
+    charset, binary bodies included (ISO-8859-1 maps every byte to one character and
+    back). When the declared charset cannot carry the bytes, the text is lossy (UTF-8 with
+    U+FFFD) and the note says so; the caller keeps the exact bytes in ``_base64``.
+    """
+    charset = reader_charset(request)
+    codec = _codec(charset) or _UTF8
+    text = _decode(codec, data, complete)
+    if text is not None and _round_trips(text, data, charset, complete):
+        if codec.name == "iso8859-1" and not data.isascii():
+            declared = "declared" if _charset(request) else "assumed: none is declared"
+            return text, f"the body's bytes read as ISO-8859-1 ({declared}), as HAR readers write them back"
+        return text, None
+    text = data.decode("utf-8", "replace")
+    return text, f"the body is not valid {charset}: text is lossy; _base64 holds the exact bytes"
 
 
 class Body:
     """What to write for one message's body, given the sink's settings."""
 
-    __slots__ = ("text", "base64", "mark", "comment")
+    __slots__ = ("data", "mark", "comment")
 
     def __init__(self, message: Request | Response, content: str, max_size: int) -> None:
         size = message.body_size or 0
@@ -83,9 +176,11 @@ class Body:
                       "max_body_size")
         elif message.truncated:
             self._cut(size, len(data), f"the source kept {len(data)} of {size} bytes of the body", "source")
-        text = decode_body(message, data, complete=self.mark is None) if data else ""
-        self.base64 = text is None
-        self.text = base64.b64encode(data).decode("ascii") if text is None else text
+        self.data = data
+
+    @property
+    def complete(self) -> bool:
+        return self.mark is None
 
     def _cut(self, size: int, kept: int, comment: str, reason: str) -> None:
         self.mark = {"truncated": True, "bodySize": size, "kept": kept, "reason": reason}
@@ -111,15 +206,17 @@ def _request(request: Request, content: str, max_size: int) -> dict[str, Any]:
     if request.body_size or request.body:
         body = Body(request, content, max_size)
         mime = "" if content == "none" else request.headers.get("content-type") or ""
-        post: dict[str, Any] = {"mimeType": mime, "text": body.text}
-        if body.base64:
-            post["_encoding"] = "base64"
-            post["comment"] = "binary body, base64-encoded"
-        elif request.content_type == "application/x-www-form-urlencoded" and body.mark is None:
-            post["params"] = _pairs(parse_qsl(body.text, keep_blank_values=True))
+        text, note = request_text(request, body.data, body.complete) if body.data else ("", None)
+        post: dict[str, Any] = {"mimeType": mime, "text": text}
+        if note is not None and note.startswith("the body is not valid"):
+            post["_base64"] = base64.b64encode(body.data).decode("ascii")
+        elif request.content_type == "application/x-www-form-urlencoded" and body.complete and note is None:
+            post["params"] = _pairs(parse_qsl(text, keep_blank_values=True))
+        notes = [n for n in (body.comment, note) if n]
         if body.mark:
             post["_flowtap"] = body.mark
-            post["comment"] = body.comment
+        if notes:
+            post["comment"] = "; ".join(notes)
         out["postData"] = post
     return out
 
@@ -150,6 +247,7 @@ def _response(flow: Flow, content: str, max_size: int) -> dict[str, Any]:
             "headersSize": -1, "bodySize": -1, "_error": flow.error or "no response",
         }
     body = Body(response, content, max_size)
+    text = decode_body(response, body.data, body.complete)
     size = response.body_size or 0
     body_content: dict[str, Any] = {
         "size": size,
@@ -158,10 +256,11 @@ def _response(flow: Flow, content: str, max_size: int) -> dict[str, Any]:
     encoded = response.encoded_size
     if encoded is not None and "content-encoding" in response.headers:
         body_content["compression"] = size - encoded
-    if body.text or not body.mark:
-        body_content["text"] = body.text
-    if body.base64 and body.text:
+    if text is None:
+        body_content["text"] = base64.b64encode(body.data).decode("ascii")
         body_content["encoding"] = "base64"
+    elif text or body.complete:
+        body_content["text"] = text
     if body.mark:
         body_content["_flowtap"] = body.mark
         body_content["comment"] = body.comment

@@ -157,12 +157,17 @@ def default_output(journal: Path) -> Path:
 
 
 def setup_command(parser) -> None:
+    from flowtap.commandline import describe
+
+    describe(parser, "The HAR sink's files. It writes a journal while the session runs and the HAR when it "
+                     "ends; after a crash, `finalize` turns the journal into the HAR.",
+             "flowtap har finalize flowtap-checkout.har.journal")
     actions = parser.add_subparsers(dest="har_action", metavar="ACTION", required=True)
-    fin = actions.add_parser(
-        "finalize", help="turn a journal left behind by a crashed run into a HAR file",
-        description="Write the HAR file a journal was for. `flowtap run` finalizes its journals "
-                    "itself when the session ends; a *.har.journal file remains only after a crash.",
-    )
+    fin = actions.add_parser("finalize", help="turn a journal left behind by a crashed run into a HAR file")
+    describe(fin, "Write the HAR file a journal was for. `flowtap run` finalizes its journals "
+                  "itself when the session ends; a *.har.journal file remains only after a crash.",
+             "flowtap har finalize capture.har.journal",
+             "flowtap har finalize capture.har.journal -o recovered.har --keep")
     fin.add_argument("journal", help="the journal file (e.g. capture.har.journal)")
     fin.add_argument("-o", "--output", help="the HAR to write (default: the path the journal was for)")
     fin.add_argument("--force", action="store_true", help="replace the output file if it exists")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import flowtap
 from flowtap.memory import unmap_large_buffers
-from flowtap.paths import check_writable, expand_path
+from flowtap.paths import check_writable, expand_path, unused_path
 from flowtap.serialize import json_bytes
 from flowtap_har import journal
 from flowtap_har.entry import har_entry
@@ -63,7 +63,14 @@ class HarSink(flowtap.Sink):
 
     def open(self, session: flowtap.Session) -> None:
         unmap_large_buffers()
-        self.path = path = expand_path(self.template, session)
+        path = expand_path(self.template, session)
+        self.path = unused_path(path, (journal.SUFFIX,))  # never another session's HAR, nor its name
+        if self.path != path:
+            left = path.with_name(path.name + journal.SUFFIX)
+            why = (f"a journal an earlier run left is there (`flowtap har finalize {left}` makes its HAR)"
+                   if left.exists() else "it holds another session's HAR")
+            log.warning("%s: %s; writing this session's HAR to %s", path, why, self.path)
+        path = self.path
         check_writable(path)
         self.journal_path = journal.journal_path(path)
         if self.journal_path.name != path.name + journal.SUFFIX:

@@ -7,6 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from flowtap.commandline import describe
 from flowtap_interceptor import pairing
 from flowtap_interceptor.protocol import EXTENSION_DIR, extension_id
 
@@ -15,12 +16,23 @@ _NEVER_PACKED = {"pairing.json"}
 
 
 def setup(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "The flowtap Interceptor browser extension: where it is, its pairing key, a zip of it. "
+                     "Load the folder as an unpacked extension, paste the key into its popup, and add "
+                     "[sources.interceptor] to the config (docs/interceptor.md).",
+             "flowtap interceptor", "flowtap interceptor pair", "flowtap interceptor extension --zip ext.zip")
     actions = parser.add_subparsers(dest="interceptor_action", metavar="ACTION", parser_class=type(parser))
     pair = actions.add_parser("pair", help="show the pairing key to paste into the extension")
+    describe(pair, "Show the key that pairs the extension with this flowtap (created on first use); the "
+                   "bridge accepts only an extension that presents it.",
+             "flowtap interceptor pair",
+             "flowtap interceptor pair --new   # paired extensions need the new key")
     pair.add_argument("--new", action="store_true",
                       help="replace the key with a new one (paired extensions must be given the new key)")
     pair.add_argument("-q", "--quiet", action="store_true", help="print the key alone")
     ext = actions.add_parser("extension", help="print the extension's folder (to load unpacked), or zip it")
+    describe(ext, "Print the extension's folder, to load in chrome://extensions with \"Load unpacked\", or "
+                  "write it as a zip file.",
+             "flowtap interceptor extension", "flowtap interceptor extension --zip flowtap-interceptor.zip")
     ext.add_argument("--zip", metavar="FILE", help="write the extension as a zip file")
 
 

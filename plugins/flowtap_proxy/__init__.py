@@ -6,6 +6,7 @@ mitmproxy is imported only when the proxy starts, never at import time.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import flowtap
 from flowtap import ConfigError, Option, parse_address, parse_size
@@ -38,6 +39,20 @@ def _credentials(value: str) -> str:
     return value
 
 
+def _ca_file(value: str) -> str:
+    """An existing PEM file holding at least one certificate (empty: none) -> its absolute path."""
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"expected a PEM file of CA certificates (BEGIN CERTIFICATE), got {value!r}")
+    return str(path.resolve())
+
+
 @flowtap.hookimpl
 def flowtap_config_options(declare):
     declare(
@@ -61,6 +76,10 @@ def flowtap_config_options(declare):
         Option("max_body_size", (int, str), "10MB",
                "Bodies larger than this are streamed to the client and recorded as omitted, with their size.",
                convert=parse_size),
+        Option("upstream_ca", str, "",
+               "A PEM file of CA certificates to trust for upstream servers, besides the usual public ones: "
+               "your company's TLS-inspecting proxy's CA, or an internal CA. Needs no ssl_insecure.",
+               convert=_ca_file),
         Option("ssl_insecure", bool, False, "Accept upstream servers whose certificates do not verify."),
     )
 

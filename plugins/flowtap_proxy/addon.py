@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mitmproxy import http, tls
+from mitmproxy import ctx, http, tls
 
 from flowtap import Flow
-from flowtap_proxy.convert import Converter, tap
+from flowtap_proxy.convert import Converter, arrived_body, tap
 
 _EMITTED = "flowtap.emitted"
 
@@ -48,6 +48,8 @@ class FlowtapAddon:
         if f.request.method == "CONNECT":
             self.http_connect_error(f)  # the client may hang up before mitmproxy reports the CONNECT
         elif f.websocket is None:
+            if f.response is not None and f.response.raw_content is None:  # cut short mid-body
+                arrived_body(f, ctx.master.addons.get("proxyserver"))
             self._emit(self._convert.http_flow(f))
 
     def websocket_end(self, f: http.HTTPFlow) -> None:

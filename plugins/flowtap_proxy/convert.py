@@ -61,6 +61,48 @@ def tap(message: http.Message, limit: int) -> None:
             pass
 
 
+def arrived_body(f: http.HTTPFlow, proxyserver: object) -> None:
+    """Give a flow that failed mid-body the bytes of the body that arrived, where mitmproxy buffered it.
+
+    A buffered body cut short (a reset mid-body) is left behind in mitmproxy's HTTP
+    layer, and the flow keeps only its Content-Length. Found through mitmproxy's
+    internals (connection handler, layers, the stream's buffer), looked up defensively:
+    when anything is not where it was in mitmproxy 10 and 11, nothing is set and
+    the body's size is recorded as unknown.
+    """
+    try:
+        for handler in getattr(proxyserver, "connections", {}).values():
+            layer = getattr(handler, "layer", None)
+            for _ in range(32):  # a few layers deep; never a cycle
+                if layer is None:
+                    break
+                for stream in (getattr(layer, "streams", None) or {}).values():
+                    if getattr(stream, "flow", None) is f:
+                        _take_buffer(f.request, stream.request_body_buf)
+                        if f.response is not None:
+                            _take_buffer(f.response, stream.response_body_buf)
+                        return
+                layer = _child(layer)
+    except Exception:  # internals moved: the size stays unknown
+        return
+
+
+def _child(layer: object) -> object | None:
+    """The layer under ``layer``: a ``child_layer``, a NextLayer's ``layer``, or the one a
+    mode layer hands its events to."""
+    for name in ("child_layer", "layer"):
+        child = getattr(layer, name, None)
+        if child is not None:
+            return child
+    child = getattr(getattr(layer, "_handle_event", None), "__self__", None)
+    return None if child is layer else child
+
+
+def _take_buffer(message: http.Message, buffer: object) -> None:
+    if message.raw_content is None and not message.stream and buffer is not None:
+        message.raw_content = bytes(buffer)  # type: ignore[call-overload]  # typed object: mitmproxy's ReceiveBuffer
+
+
 def _raw_header(fields: tuple[tuple[bytes, bytes], ...], name: bytes) -> bytes | None:
     for key, value in fields:
         if len(key) == len(name) and key.lower() == name:
@@ -212,10 +254,11 @@ def _body(message: http.Message, fields: list[tuple[str, str]]) -> tuple[bytes, 
         stream = message.stream
         if isinstance(stream, BodyTap) and stream.chunks is not None:
             raw = b"".join(stream.chunks)
-        else:  # longer than max_body_size: streamed to the client, not kept
-            size = stream.size if isinstance(stream, BodyTap) else _int(_header(fields, "content-length"))
+        elif isinstance(stream, BodyTap):  # longer than max_body_size: streamed to the client, not kept
             # The decoded size of an encoded body that was not kept is unknown.
-            return b"", None if ce else size, size, True
+            return b"", None if ce else stream.size, stream.size, True
+        else:  # buffered, cut short, and arrived_body could not find what came: unknown, not Content-Length
+            return b"", None, None, True
     body = raw
     if ce and raw:
         try:

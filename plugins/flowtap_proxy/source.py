@@ -8,9 +8,13 @@ once. mitmproxy is imported when the proxy starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import os
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import flowtap
@@ -143,10 +147,15 @@ class ProxySource(flowtap.Source):
             asyncio_utils.set_eager_task_factory(),
         ):
             ps = m.addons.get("proxyserver")
-            await ps.setup_servers()
+            # mitmproxy logs why a server did not start, with a hint for its own command line
+            # ("--mode regular@8082"); flowtap says it in its own terms below instead.
+            with _held_back("mitmproxy.addons.proxyserver") as held:
+                await ps.setup_servers()
             failed = [s.last_exception for s in ps.servers if s.last_exception]
             if failed or not ps.listen_addrs():
                 raise flowtap.SourceError(self._listen_error(failed[0] if failed else None))
+            for record in held:
+                logging.getLogger(record.name).handle(record)
             await m.running()
             self.port = ps.listen_addrs()[0][1]
             self._master, self._loop = m, asyncio.get_running_loop()
@@ -170,11 +179,30 @@ class ProxySource(flowtap.Source):
             "allow_hosts": allow,
             "ssl_insecure": o["ssl_insecure"],
             "upstream_auth": o["upstream_auth"] or None,
+            "ssl_verify_upstream_trusted_ca": self._upstream_trust(),
         }
+
+    def _upstream_trust(self) -> str | None:
+        """The CA file mitmproxy verifies upstream servers with: None for its default (certifi's
+        public CAs); with ``upstream_ca``, a bundle of those and the given CAs (mitmproxy's option
+        replaces the default list; upstream_ca adds to it)."""
+        extra = self.options["upstream_ca"]
+        if not extra:
+            return None
+        import certifi
+
+        bundle = self.confdir / "upstream-trust.pem"
+        data = Path(certifi.where()).read_bytes().rstrip(b"\n") + b"\n" + Path(extra).read_bytes()
+        tmp = bundle.with_name(f".{bundle.name}.{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, bundle)  # runs sharing the data directory each see a whole file
+        return str(bundle)
 
     def _listen_error(self, exc: BaseException | None) -> str:
         where = f"{self.host or '*'}:{self.port}"
         code = getattr(exc, "errno", None)
+        # mitmproxy's message (its strerror) carries a hint for its own command line: not ours.
+        exc = exc.__cause__ if isinstance(exc, OSError) and isinstance(exc.__cause__, OSError) else exc
         if code == errno.EADDRINUSE:
             return f"cannot listen on {where}: the port is in use; set [sources.proxy] listen to another port"
         if code == errno.EACCES:
@@ -212,6 +240,23 @@ class ProxySource(flowtap.Source):
         if self._owns_process_slot:
             self._owns_process_slot = False
             _running.release()
+
+
+@contextlib.contextmanager
+def _held_back(name: str) -> Iterator[list[logging.LogRecord]]:
+    """Hold back the records logger ``name`` emits while the block runs; yields them."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    logger = logging.getLogger(name)
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
 
 
 class _Forward(logging.Handler):

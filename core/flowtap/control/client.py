@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from flowtap.commandline import UsageError
+from flowtap.commandline import UsageError, describe
 from flowtap.control import OPS, TIMEOUT
 from flowtap.control.runs import command_line, control_dir, port_holder, running
 from flowtap.health import SinkHealth
@@ -86,6 +86,11 @@ def _list(runs: dict[int, Path]) -> str:
 
 
 def setup_ctl(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "Drive a running `flowtap run` from another terminal or a script: its status (sessions, "
+                     "sources, each sink's health), pause, resume, clear (forget the flows so far), mark "
+                     "(a marker with text), stop.",
+             "flowtap ctl status", "flowtap ctl mark 'clicked checkout'", "flowtap ctl pause --pid 4242",
+             "flowtap ctl status --json")
     parser.add_argument("op", choices=OPS, metavar="ACTION",
                         help="status, pause, resume, clear (forget the flows so far), stop, or mark")
     parser.add_argument("text", nargs="*", help="the marker's text (mark)")

@@ -17,8 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from flowtap.commandline import UsageError, config_from_args as _config, disabled_plugins as _disabled
+from flowtap.commandline import (
+    UsageError,
+    config_from_args as _config,
+    describe,
+    disabled_plugins as _disabled,
+)
 from flowtap.config import Config, ConfigError
+from flowtap.progress import Progress
 
 
 def store_path(config: Config) -> Path:
@@ -173,14 +179,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         session = store.session(args.session) if args.session else None
         rows = store.rows(args.expression, session=session, limit=args.limit, newest_first=True)
         found = 0
-        for row in rows:
-            if args.json:
-                print(json.dumps(row.summary()))
-            else:
-                if not found:
-                    print(render.header_line())
-                print(render.flow_line(render.flow_cells(row)))
-            found += 1
+        label = f"searching session {session.name!r}" if session else "searching the store"
+        with Progress(label, unit="found") as progress:
+            for row in rows:
+                if args.json:
+                    progress.print(json.dumps(row.summary()))
+                else:
+                    if not found:
+                        progress.print(render.header_line())
+                    progress.print(render.flow_line(render.flow_cells(row)))
+                found += 1
+                progress.advance()
         if not found and not args.json:
             where = f"session {session.name!r}" if session else "the store"
             print(f"no flows in {where} match" + (f" {args.expression!r}" if args.expression else ""),
@@ -258,14 +267,36 @@ def _export_curl(args: argparse.Namespace) -> int:
 
     with _store(args) as store:
         session = store.session(args.session)
-        with _output(args.output) as out:
+        with _output(args.output) as out, Progress(f"exporting {session.name!r} as curl",
+                                                   total=session.flows) as progress:
             count = 0
             for flow in store.flows(args.filter, session=session):
-                print(render.curl(flow), file=out)
+                progress.print(render.curl(_for_replay(flow)), file=out)
                 count += 1
+                progress.advance()
     if args.output:
         print(f"wrote {count} curl commands from session {session.name!r} to {args.output}")
     return 0
+
+
+#: Hop-by-hop headers (RFC 9110 7.6.1) and those meant for the proxy: a replay must not send them
+#: (curl makes its own connection; Transfer-Encoding and Upgrade would misframe or switch it).
+#: The HAR keeps them: it is the record of what was sent.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization",
+                        "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"})
+
+
+def _for_replay(flow: Any) -> Any:
+    """The flow with its request's hop-by-hop headers (and those Connection names) left out."""
+    import attrs
+
+    headers = flow.request.headers
+    named = {token.strip().lower() for value in headers.get_all("connection") for token in value.split(",")}
+    drop = HOP_BY_HOP | named
+    kept = [(k, v) for k, v in headers.fields if k.lower() not in drop]
+    if len(kept) == len(headers):
+        return flow
+    return attrs.evolve(flow, request=attrs.evolve(flow.request, headers=kept))
 
 
 @contextlib.contextmanager
@@ -314,25 +345,42 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
         raw = config.raw
         for name, other in capture.sink_factories.items():
             _table(raw, other.table)["enabled"] = name == args.sink
-        _table(raw, entry.table)["path"] = str(Path(args.output).expanduser())
+        # -o names the file to write: an existing one is replaced once the export is done (a live
+        # session never overwrites another's file, so the sink writes beside it first).
+        from flowtap.paths import expand_path
+
+        target = expand_path(args.output, session)
+        scratch = target.with_name(f".{target.name}.export-{os.getpid()}") if target.is_file() else target
+        if scratch != target:
+            scratch = scratch.with_name(scratch.name + "".join(target.suffixes[-2:]))
+        _table(raw, entry.table)["path"] = str(scratch)
         for other in capture.source_factories.values():
             _table(raw, other.table)["enabled"] = False
         raw.pop("filters", None)  # the stored flows passed the capture's filters already
         _table(raw, "session").update(name=session.name, duration="")
         capture.start(started=session.started)
         count = 0
-        try:
-            for flow in store.flows(args.filter, session=session):
-                capture.emit(flow)
-                count += 1
-        finally:
-            capture.stop()
+        with Progress(f"exporting {session.name!r} through {args.sink!r}", total=session.flows) as progress:
+            try:
+                for flow in store.flows(args.filter, session=session):
+                    capture.emit(flow)
+                    count += 1
+                    progress.advance()
+                progress.note = f"finishing {args.output}"
+            finally:
+                capture.stop()
     if capture.host.error_count:
         print(f"flowtap: error: sink {args.sink!r} failed while exporting (see above); "
-              f"{args.output} may be incomplete", file=sys.stderr)
+              f"{scratch} may be incomplete", file=sys.stderr)
         return 1
+    if scratch != target and scratch.is_file():
+        try:
+            os.replace(scratch, target)
+        except OSError as exc:
+            raise UsageError(f"{target}: cannot replace it with the export in {scratch}: "
+                             f"{exc.strerror or exc}") from None
     print(f"exported {count} flows of session {session.name!r} ({session.id}) through {args.sink!r} "
-          f"to {args.output}")
+          f"to {target}")
     return 0
 
 
@@ -340,22 +388,38 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
 
 
 def setup_sessions(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "List the debug sessions kept in the session store, newest first: id, name, start, "
+                     "duration, state and flow counts. Its actions show, rename and delete one.",
+             "flowtap sessions", "flowtap sessions --json", "flowtap sessions show last")
     parser.add_argument("--json", action="store_true", help="one JSON object per session")
     actions = parser.add_subparsers(dest="sessions_command", metavar="ACTION")
     show = actions.add_parser("show", help="one session in detail, with its events and markers")
+    describe(show, "One stored session in detail: state, times, counts, the config it ran with, the hosts "
+                   "it saw, and its events (pause, resume, clear, markers).",
+             "flowtap sessions show last", "flowtap sessions show checkout --json")
     show.add_argument("session", metavar="SESSION", help="an id (or its start), a name, or last")
     show.add_argument("--json", action="store_true", help="print it as JSON")
     show.set_defaults(func=cmd_sessions_show)
     rename = actions.add_parser("rename", help="give a session a new name")
+    describe(rename, "Give a stored session a new name (names need not be unique; ids are).",
+             "flowtap sessions rename last checkout-bug")
     rename.add_argument("session", metavar="SESSION", help="an id, a name, or last")
     rename.add_argument("name", metavar="NAME", help="the new name")
     rename.set_defaults(func=cmd_sessions_rename)
     delete = actions.add_parser("delete", help="delete sessions with their flows")
+    describe(delete, "Delete stored sessions with their flows and body files. A session being recorded "
+                     "cannot be deleted.",
+             "flowtap sessions delete last", "flowtap sessions delete 2024-05-01_101500 checkout")
     delete.add_argument("sessions", metavar="SESSION", nargs="+", help="ids, names, or last")
     delete.set_defaults(func=cmd_sessions_delete)
 
 
 def setup_search(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "Stored flows matching a mitmproxy filter expression, newest first, over every session "
+                     "or one. On a terminal, a search that takes more than a second shows its progress.",
+             "flowtap search '~d api.example.com & ~c 500' --session last",
+             "flowtap search '~m POST & ~u /login' --limit 5",
+             "flowtap search --json '~t json' | jq .url")
     parser.add_argument("expression", metavar="EXPR", nargs="?",
                         help='a mitmproxy filter expression, e.g. "~d api.example.com & ~m POST"')
     parser.add_argument("--session", metavar="SESSION", help="only this session (an id, a name, or last)")
@@ -364,6 +428,10 @@ def setup_search(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_show(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "One stored flow in full: request and response lines, headers, and bodies (decoded "
+                     "and pretty-printed when they are text).",
+             "flowtap show 7f3a9c2e", "flowtap show 7f3a9c2e --raw > body.bin",
+             "flowtap show 7f3a9c2e --json")
     parser.add_argument("flow", metavar="FLOW_ID", help="the flow's id, or its start (as search prints it)")
     parser.add_argument("--raw", action="store_true",
                         help="bodies as they are, not decoded or pretty-printed")
@@ -371,6 +439,12 @@ def setup_show(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_export(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "Replay a stored session through a sink, as if it were captured now (a HAR file, a "
+                     "Postman collection, a cookie jar, or a third-party sink), or print it as curl "
+                     "commands. On a terminal, an export that takes more than a second shows its progress.",
+             "flowtap export last --sink har -o session.har",
+             "flowtap export last --sink collection -o checkout.postman_collection.json",
+             "flowtap export checkout --format curl --filter '~m POST'")
     parser.add_argument("session", metavar="SESSION", help="an id, a name, or last")
     parser.add_argument("--sink", metavar="NAME", help="the sink to replay the session through, e.g. har")
     parser.add_argument("--format", choices=("curl",), help="print curl commands instead")
