@@ -195,10 +195,17 @@ def headers_of(head: bytes) -> dict[bytes, bytes]:
     return fields
 
 
-def test_control_bytes_never_reach_the_terminal_and_curl_sends_them_back(tmp_path, monkeypatch):
-    data_dir = Path(tempfile.mkdtemp(prefix="ft-"))  # short: the control socket's path is limited
+@pytest.fixture
+def data_dir(monkeypatch):
+    """A short data dir (the control socket's path is limited), for this process and its children."""
+    path = Path(tempfile.mkdtemp(prefix="ft-"))
+    monkeypatch.setenv("FLOWTAP_DATA_DIR", str(path))  # where runs.socket_path looks
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_control_bytes_never_reach_the_terminal_and_curl_sends_them_back(tmp_path, data_dir):
     env = {"FLOWTAP_DATA_DIR": str(data_dir)}
-    monkeypatch.setenv("FLOWTAP_DATA_DIR", str(data_dir))  # where runs.socket_path looks
     upstream = RawUpstream()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -268,7 +275,6 @@ def test_control_bytes_never_reach_the_terminal_and_curl_sends_them_back(tmp_pat
         if name != b"X-Nul":
             assert first[name.lower()] == again[name.lower()] == value, name
     assert b"x-nul" in first and b"x-nul" not in again
-    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_show_raw_prints_bytes_to_a_pipe_but_not_control_bytes_to_a_terminal(tmp_path):
