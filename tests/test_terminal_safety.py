@@ -54,7 +54,9 @@ def raw_controls(text: str) -> list[str]:
     ("csi\x9b31m", "csi\\x9b31m"),
     ("not utf-8 \udce9", "not utf-8 \\xe9"),
     ("line\nnext\ttab", "line\\nnext\\ttab"),
-    ("café C:\\path \u202e", "café C:\\path \u202e"),
+    ("café C:\\path", "café C:\\path"),
+    ("invoice\u202etxt.exe", "invoice\\u202etxt.exe"),  # a right-to-left override would show "exe.txt"
+    ("\u2066isolate\u2069 \u200fmark", "\\u2066isolate\\u2069 \\u200fmark"),
 ])
 def test_terminal_safe_escapes_every_control_character(text, shown):
     assert flowtap.terminal_safe(text) == shown
