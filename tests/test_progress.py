@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pty
+import re
 import subprocess
 import sys
 import threading
@@ -172,7 +173,7 @@ def test_a_search_longer_than_a_second_shows_progress_on_a_terminal(tmp_path, te
     assert result.returncode == 0
     assert "api.example.com /found" in result.stdout.decode()
     shown = terminal.text()
-    assert "\rsearching the store: " in shown and " found, 1s" in shown, shown
+    assert re.search(r"\rsearching the store: \d+ found, \d+s", shown), shown  # the first at 1 s or later
 
     result = _flowtap(args, tmp_path, subprocess.PIPE)
     assert result.returncode == 0 and result.stderr == b""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import sys
@@ -218,13 +219,31 @@ def cmd_show(args: argparse.Namespace) -> int:
             session = None
         out = sys.stdout
         for part in render.flow_parts(flow, row, session, raw=args.raw):
-            if isinstance(part, bytes):
+            if isinstance(part, bytes) and _is_terminal(out) and not _plain(part):
+                print(f"[{len(part)} bytes not printed: they hold control characters, which a terminal would "
+                      "obey; redirect `flowtap show --raw` to a file or a pipe]", file=out)
+            elif isinstance(part, bytes):
                 out.flush()
                 sys.stdout.buffer.write(part if part.endswith(b"\n") else part + b"\n")
                 sys.stdout.buffer.flush()
             else:
                 print(part, file=out)
     return 0
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _plain(data: bytes) -> bool:
+    """Whether ``data`` is text with no control character but line breaks and tabs."""
+    from flowtap.terminal import terminal_safe
+
+    text = data.decode("utf-8", "surrogateescape")
+    return terminal_safe(text, lines=True) == text
 
 
 # -- export -------------------------------------------------------------------------------------------
@@ -285,15 +304,22 @@ def _for_replay(flow: Any) -> Any:
 
 @contextlib.contextmanager
 def _output(path: str | None) -> Iterator[TextIO]:
+    """Standard output, or the file ``path``: owner-only like every output holding captures (its headers
+    carry credentials), and written all at once (an export that fails leaves the old file)."""
     if not path:
         yield sys.stdout
         return
+    from flowtap.paths import atomic_writer
+
+    target = Path(path)
     try:
-        fh = open(path, "w", encoding="utf-8", errors="backslashreplace")
+        with atomic_writer(target, mode=0o600) as fh:
+            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+            yield text
+            text.flush()
+            text.detach()
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    with fh:
-        yield fh
 
 
 def _cookie_events(events: list[Any], order: dict[str, int]) -> list[tuple[int, list[Cookie], str]]:
