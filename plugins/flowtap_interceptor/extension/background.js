@@ -609,7 +609,7 @@ async function sendBody(tabId, requestId, request) {
   if (request.postData) {
     const parts = request.postData.map((e) => Uint8Array.from(atob(e.bytes), (c) => c.charCodeAt(0)));
     const size = parts.reduce((n, p) => n + p.length, 0);
-    if (size <= settings.maxBodySize) {
+    if (size <= eff.maxBodySize) {
       const bytes = new Uint8Array(size);
       let at = 0;
       for (const part of parts) { bytes.set(part, at); at += part.length; }
