@@ -559,3 +559,51 @@ def test_a_single_label_or_ip_domain_is_host_only_and_curl_agrees_with_python(tm
         assert sent == expected, host
         if host != "localhost":  # Python's policy takes a dotless host as "localhost.local": it sends none
             assert python_sends(url) == expected, host
+
+
+def _mozilla(path):
+    jar = http.cookiejar.MozillaCookieJar(str(path))
+    jar.load(ignore_discard=True, ignore_expires=True)
+    return {(c.domain, c.path, c.name, c.value) for c in jar}
+
+
+def test_an_export_has_the_cookies_seen_while_paused_before_a_clear_and_from_sources(tmp_path, capsys):
+    """Issue 11 item 9: the exported jar is the live jar, read by MozillaCookieJar."""
+    from flowtap.cli import main
+
+    live, store = tmp_path / "live.txt", tmp_path / "store.db"
+    settings = {"store": {"path": str(store)}, "session": {"name": "jarred"},
+                "sinks": {"cookiejar": {"path": str(live)}}}
+    with capture("cookiejar", config=settings) as harness:
+        harness.feed(set_cookie_flow("http://example.com/", "x=1", "y=1", "cleared=1"))
+        harness.session.pause()
+        harness.feed(set_cookie_flow("http://example.com/p", "x=2", "y=; Max-Age=0", "paused=yes"))
+        harness.session.resume()
+        harness.feed(set_cookie_flow("http://example.com/", "recorded=1"))
+        harness.session.clear()  # "cleared" came in a flow the clear forgets
+        harness.capture.emitter("interceptor").cookies(
+            [Cookie("ext", "1", "app.example.com", "/", LATER, True, True, "Strict", True)])
+        harness.feed(set_cookie_flow("http://example.com/", "after=clear"))
+    expected = {("example.com", "/", name, value) for name, value in (
+        ("x", "2"), ("paused", "yes"), ("recorded", "1"), ("cleared", "1"), ("after", "clear"))}
+    expected.add(("app.example.com", "/", "ext", "1"))
+    assert _mozilla(live) == expected
+
+    with flowtap.open_store(store) as opened:  # cookie events are not listed as session events
+        session = opened.session("jarred")
+        assert [e.kind for e in opened.events(session.id)] == ["pause", "resume", "clear"]
+        assert any(e.kind == "cookies" for e in opened.events(session.id, cookies=True))
+
+    exported = tmp_path / "exported.txt"
+    export = ["export", "jarred", "--sink", "cookiejar", "-o", str(exported), "--set", f"store.path={store}"]
+    code = main(export)
+    assert code == 0, capsys.readouterr().err
+    assert _mozilla(exported) == expected
+    # -o names the file the export writes: an existing jar is replaced by the session's cookies (as -o
+    # replaces a HAR or a collection), not merged into; the live sink is what merges into a jar.
+    exported.write_text("# Netscape HTTP Cookie File\nother.test\tFALSE\t/\tFALSE\t0\tstale\t1\n")
+    code = main(export)
+    assert code == 0 and _mozilla(exported) == expected
+    result = subprocess.run(["curl", "-s", "-o", os.devnull, "-w", "%{http_code}", "-b", str(exported),
+                             "file:///dev/null"], capture_output=True, timeout=30)
+    assert result.returncode == 0  # curl reads the exported jar

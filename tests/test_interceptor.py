@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -15,13 +17,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.sync.client import connect
 
 import flowtap
 import flowtap.testing
 import flowtap_interceptor
-from flowtap_interceptor import commands, convert, pairing, protocol
+from flowtap_interceptor import bridge as bridge_module, commands, convert, pairing, protocol
+from flowtap_interceptor.bridge import RefusalLog
 from flowtap_interceptor.protocol import ProtocolError
 
 from clirun import flowtap as run_cli
@@ -38,7 +41,7 @@ ORIGIN = "chrome-extension://abcdefghijklmnopabcdefghijklmnop"
 
 
 def msg(kind, **fields):
-    return {"v": 1, "type": kind, **fields}
+    return {"v": protocol.VERSION, "type": kind, **fields}
 
 
 def event(kind, rid="1", url="http://127.0.0.1:8000/api/items?page=2", method="GET", t=1_700_000_000_000.0,
@@ -48,27 +51,56 @@ def event(kind, rid="1", url="http://127.0.0.1:8000/api/items?page=2", method="G
 
 
 class Client:
-    """A scripted extension: connects, answers the challenge, and records what the bridge sends."""
+    """A scripted extension: connects, pairs as the extension does, and records what the bridge sends.
 
-    def __init__(self, port, key=None, origin=ORIGIN, proof=None):
+    With ``key`` (or a forged ``proof``) it says hello, reads the challenge (``bridge_proved`` tells
+    whether the bridge's proof checks out for ``key``) and answers with auth; without, it only says
+    hello (``hello=False``: not even that). What the bridge sends next is left for :meth:`recv`.
+    """
+
+    def __init__(self, port, key=None, origin=ORIGIN, proof=None, hello=True, nonce=None):
         # Entered like a context manager (websockets' direct use is deprecated); closed by close().
         self.ws = connect(f"ws://127.0.0.1:{port}", origin=origin, open_timeout=5,
                           close_timeout=2).__enter__()
         self.received = []
-        self.challenge = self.recv()
-        assert self.challenge["type"] == "challenge"
-        if key is not None or proof is not None:
-            self.send(msg("hello", proof=proof or pairing.proof(key, self.challenge["nonce"]), client="test"))
+        self._unread = []
+        self.nonce = nonce or pairing.new_nonce()
+        self.challenge = None
+        self.bridge_proved = False
+        if hello:
+            self.send(msg("hello", nonce=self.nonce))
+        if key is None and proof is None:
+            return
+        reply = self.recv()
+        if reply["type"] != "challenge":
+            self._unread.append(reply)
+            return
+        self.challenge = reply
+        if key is not None:
+            expected = pairing.bridge_proof(key, self.nonce, reply["nonce"])
+            self.bridge_proved = pairing.matches(expected, reply["proof"])
+        self.auth = msg("auth", proof=proof or pairing.extension_proof(key, reply["nonce"], self.nonce),
+                        client="test")
+        self.send(self.auth)
 
     def send(self, message):
         self.ws.send(message if isinstance(message, (str, bytes)) else json.dumps(message))
 
     def recv(self, timeout=5):
+        if self._unread:
+            return self._unread.pop(0)
         message = json.loads(self.ws.recv(timeout=timeout))
         problem = protocol.validate(message, protocol.schema())
         assert problem is None, f"the bridge sent a message its own schema refuses: {problem}: {message}"
         self.received.append(message)
         return message
+
+    def closed_with(self, timeout=5):
+        """The close code the bridge ended the connection with (reading what it still sent)."""
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                self.ws.recv(timeout=timeout)
+        return info.value.rcvd.code if info.value.rcvd else None
 
     def ask(self, message):
         """Send, then return the bridge's reply (an error, or the pong to a ping sent after)."""
@@ -137,7 +169,7 @@ def wait_flows(harness, count, timeout=5):
 def test_schema_defines_each_message_type_once_and_uses_only_supported_keywords():
     types = protocol.message_types()
     assert sorted(types) == sorted(protocol.schema()["$defs"].keys() - {"version", "text", "url", "headers",
-                                                                        "settings"})
+                                                                        "settings", "nonce", "proof"})
     for kind in types:
         assert protocol.schema()["$defs"][kind]["properties"]["type"] == {"const": kind}
     with pytest.raises(ValueError, match="pattern"):
@@ -145,9 +177,11 @@ def test_schema_defines_each_message_type_once_and_uses_only_supported_keywords(
 
 
 @pytest.mark.parametrize("message, problem", [
-    (msg("hello"), "missing 'proof'"),
-    (msg("hello", proof=12), "$.proof: expected string, got number"),
-    (msg("hello", proof="ab", extra=1), "unexpected key 'extra'"),
+    (msg("hello"), "missing 'nonce'"),
+    (msg("hello", nonce=12), "$.nonce: expected string, got number"),
+    (msg("hello", nonce="ab"), "$.nonce: shorter than 64 characters"),
+    (msg("hello", nonce="0" * 64, client="x"), "unexpected key 'client'"),  # nothing but the nonce
+    (msg("auth", proof="0" * 64, extra=1), "unexpected key 'extra'"),
     (msg("cookies", reason="later", cookies=[]), 'expected one of "dump", "change"'),
     (msg("cookies", reason="dump", cookies=[{"name": "a", "value": "b", "domain": "x"}]),
      "cookies[0]: missing 'path'"),
@@ -176,10 +210,11 @@ def test_every_message_type_the_extension_sends_is_in_the_schema():
     ("{not json", "malformed"),
     ("[1, 2]", "malformed"),
     ('{"type": "ping"}', "unsupported_version"),
-    ('{"v": 2, "type": "ping"}', "unsupported_version"),
-    ('{"v": 1, "type": "teleport"}', "unknown_type"),
-    ('{"v": 1, "type": "welcome", "config": {}}', "unknown_type"),  # only the bridge sends it
-    ('{"v": 1, "type": "capture", "event": "request"}', "invalid"),
+    ('{"v": 1, "type": "ping"}', "unsupported_version"),
+    ('{"v": 2, "type": "teleport"}', "unknown_type"),
+    ('{"v": 2, "type": "welcome", "config": {}}', "unknown_type"),  # only the bridge sends it
+    ('{"v": 2, "type": "hello", "nonce": "%s"}' % ("0" * 64), "unknown_type"),  # only while pairing
+    ('{"v": 2, "type": "capture", "event": "request"}', "invalid"),
 ])
 def test_parse_refuses_with_the_error_code(raw, code):
     with pytest.raises(ProtocolError) as info:
@@ -217,44 +252,76 @@ def test_paired_extension_is_welcomed_with_the_configured_settings(bridge, caplo
     client.close()
 
 
+def test_the_bridge_proves_the_key_first_over_both_nonces(bridge):
+    _, port, _ = bridge()
+    first, second = Client(port, key="s3cret-test-key"), Client(port, key="s3cret-test-key")
+    for client in (first, second):
+        assert client.bridge_proved and client.recv()["type"] == "welcome"
+        assert set(client.challenge) == {"v", "type", "nonce", "proof"}
+        assert client.challenge["proof"] == pairing.bridge_proof("s3cret-test-key", client.nonce,
+                                                                 client.challenge["nonce"])
+    assert first.challenge["nonce"] != second.challenge["nonce"], "a fresh nonce for every connection"
+    # The bridge's proof is no extension's proof, nor the other way round: the labels differ.
+    reflected = pairing.bridge_proof("s3cret-test-key", first.challenge["nonce"], first.nonce)
+    assert first.auth["proof"] != reflected
+
+
 def test_wrong_key_is_refused_closed_and_logged(bridge, caplog):
     _, port, _ = bridge()
     client = Client(port, key="not-the-key")
+    assert not client.bridge_proved, "the extension would have stopped here, sending nothing more"
     reply = client.recv()
     assert reply["type"] == "error" and reply["code"] == "auth_failed"
-    with pytest.raises(ConnectionClosed) as info:
-        client.ws.recv(timeout=5)
-    assert info.value.rcvd.code == 4401
+    assert client.closed_with() == 4401
     assert "wrong pairing key" in caplog.text and "refused a connection" in caplog.text
 
 
-def test_a_client_that_never_says_hello_is_refused_in_time(bridge, caplog, monkeypatch):
-    monkeypatch.setattr("flowtap_interceptor.bridge.HELLO_TIMEOUT", 0.2)
+@pytest.mark.parametrize("forged, code", [
+    ("s3cret-test-key", "auth_required"),  # the key itself: not even the shape of a proof
+    ("reflected", "auth_failed"),  # the bridge's own proof sent back
+    ("version 1", "auth_failed"),  # HMAC of the bridge's nonce alone, as protocol version 1 had it
+])
+def test_only_the_extensions_proof_over_both_nonces_is_accepted(bridge, forged, code):
     _, port, _ = bridge()
-    client = Client(port)  # reads the challenge and answers nothing
-    reply = client.recv()
-    assert reply["type"] == "error" and reply["code"] == "auth_required"
-    assert "no hello within 0.2s" in reply["message"]
-    with pytest.raises(ConnectionClosed) as info:
-        client.ws.recv(timeout=5)
-    assert info.value.rcvd.code == 4401  # not 1011, the code of a handler that crashed
-    assert "Traceback" not in caplog.text
+    client = Client(port, hello=True)
+    challenge = client.recv()
+    key, theirs = "s3cret-test-key", challenge["nonce"]
+    version_1 = hmac.new(key.encode(), theirs.encode(), hashlib.sha256).hexdigest()
+    proof = {"reflected": challenge["proof"], "version 1": version_1}.get(forged, forged)
+    client.send(msg("auth", proof=proof))
+    assert client.recv()["code"] == code
+    assert client.closed_with() == 4401
 
 
-def test_the_key_itself_is_not_a_proof(bridge):
+def test_a_replayed_exchange_is_refused(bridge, caplog):
     _, port, _ = bridge()
-    client = Client(port, proof="s3cret-test-key")
-    assert client.recv()["code"] == "auth_failed"
+    recorded = Client(port, key="s3cret-test-key")
+    assert recorded.recv()["type"] == "welcome"
+    recorded.close()
+    # The same hello again: its nonce was used.
+    replay = Client(port, nonce=recorded.nonce)
+    assert replay.recv()["code"] == "auth_failed" and replay.closed_with() == 4401
+    assert "a hello replayed (its nonce was used before)" in caplog.text
+    # A fresh hello, then the recorded auth: it answered another challenge.
+    replay = Client(port)
+    assert replay.recv()["type"] == "challenge"
+    replay.send(recorded.auth)
+    assert replay.recv()["code"] == "auth_failed" and replay.closed_with() == 4401
 
 
 def test_a_connection_must_start_with_hello(bridge, caplog):
     _, port, _ = bridge()
-    client = Client(port)
+    client = Client(port, hello=False)
     client.send(msg("ping"))
     assert client.recv()["code"] == "auth_required"
-    with pytest.raises(ConnectionClosed):
-        client.ws.recv(timeout=5)
+    assert client.closed_with() == 4401
     assert "expected a hello message" in caplog.text
+
+
+def test_a_hello_nonce_must_be_64_hex_digits(bridge):
+    _, port, _ = bridge()
+    client = Client(port, nonce="Z" * 64)
+    assert client.recv()["code"] == "auth_required"
 
 
 @pytest.mark.parametrize("origin", ["http://127.0.0.1:8000", "https://evil.example", None, "chrome-extension://"])
@@ -279,10 +346,29 @@ def test_a_rotated_key_takes_effect_without_a_restart(bridge, key_file):
     assert Client(port, key="the-new-key").recv()["type"] == "welcome"
 
 
+def test_pair_new_cuts_off_the_extensions_holding_the_old_key(bridge, key_file, caplog):
+    _, port, _ = bridge()
+    old = Client(port, key="s3cret-test-key")
+    assert old.recv()["type"] == "welcome"
+    rotated = run_cli("interceptor", "pair", "--new", "-q",
+                      "--set", f"sources.interceptor.key_file={key_file}")
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = rotated.stdout.strip()
+    reply = old.recv(timeout=5)  # the bridge reads the key file every second
+    assert reply["type"] == "error" and reply["code"] == "auth_failed" and "replaced" in reply["message"]
+    assert old.closed_with() == 4401
+    assert "the pairing key changed: closing 1 extension connection paired with the old key" in caplog.text
+    assert Client(port, key="s3cret-test-key").recv()["code"] == "auth_failed"
+    fresh = Client(port, key=new_key)
+    assert fresh.bridge_proved and fresh.recv()["type"] == "welcome"
+
+
 def test_no_key_file_means_unpaired(bridge, key_file, caplog):
     _, port, _ = bridge()
     key_file.unlink()
-    reply = Client(port, key="s3cret-test-key").recv()
+    client = Client(port, key="s3cret-test-key")
+    reply = client.recv()
+    assert client.challenge is None, "a bridge without a key cannot prove one"
     assert reply["code"] == "unpaired" and "flowtap interceptor pair" in reply["message"]
 
 
@@ -306,6 +392,92 @@ def test_port_in_use_is_a_plain_startup_error(key_file):
                 pass
 
 
+# -- before pairing: cheap to refuse, quiet in the log ------------------------------------------------
+
+
+def test_refusals_are_logged_at_once_then_counted_once_per_interval(caplog):
+    caplog.set_level(logging.WARNING, logger="flowtap")
+    now = [100.0]
+    refusals = RefusalLog(logging.getLogger("flowtap.test-refusals"), interval=10, clock=lambda: now[0])
+    for i in range(500):
+        refusals.refused(f"127.0.0.1:{i}", "wrong pairing key")
+    now[0] = 105
+    refusals.tick()
+    first = "refused a connection from 127.0.0.1:0: wrong pairing key"
+    assert [r.getMessage() for r in caplog.records] == [first]
+    now[0] = 110
+    refusals.tick()
+    assert caplog.records[-1].getMessage() == (
+        "refused 499 more connections (logged once per 10s); the last: "
+        "refused a connection from 127.0.0.1:499: wrong pairing key")
+    now[0] = 111
+    refusals.refused("127.0.0.1:1", "no hello")  # within the next interval: counted
+    now[0] = 140
+    refusals.refused("127.0.0.1:2", "no hello")  # a quiet period later: the summary, then this at once
+    assert [r.getMessage() for r in caplog.records[2:]] == [
+        "refused 1 more connection (logged once per 10s); the last: "
+        "refused a connection from 127.0.0.1:1: no hello",
+        "refused a connection from 127.0.0.1:2: no hello"]
+    assert refusals.total == 502
+
+
+def test_a_frame_over_a_few_kb_before_pairing_closes_the_connection_unread(bridge):
+    _, port, _ = bridge()
+    client = Client(port, hello=False)
+    client.send(json.dumps(msg("hello", nonce="0" * 64)) + " " * bridge_module.PENDING_FRAME_SIZE)
+    assert client.closed_with() == 1009
+    assert Client(port, key="s3cret-test-key").recv()["type"] == "welcome"
+
+
+def test_a_connection_that_does_not_pair_in_time_is_refused(bridge, monkeypatch, caplog):
+    monkeypatch.setattr(bridge_module, "AUTH_TIMEOUT", 0.3)
+    _, port, _ = bridge()
+    client = Client(port, hello=False)
+    reply = client.recv()
+    assert reply["code"] == "auth_required" and "did not pair within 0.3s" in reply["message"]
+    assert client.closed_with() == 4401  # not 1011, the code of a handler that crashed
+    assert "Traceback" not in caplog.text
+
+
+def test_pending_connections_are_capped_and_the_log_stays_short(bridge, caplog):
+    _, port, _ = bridge()
+    pending = [Client(port, hello=False) for _ in range(bridge_module.MAX_PENDING)]
+    dropped = (OSError, InvalidMessage, ConnectionClosed)  # as the client notices the reset
+    for _ in range(20):  # dropped as they arrive: no handshake
+        with pytest.raises(dropped):
+            connect(f"ws://127.0.0.1:{port}", origin=ORIGIN, open_timeout=5).close()
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].endswith(
+        f": {bridge_module.MAX_PENDING} connections are already waiting to pair; try again in a few seconds")
+    pending.pop().close()
+    deadline = time.monotonic() + 5
+    while True:  # the bridge sees the close a moment later
+        try:
+            paired = Client(port, key="s3cret-test-key")
+            break
+        except dropped:
+            assert time.monotonic() < deadline, "a slot did not come free"
+            time.sleep(0.05)
+    assert paired.recv()["type"] == "welcome"
+    Client(port, hello=False).close()  # a paired extension no longer counts as pending
+    for client in pending:
+        client.close()
+
+
+def test_a_pending_connection_sending_too_much_is_dropped(bridge, caplog):
+    _, port, _ = bridge()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        head = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Origin: {ORIGIN}\r\nSec-WebSocket-Version: 13\r\n").encode()
+        filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 4000) for i in range(40))  # 160 KB of headers
+        with pytest.raises(OSError):
+            raw.sendall(head + filler)
+            while raw.recv(65536):
+                pass
+            raise ConnectionResetError("closed")
+    assert f"sent more than {bridge_module.PENDING_BYTES} bytes before pairing" in caplog.text
+
+
 # -- bad messages: an error reply, and the connection goes on -------------------------------------------
 
 
@@ -320,7 +492,7 @@ def test_bad_messages_get_an_error_reply_and_the_connection_goes_on(bridge, capl
         "unknown": client.ask(msg("teleport")),
         "invalid": client.ask(event("completed", statusCode="200")),
         "too_large": client.ask(msg("log", level="info", message="x" * 200) | {"pad": "y" * 80000}),
-        "hello again": client.ask(msg("hello", proof="00")),
+        "hello again": client.ask(msg("hello", nonce="0" * 64)),
     }
     assert {k: r["code"] for k, r in replies.items()} == {
         "malformed": "malformed", "binary": "malformed", "version": "unsupported_version",

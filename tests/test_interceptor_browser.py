@@ -1,53 +1,29 @@
 """End to end: a real headless Chromium with the flowtap extension, paired with the bridge, visiting our page.
 
-The extension is loaded from a copy of its folder holding a ``pairing.json``
-(the key and the bridge address), the extension's documented way to pair
-without the popup. The browser starts with no URL; once the extension is
-connected the page is opened through the DevTools HTTP endpoint
-(``PUT /json/new?URL``), as a page given on the command line may never load
-with a webRequest extension.
+The extension's ``pairing.json`` holds the key, the bridge's address, and what the user allows it
+to share: cookies of 127.0.0.1, and response bodies (flowtap's config asks for them, or not).
 """
 
 from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-from websockets.sync.client import connect
 
 import flowtap
 import flowtap.testing
-from flowtap_interceptor import pairing, protocol
+from flowtap_interceptor import pairing
+
+from chromium import Browser, chromium_binary, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
 KEY = "browser-test-key-0123456789"
-
-
-def chromium_binary() -> str | None:
-    """The browser binary itself (Debian's ``chromium`` command is a wrapper script adding flags)."""
-    candidates = ["/usr/lib/chromium/chromium"]
-    try:
-        listing = subprocess.run(["dpkg", "-L", "chromium"], capture_output=True, text=True,
-                                 timeout=10).stdout
-        candidates += [line for line in listing.splitlines() if line.endswith("/chromium")]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    for path in candidates:
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
 
 
 PAGE = b"""<!doctype html><html><body><img src="/pixel.png"><script>
@@ -74,6 +50,8 @@ BODIES_PAGE = b"""<!doctype html><html><body><script>
 (async () => {
   await fetch("/api/items?x=2");
   await fetch("/api/items", {method: "POST", headers: {"Content-Type": "application/json"}, body: "[1,2,3]"});
+  const form = new URLSearchParams([["user", "alice"], ["pass", "p w"]]);
+  await fetch("/api/order", {method: "POST", body: form});
   await fetch("/api/done");
 })();
 </script></body></html>"""
@@ -123,70 +101,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                    headers)
 
 
-class Browser:
-    """A headless Chromium with the paired extension; ``open(url)`` opens a tab."""
-
-    def __init__(self, binary: str, folder: Path, bridge_port: int) -> None:
-        extension = folder / "extension"
-        shutil.copytree(protocol.EXTENSION_DIR, extension)
-        (extension / "pairing.json").write_text(json.dumps({"key": KEY, "bridge": f"ws://127.0.0.1:{bridge_port}"}))
-        self.profile = folder / "profile"
-        self.log = open(folder / "chromium.log", "wb")
-        self.process = subprocess.Popen(
-            [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--no-first-run", "--disable-component-update", "--disable-sync", "--remote-debugging-port=0",
-             # The browser's own background requests resolve to nothing: no lookup leaves the machine.
-             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-             f"--user-data-dir={self.profile}", f"--load-extension={extension}"],
-            env={**os.environ, "TMPDIR": str(folder)}, stdin=subprocess.DEVNULL, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def devtools_port(self, timeout: float = 20) -> int:
-        port_file = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"Chromium exited with {self.process.returncode}; see {self.log.name}")
-            if port_file.is_file() and port_file.read_text().strip():
-                return int(port_file.read_text().split()[0])
-            time.sleep(0.05)
-        raise AssertionError(f"Chromium wrote no DevToolsActivePort in {timeout}s")
-
-    def open(self, url: str) -> str:
-        """Open ``url`` in a new tab; returns the tab's DevTools WebSocket URL."""
-        request = urllib.request.Request(f"http://127.0.0.1:{self.devtools_port()}/json/new?{url}",
-                                         method="PUT")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)["webSocketDebuggerUrl"]
-
-    @staticmethod
-    def evaluate(tab: str, expression: str):
-        """The value of a JavaScript expression in a tab, through a minimal DevTools protocol client."""
-        with connect(tab, open_timeout=5, max_size=None) as cdp:
-            cdp.send(json.dumps({"id": 1, "method": "Runtime.evaluate",
-                                 "params": {"expression": expression, "returnByValue": True}}))
-            while True:
-                reply = json.loads(cdp.recv(timeout=10))
-                if reply.get("id") == 1:
-                    return reply["result"]["result"].get("value")
-
-    def close(self) -> None:
-        """Let Chromium shut down (it reaps its own helpers), then kill whatever of its group is left."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.log.close()
-
-
 class CookieJarRecorder:
     """Cookie events a source reports outside flows, in order, as a cookie jar receives them."""
 
@@ -222,7 +136,9 @@ def browser(tmp_path_factory, bridge_port):
     if binary is None:
         pytest.skip("no Chromium here: install Debian's chromium package "
                     "(apt-get install chromium; .ci/run does)")
-    instance = Browser(binary, tmp_path_factory.mktemp("chromium"), bridge_port)
+    pairing_file = {"key": KEY, "bridge": f"ws://127.0.0.1:{bridge_port}", "cookieDomains": ["127.0.0.1"],
+                    "captureBodies": True}
+    instance = Browser(binary, tmp_path_factory.mktemp("chromium"), pairing_file)
     yield instance
     instance.close()
 
@@ -244,18 +160,6 @@ def start_capture(tmp_path, bridge_port):
     yield start
     for manager in reversed(opened):
         manager.__exit__(None, None, None)
-
-
-def wait_until(predicate, timeout: float, what: str, browser: Browser):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        if browser.process.poll() is not None:
-            raise AssertionError(f"Chromium exited while waiting for {what}; see {browser.log.name}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; see {browser.log.name}")
 
 
 def connected(harness) -> bool:
@@ -353,6 +257,11 @@ def test_the_extension_reconnects_and_reads_response_bodies_when_asked(browser, 
     posted = flows[("POST", "/api/items")]
     assert posted.request.body == b"[1,2,3]"
     assert json.loads(posted.response.body) == {"path": "/api/items", "got": 7}
+    # Form fields in the page's order: the browser's formData has them sorted; the debugger has the bytes.
+    ordered = flows[("POST", "/api/order")]
+    assert ordered.request.body == site.bodies["/api/order"] == b"user=alice&pass=p+w"
+    assert ordered.metadata["request_body_source"] == "debugger"
+    assert "request_body_rebuilt" not in ordered.metadata
     # On connecting, the extension sent every cookie of the synced domains it holds.
     harness.capture.dispatcher.sync(5)
     assert jar.events and ("pref", "kept") in [(c.name, c.value) for c in jar.events[0]]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.cookiejar import MozillaCookieJar
 
 import pytest
 
@@ -387,3 +388,71 @@ def test_curl_export_leaves_out_the_headers_meant_for_the_proxy(tmp_path, capsys
     ((_, _, headers, _),) = _Recorder.seen
     assert headers["X-Kept"] == "yes"
     assert not {"Proxy-Connection", "Proxy-Authorization", "Keep-Alive", "TE", "X-Hop"} & set(headers)
+
+
+def test_export_uses_the_sink_options_the_session_was_recorded_with(tmp_path, capsys):
+    """Issue 11 item 9: a session captured with organize = "domain+endpoint" exports in folders by default."""
+    path = tmp_path / "store.db"
+    config = {"store": {"path": str(path)}, "session": {"name": "shop"},
+              "sinks": {"collection": {"path": str(tmp_path / "live.json"), "organize": "domain+endpoint"}}}
+    with capture("collection", config=config) as cap:
+        cap.feed(make_flow(url="https://api.example.com/users/42"), make_flow(url="https://cdn.example.com/a"))
+    out_path = tmp_path / "exported.postman_collection.json"
+    code, out, err = cli(capsys, "export", "shop", "--sink", "collection", "-o", str(out_path),
+                         "--set", f"store.path={path}")
+    assert code == 0, err
+    assert "with the options it was recorded with for [sinks.collection]" in out
+    exported = json.loads(out_path.read_text())
+    assert [f["name"] for f in exported["item"]] == ["api.example.com", "cdn.example.com"]
+    assert exported["item"][0]["item"][0]["name"] == "GET /users/:userId"
+    assert exported["item"] == json.loads((tmp_path / "live.json").read_text())["item"]
+    code, out, err = cli(capsys, "export", "shop", "--sink", "collection", "-o", str(out_path),
+                         "--current-config", "--set", f"store.path={path}")
+    assert code == 0, err
+    assert "with this config's options" in out
+    assert [i["name"] for i in json.loads(out_path.read_text())["item"]] == [
+        "GET api.example.com/users/42", "GET cdn.example.com/a"]
+
+
+def test_header_bytes_that_are_not_utf8_stay_bytes_in_curl_show_and_the_cookie_jar(tmp_path, capsys):
+    """Issue 11 item 7: the proxy keeps a non-UTF-8 header byte as a lone surrogate (surrogateescape)."""
+    from flowtap_cookiejar.formats import load_json
+    from flowtap_proxy.convert import _fields
+
+    ((_, value),) = _fields(((b"X-Name", b"caf\xe9"),))
+    assert value == "caf\udce9" and value.encode("utf-8", "surrogateescape") == b"caf\xe9"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    path, jar, jar_json = tmp_path / "s.db", tmp_path / "cookies.txt", tmp_path / "cookies.json"
+    flow = make_flow(url=f"{base}/latin",
+                     request_headers=[("X-Name", "caf\udce9"), ("Cookie", "n=caf\udce9")],
+                     response_headers=[("Set-Cookie", "n=caf\udce9; Path=/"), ("Set-Cookie", "ok=1; Path=/")])
+    with capture("cookiejar", config={"store": {"path": str(path)},
+                                      "sinks": {"cookiejar": {"path": str(jar)}}}) as cap:
+        cap.feed(flow)
+    as_json = {"path": str(jar_json), "format": "json"}
+    with capture("cookiejar", config={"store": {"enabled": False}, "sinks": {"cookiejar": as_json}}) as cap:
+        cap.feed(flow)
+    # cookies.txt cannot hold it (MozillaCookieJar refuses a file that is not UTF-8): left out, never
+    # mojibake; the JSON jar keeps it exactly.
+    assert b"caf" not in jar.read_bytes() and b"ok\t1" in jar.read_bytes()
+    assert {c.name: c.value for c in load_json(jar_json.read_text())}["n"] == "caf\udce9"
+    MozillaCookieJar(str(jar)).load()
+    try:
+        code, out, err = cli(capsys, "export", "last", "--format", "curl", "--set", f"store.path={path}")
+        assert code == 0, err
+        assert "X-Name: caf\\xe9" in out  # $'...' bytes, not the two UTF-8 bytes of é
+        subprocess.run(["bash", "-c", out.strip() + " --silent --show-error --max-time 10"], check=True,
+                       timeout=30, capture_output=True)
+    finally:
+        server.shutdown()
+    _, got_path, headers, _ = _Recorder.seen[-1]
+    assert got_path == "/latin"
+    assert headers["X-Name"] == "caf\xe9"  # http.server reads header bytes as Latin-1: the byte 0xE9
+    with flowtap.open_store(path) as s:
+        flow_id = next(s.rows()).id
+    shown = subprocess.run([sys.executable, "-m", "flowtap", "show", flow_id, "--set", f"store.path={path}"],
+                           capture_output=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert b"X-Name: caf\\xe9" in shown.stdout  # flowtap.terminal_safe shows the byte

@@ -25,6 +25,7 @@ from flowtap.cookies import Cookie
 from flowtap.model import Flow, Headers, Request, Response, Timings, TLSInfo, WebSocketMessage
 from flowtap.plugins import hookimpl
 from flowtap.session import Session, State
+from flowtap.terminal import terminal_safe
 
 
 def open_store(path=None):
@@ -43,5 +44,5 @@ __all__ = [
     "Request", "Response", "Session", "Sink", "SinkError", "SinkFailed", "Source", "SourceError",
     "StartupError", "State", "TLSInfo", "Timings", "WebSocketMessage", "hookimpl",
     "load_config", "open_store", "parse_address", "parse_domains", "parse_duration", "parse_methods",
-    "parse_size", "sink_plugin",
+    "parse_size", "sink_plugin", "terminal_safe",
 ]

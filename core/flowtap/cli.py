@@ -13,7 +13,9 @@ codes are in docs/guide.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import io
 import logging
 import os
 import sys
@@ -26,6 +28,7 @@ from flowtap.commandline import VALUED_OPTIONS, Command, UsageError, add_global_
 from flowtap.config import ConfigError, load_config
 from flowtap.coreplugin import NAME as CORE, CorePlugin
 from flowtap.plugins import PluginHost, PluginLoadError
+from flowtap.terminal import terminal_safe
 
 log = logging.getLogger("flowtap")
 
@@ -179,10 +182,29 @@ def _describe_all(parser: argparse.ArgumentParser) -> None:
                 _describe_all(command)
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log records for a terminal: captured text in a message (a URL, a header) cannot drive it.
+
+    Control characters are escaped; a message's own further lines are indented, so no text in it can
+    pass for a line of flowtap's.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.message = terminal_safe(record.message, lines=True).replace("\n", "\n  ")
+        return super().formatMessage(safe)
+
+    def formatException(self, ei: Any) -> str:
+        return terminal_safe(super().formatException(ei), lines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return terminal_safe(super().formatStack(stack_info), lines=True)
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("flowtap: %(levelname)s: %(message)s"))
+    handler.setFormatter(_SafeFormatter("flowtap: %(levelname)s: %(message)s"))
     root = logging.getLogger("flowtap")
     root.handlers[:] = [handler]
     root.setLevel(min(level, logging.INFO))
@@ -192,6 +214,10 @@ def _setup_logging(verbosity: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    for stream in (sys.stdout, sys.stderr):  # captured bytes that were not UTF-8 print as escapes
+        if isinstance(stream, io.TextIOWrapper):
+            with contextlib.suppress(ValueError, io.UnsupportedOperation):
+                stream.reconfigure(errors="backslashreplace")
     _setup_logging(0)
     try:
         parser = build_parser(commands(argv))

@@ -26,6 +26,7 @@ from flowtap.api import Sink
 from flowtap.plugins import hookimpl
 from flowtap.session import State
 from flowtap.store.render import duration, host_port
+from flowtap.terminal import terminal_safe
 
 if TYPE_CHECKING:
     from flowtap.capture import Capture
@@ -64,17 +65,6 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def _safe(text: str) -> str:
-    """Captured text with its control characters shown as escapes: it cannot drive the terminal.
-
-    Minimal stand-in until ``flowtap.terminal.terminal_safe`` (issue 11) is on main.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) <= 0xFF else f"\\u{ord(c):04x}"
-                   for c in text)
-
-
 class Row(NamedTuple):
     """One flow as the live table's cells; ``error`` is "" for a flow that did not fail."""
 
@@ -103,13 +93,13 @@ def flow_row(flow: Flow) -> Row:
     request = flow.request
     return Row(
         time.strftime("%H:%M:%S", time.localtime(flow.timings.start)),
-        _safe(request.method),
+        terminal_safe(request.method),
         status,
-        _safe(host_port(request.host, request.port, request.scheme)),
-        _safe(request.path),
+        terminal_safe(host_port(request.host, request.port, request.scheme)),
+        terminal_safe(request.path),
         _size(response.body_size if response else None),
         "-" if duration is None else f"{duration:.0f}ms",
-        _safe(flow.error or ""),
+        terminal_safe(flow.error or ""),
     )
 
 
@@ -122,7 +112,7 @@ def flow_line(flow: Flow) -> str:
 
 def marker_line(text: str) -> str:
     """A marker as a log line."""
-    return f"-- {time.strftime('%H:%M:%S')} marker: {_safe(text)} --"
+    return f"-- {time.strftime('%H:%M:%S')} marker: {terminal_safe(text)} --"
 
 
 class _ViewSink(Sink):
@@ -216,7 +206,7 @@ class MessageArea(logging.Handler):
         if record.levelno < logging.WARNING:
             return
         try:
-            text = record.getMessage().strip().splitlines()
+            text = terminal_safe(record.getMessage().strip(), lines=True).splitlines()
             line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname}: "
             line += text[0] if text else ""
             if record.exc_info or len(text) > 1:
@@ -283,7 +273,7 @@ class ConsoleView:
     def marked(self, text: str) -> None:
         if self.interactive:
             with self._lock:
-                self.rows.append(Marker(time.strftime("%H:%M:%S"), _safe(text)))
+                self.rows.append(Marker(time.strftime("%H:%M:%S"), terminal_safe(text)))
         else:
             self._plain(marker_line(text))
 
@@ -422,7 +412,8 @@ class ConsoleView:
             ruler = f"-- messages: the last {len(messages)} of {count} "
         else:
             ruler = "-- messages " if count else "-- messages: none "
-        bottom = [_REVERSE + _fit(ruler, width, "-") + _RESET, *(_fit(_safe(m), width) for m in messages)]
+        bottom = [_REVERSE + _fit(ruler, width, "-") + _RESET,
+                  *(_fit(terminal_safe(m), width) for m in messages)]
         facts = [_fit(f, width) for f in self._facts]
         # The table keeps at least 3 rows: the facts give way first on a short terminal.
         facts = facts[:max(0, height - 1 - len(bottom) - 1 - 3)]
@@ -620,7 +611,8 @@ def health_table(sinks: Iterable[SinkHealth]) -> list[str]:
             notes.append(f"stuck in {h.stuck_in}")
         if h.last_error:
             notes.append(f"last error: {h.last_error}")
-        rows.append((h.name, h.state, str(h.written), str(h.errors), str(h.missed), "; ".join(notes)))
+        note = terminal_safe("; ".join(notes))  # an error's text may quote what was captured (a URL)
+        rows.append((h.name, h.state, str(h.written), str(h.errors), str(h.missed), note))
     if len(rows) == 1:
         return []
     widths = [max(len(row[i]) for row in rows) for i in range(5)]

@@ -8,20 +8,34 @@ The rules, in one place:
   ``{{baseUrl}}/path``.
 - **Path variables**: with ``templated=True`` (``organize`` includes ``endpoint``) a
   numeric or UUID path segment becomes ``:name``, named after the segment before it
-  (``/users/42`` → ``/users/:userId``; ``id`` when there is none), with its captured
-  value in ``url.variable``.
+  (``/users/42`` → ``/users/:userId``, ``/status/404`` → ``/status/:status``; ``id``
+  when there is none; see :mod:`flowtap.endpoints`), with its captured value in
+  ``url.variable``.
 - **Secrets**: the headers Authorization, Proxy-Authorization, Cookie and Set-Cookie,
   and any header, query, form or multipart parameter whose name contains ``token``,
   ``secret``, ``passw``, ``apikey``/``api-key``/``api_key``, ``session``,
   ``credential`` or the word ``auth``, or is ``key``, ``sig``, ``signature`` or ``sid``,
   are written as ``{{variable}}`` (``X-API-Key`` → ``{{xApiKey}}``). One variable per
-  name, holding the latest value seen; values are written only with ``include_secrets``.
+  name *and value*: the first value of ``Authorization`` is ``{{authorization}}``, a
+  different one ``{{authorization2}}``..., so that every request replays the secret it
+  was captured with (and every ``Set-Cookie`` of an example stays). Values are written
+  only with ``include_secrets``.
 - **Bodies**: ``urlencoded`` and ``formdata`` (multipart, parsed with the standard
   library's email parser; file parts keep their file name only) as Postman has them;
   ``graphql`` for ``application/graphql`` bodies and for JSON bodies with a GraphQL
   ``query`` POSTed to a path containing "graphql"; otherwise ``raw`` with the
-  language Postman would pick (json, xml, html, javascript, text). A binary body is
-  written base64-encoded, and the request's description says so.
+  language Postman would pick (json, xml, html, javascript, text) when the body is
+  UTF-8 text, which is what Postman and newman send a ``raw`` body as. Any other body
+  (binary, or text in another charset: latin-1, UTF-16) is Postman's ``file`` mode
+  ("binary" in the app): its bytes are written to a file beside the collection
+  (``store_body``) and sent as they were captured; so are a multipart body's file
+  parts, under their own file names. Paths are relative to the collection's folder:
+  run newman with ``--working-dir`` set to it (or set it as Postman's working
+  directory). Without ``store_body`` such a body is written base64-encoded, and the
+  request's description says so.
+- **Rebuilt bodies**: a form body the Interceptor rebuilt from the browser's parsed
+  fields (the browser gives them sorted by name) says so in the request's
+  description: the page's field order is lost.
 - **Examples**: never with image, audio or video bodies (as in Postman).
 """
 
@@ -31,14 +45,15 @@ import base64
 import functools
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from email import policy
 from email.parser import BytesParser
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 from flowtap import Flow, Headers, Request, Response
+from flowtap.endpoints import camel as _camel, template
 
 _DROP_HEADERS = {"host", "content-length", "connection", "keep-alive", "proxy-connection",
                  "transfer-encoding", "te", "trailer", "upgrade", "http2-settings"}
@@ -51,10 +66,12 @@ _BINARY = _MEDIA + ("font/", "application/octet-stream", "application/zip", "app
                     "application/grpc")
 # Bytes that do not occur in text (control characters but tab, newlines, form feed).
 _TEXT_BYTES = bytes(b for b in range(256) if b not in range(0x00, 0x09) and b not in range(0x0E, 0x20))
-_NUMBER = re.compile(r"^[0-9]+$")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _GRAPHQL = re.compile(r"^\s*(query|mutation|subscription|fragment)\b|^\s*\{")
-_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+#: ``store_body(data, name)``: keep ``data`` in a file (``name``: the file name a form sends)
+#: and return its path as Postman's ``src``.
+#: What newman's urlencoded mode leaves unescaped (RFC 3986's unreserved characters).
+_FORM_SAFE = "-_.~"
+StoreBody = Callable[[bytes, str], str]
 
 
 @functools.lru_cache(maxsize=4096)  # the same few names, over and over
@@ -68,13 +85,7 @@ def is_secret(name: str) -> bool:
     return "auth" in re.split(r"[-_.\s]+", lower)
 
 
-@functools.lru_cache(maxsize=4096)
-def camel(name: str, default: str = "value") -> str:
-    """``X-API-Key`` → ``xApiKey``: a variable name Postman shows well."""
-    words = [w.lower() for w in _WORDS.findall(unquote(name))]
-    if not words:
-        return default
-    return words[0] + "".join(w.capitalize() for w in words[1:])
+camel = functools.lru_cache(maxsize=4096)(_camel)  # the same few names, over and over
 
 
 def text_of(message: Request | Response) -> str | None:
@@ -90,6 +101,28 @@ def text_of(message: Request | Response) -> str | None:
     return None if raw.translate(None, _TEXT_BYTES) else text  # only control characters are left
 
 
+def _utf8_text(message: Request | Response) -> str | None:
+    """The body as text when sending it as UTF-8 text gives back the same bytes, else None."""
+    if message.content_type.startswith(_BINARY):
+        return None
+    try:
+        text = message.body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if message.body.translate(None, _TEXT_BYTES) or text.startswith("\ufeff"):
+        return None  # control characters, or a BOM: bytes, not text
+    charset = (message.headers.get("content-type") or "").lower()
+    if "utf-16" in charset or "utf-32" in charset:
+        return None
+    return text
+
+
+def _where(request: Request) -> str:
+    """A request as a variable's description names it: method and URL without the query (secrets)."""
+    parts = urlsplit(request.url)
+    return f"{request.method} {parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
 def _language(content_type: str) -> str:
     for word, language in (("json", "json"), ("xml", "xml"), ("html", "html"), ("javascript", "javascript")):
         if word in content_type:
@@ -98,11 +131,12 @@ def _language(content_type: str) -> str:
 
 
 class Variables:
-    """The collection's variables: a base URL per origin and one variable per secret name."""
+    """The collection's variables: a base URL per origin, and one variable per secret name and value."""
 
     def __init__(self) -> None:
         self._origins: dict[str, str] = {}
-        self._secrets: dict[str, str] = {}  # variable name → latest value
+        self._secrets: dict[str, tuple[str, str]] = {}  # variable name → (value, where first seen)
+        self._by_value: dict[tuple[str, str], str] = {}  # (name stem, value) → variable name
 
     def base_url(self, origin: str) -> str:
         if origin not in self._origins:
@@ -110,22 +144,36 @@ class Variables:
             self._origins[origin] = "baseUrl" if number == 1 else f"baseUrl{number}"
         return self._origins[origin]
 
-    def secret(self, name: str, value: str) -> str:
-        """The ``{{reference}}`` standing for secret ``name`` (remembering ``value``)."""
-        key = camel(name, "secret")
-        if key.startswith("baseUrl"):
-            key = "secret" + key[0].upper() + key[1:]
-        self._secrets[key] = value
+    def secret(self, name: str, value: str, where: str = "") -> str:
+        """The ``{{reference}}`` standing for ``value`` of secret ``name``.
+
+        The same name and value give the same variable; another value of the
+        same name a new one (``authorization``, ``authorization2``...), so
+        that each request keeps the secret it was captured with.
+        """
+        stem = camel(name, "secret")
+        if stem.startswith("baseUrl"):
+            stem = "secret" + stem[0].upper() + stem[1:]
+        key = self._by_value.get((stem, value))
+        if key is None:
+            key, number = stem, 2
+            while key in self._secrets or key in self._origins.values():
+                key, number = f"{stem}{number}", number + 1
+            self._by_value[(stem, value)] = key
+            self._secrets[key] = (value, where)
         return "{{" + key + "}}"
 
     def as_list(self, include_secrets: bool) -> list[dict[str, Any]]:
         out = [{"key": key, "value": origin, "type": "string", "description": f"Base URL of {origin}"}
                for origin, key in self._origins.items()]
-        for key, value in self._secrets.items():
+        for key, (value, where) in self._secrets.items():
             entry = {"key": key, "value": value if include_secrets else "", "type": "string"}
+            seen = f"First seen in {where}." if where else ""
             if not include_secrets:
-                entry["description"] = ("A secret seen in the capture; its value is left out "
-                                        "(flowtap writes it with include_secrets = true).")
+                seen += (" A secret; its value is left out (flowtap writes it with "
+                         "include_secrets = true).")
+            if seen:
+                entry["description"] = seen.strip()
             out.append(entry)
         return out
 
@@ -136,36 +184,19 @@ def _origin(scheme: str, host: str, port: int | None) -> str:
     return f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
-def _path_variables(segments: list[str]) -> list[dict[str, str]]:
-    """Template numeric and UUID segments in place; return the ``url.variable`` entries."""
-    variables: list[dict[str, str]] = []
-    used: set[str] = set()
-    for i, segment in enumerate(segments):
-        if not (_NUMBER.match(segment) or _UUID.match(segment)):
-            continue
-        before = segments[i - 1] if i and not segments[i - 1].startswith(":") else ""
-        stem = camel(before, "") if re.fullmatch(r"[A-Za-z][A-Za-z_-]*", before) else ""
-        for plural, singular in (("ies", "y"), ("ses", "s"), ("s", "")):
-            if stem.endswith(plural) and not stem.endswith("ss"):
-                stem = stem[: -len(plural)] + singular
-                break
-        name = stem + "Id" if stem else "id"
-        base, number = name, 2
-        while name in used:
-            name, number = f"{base}{number}", number + 1
-        used.add(name)
-        segments[i] = ":" + name
-        variables.append({"key": name, "value": segment})
-    return variables
-
-
 class Converter:
     """Turns flows into Postman request and response dicts, sharing one :class:`Variables`."""
 
-    def __init__(self, variables: Variables, use_base_url: bool, templated: bool) -> None:
+    def __init__(self, variables: Variables, use_base_url: bool, templated: bool,
+                 store_body: StoreBody | None = None) -> None:
         self.variables = variables
         self.use_base_url = use_base_url
         self.templated = templated
+        self.store_body = store_body
+        self._where = ""  # the request being converted, for the variables' descriptions
+
+    def _secret(self, name: str, value: str) -> str:
+        return self.variables.secret(name, value, self._where)
 
     # -- request ------------------------------------------------------------
 
@@ -181,7 +212,10 @@ class Converter:
         path = parts.path if parts.path not in ("", "/") else ""
         segments = path.split("/")[1:] if path else []
         captured = path or "/"
-        variables = _path_variables(segments) if self.templated else []
+        variables: list[dict[str, str]] = []
+        if self.templated:
+            segments, names = template(segments)
+            variables = [{"key": key, "value": value} for key, value in names]
         pairs: list[tuple[str, str | None]] = []
         for part in parts.query.split("&") if parts.query else []:
             if not part:
@@ -189,7 +223,7 @@ class Converter:
             key, sep, raw = part.partition("=")
             value = raw if sep else None
             if value is not None and is_secret(key):
-                value = self.variables.secret(key, unquote(value))
+                value = self._secret(key, unquote(value))
             pairs.append((key, value))
         query = [{"key": key, "value": value} for key, value in pairs]
         url: dict[str, Any] = {}
@@ -220,7 +254,7 @@ class Converter:
             if lower.startswith(":") or lower in _DROP_HEADERS or lower in drop:
                 continue
             if is_secret(name):
-                value = self.variables.secret(name, value)
+                value = self._secret(name, value)
             out.append({"key": name, "value": value})
         return out
 
@@ -237,19 +271,58 @@ class Converter:
             fields = self._formdata(request)
             if fields is not None:
                 return {"mode": "formdata", "formdata": fields}, {"content-type"}, note
-        text = text_of(request)
-        if text is None:
-            binary = f"The captured body was binary ({len(request.body)} bytes); it is shown base64-encoded."
-            raw = base64.b64encode(request.body).decode("ascii")
-            return {"mode": "raw", "raw": raw, "options": {"raw": {"language": "text"}}}, set(), binary
+        text = _utf8_text(request)
+        if text is None:  # newman and Postman send a raw body as UTF-8: keep these bytes in a file
+            return self._file_body(request.body, note)
         if kind == "application/x-www-form-urlencoded" and not request.truncated:
-            fields = [{"key": k, "value": self.variables.secret(k, v) if is_secret(k) else v}
-                      for k, v in parse_qsl(text, keep_blank_values=True)]
-            return {"mode": "urlencoded", "urlencoded": fields}, set(), note
+            return self._urlencoded(text), set(), note
         graphql = self._graphql(request, text)
         if graphql is not None:
             return {"mode": "graphql", "graphql": graphql}, {"content-type"}, note
         return {"mode": "raw", "raw": text, "options": {"raw": {"language": _language(kind)}}}, set(), note
+
+    def _file_body(self, data: bytes, note: str | None) -> tuple[dict[str, Any], set[str], str | None]:
+        """A body that only its bytes can replay: Postman's file ("binary") mode, or base64 text."""
+        if self.store_body is not None:
+            body = {"mode": "file", "file": {"src": self.store_body(data, "body")}}
+            return body, set(), note
+        binary = f"The captured body was binary ({len(data)} bytes); it is shown base64-encoded."
+        raw = base64.b64encode(data).decode("ascii")
+        return {"mode": "raw", "raw": raw, "options": {"raw": {"language": "text"}}}, set(), binary
+
+    def _urlencoded(self, text: str) -> dict[str, Any]:
+        """A form body: Postman's urlencoded mode when newman sends it back the same, else raw text.
+
+        newman sends urlencoded fields as an object (repeated names grouped, names
+        like ``0`` first) with RFC 3986 escapes: a body it would reorder or
+        re-encode other than ``+`` for a space stays raw text, secret values
+        becoming variables that hold them as they were encoded.
+        """
+        parts = [part.partition("=") for part in text.split("&")]
+        names = [unquote_plus(name) for name, _, _ in parts]
+        fields: list[dict[str, str]] | None = []
+        if len(set(names)) < len(names) or any(not sep or not key or key.isdigit()
+                                               for (_, sep, _), key in zip(parts, names, strict=True)):
+            fields = None
+        for (name, _, value), key in zip(parts, names, strict=True):
+            if fields is None:
+                break
+            try:
+                decoded = unquote_plus(value, errors="strict")
+                key = unquote_plus(name, errors="strict")
+            except UnicodeDecodeError:
+                fields = None
+                break
+            again = f"{quote(key, safe=_FORM_SAFE)}={quote(decoded, safe=_FORM_SAFE)}"
+            if again != f"{name}={value}".replace("+", "%20"):
+                fields = None
+                break
+            fields.append({"key": key, "value": self._secret(key, decoded) if is_secret(key) else decoded})
+        if fields is not None:
+            return {"mode": "urlencoded", "urlencoded": fields}
+        raw = "&".join(name + sep + (self._secret(key, value) if sep and is_secret(key) else value)
+                       for (name, sep, value), key in zip(parts, names, strict=True))
+        return {"mode": "raw", "raw": raw, "options": {"raw": {"language": "text"}}}
 
     def _formdata(self, request: Request) -> list[dict[str, str]] | None:
         head = f"Content-Type: {request.headers.get('content-type')}\r\n\r\n".encode("latin-1", "replace")
@@ -263,7 +336,11 @@ class Converter:
                 continue
             filename = part.get_filename()
             if filename is not None:
-                field = {"key": name, "type": "file", "src": filename}
+                src = filename
+                if self.store_body is not None:
+                    content = part.get_payload(decode=True)
+                    src = self.store_body(content if isinstance(content, bytes) else b"", filename)
+                field = {"key": name, "type": "file", "src": src}
             else:
                 payload = part.get_payload(decode=True)  # bytes, or None if it has none
                 if not isinstance(payload, bytes):
@@ -274,7 +351,7 @@ class Converter:
                 except (LookupError, UnicodeDecodeError):
                     value = payload.decode("utf-8", "replace")
                 if is_secret(name):
-                    value = self.variables.secret(name, value)
+                    value = self._secret(name, value)
                 field = {"key": name, "value": value, "type": "text"}
             if part.get_content_type() != "text/plain" or "content-type" in part:
                 field["contentType"] = part.get_content_type()
@@ -303,8 +380,13 @@ class Converter:
     def request(self, flow: Flow) -> tuple[dict[str, Any], str, str]:
         """The ``request`` object, the captured path and query, and the endpoint's path."""
         request = flow.request
+        self._where = _where(request)
         url, captured, endpoint = self.url(request)
         body, replaced, note = self.body(request)
+        if flow.metadata.get("request_body_rebuilt") and body is not None:
+            rebuilt = ("The browser showed this form body only as fields sorted by name: flowtap rebuilt it, "
+                       "and the page's field order is lost.")
+            note = f"{note} {rebuilt}" if note else rebuilt
         headers = self.headers(request.headers, drop=replaced)
         if body is not None and body["mode"] == "graphql":
             headers.append({"key": "Content-Type", "value": "application/json"})
@@ -322,6 +404,7 @@ class Converter:
         response = flow.response
         if response is None:
             return None
+        self._where = "the response to " + _where(flow.request)
         try:
             reason = response.reason or HTTPStatus(response.status_code).phrase
         except ValueError:
@@ -332,7 +415,7 @@ class Converter:
             "status": reason,
             "code": response.status_code,
             "_postman_previewlanguage": "text",
-            "header": self.headers(response.headers),
+            "header": self.headers(response.headers),  # each Set-Cookie its own variable
             "cookie": [],
         }
         duration = flow.timings.duration

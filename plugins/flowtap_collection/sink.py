@@ -23,6 +23,7 @@ the session ends if anything changed since.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -35,7 +36,7 @@ import attrs
 
 import flowtap
 from flowtap.memory import unmap_large_buffers
-from flowtap.paths import atomic_writer, check_writable, expand_path, unused_path
+from flowtap.paths import atomic_writer, check_writable, expand_path, safe_filename, unused_path
 from flowtap.serialize import json_bytes
 from flowtap_collection.convert import Converter, Variables
 
@@ -53,6 +54,10 @@ INTERVAL = 1.0
 BUDGET = 20
 #: ``max_example_size``'s default: a saved response's body is cut past this many bytes.
 MAX_EXAMPLE_SIZE = 64 * 1024
+
+#: Bodies only their bytes can replay (binary, or text not in UTF-8) go in files in the
+#: directory named after the collection plus this, as ``HASH/NAME``.
+BODIES = ".bodies"
 
 Piece = tuple[int, int]  # offset and length in the spool
 
@@ -120,7 +125,8 @@ class CollectionSink(flowtap.Sink):
         self._root = _Folder()
         self._seen: dict[str, tuple[_Folder, int]] = {}
         self._variables = Variables()
-        self._convert = Converter(self._variables, self.use_variables, "endpoint" in self.organize)
+        self._convert = Converter(self._variables, self.use_variables, "endpoint" in self.organize,
+                                  store_body=self._store_body)
         self._end = 0  # the spool's length
         self._flows = 0  # flows in the spool
         self._on_disk = 0  # ... and in the file, as the last rewrite left it
@@ -131,7 +137,7 @@ class CollectionSink(flowtap.Sink):
     def open(self, session: flowtap.Session) -> None:
         unmap_large_buffers()
         path = expand_path(self.template, session)
-        self.path = unused_path(path)  # never another session's collection
+        self.path = unused_path(path, (BODIES,))  # never another session's collection
         if self.path != path:
             log.warning("%s is another session's; writing this session's collection to %s", path, self.path)
         path = self.path
@@ -222,6 +228,28 @@ class CollectionSink(flowtap.Sink):
         size = response.body_size if response.body_size is not None else len(body)
         short = attrs.evolve(response, body=body[:end], body_size=size, truncated=True)
         return attrs.evolve(flow, response=short), size
+
+    def _store_body(self, data: bytes, name: str) -> str:
+        """Keep ``data`` in a file beside the collection; its path relative to the collection's folder.
+
+        Files are named by their content (the same bytes are written once),
+        in folders of their own so that a form sends the file name it sent.
+        Owner-only, as the collection: bodies hold secrets.
+        """
+        assert self.path is not None
+        folder = self.path.name + BODIES
+        relative = f"{folder}/{hashlib.sha256(data).hexdigest()[:24]}/{safe_filename(name, 'body')}"
+        target = self.path.parent / relative
+        if not target.exists():
+            try:
+                target.parent.parent.mkdir(mode=0o700, exist_ok=True)
+                target.parent.mkdir(mode=0o700, exist_ok=True)
+                with atomic_writer(target) as out:
+                    out.write(data)
+            except OSError as exc:
+                raise flowtap.SinkFailed(f"{target}: cannot keep a request body for the collection: "
+                                         f"{exc.strerror or exc}", lost=1) from None
+        return relative
 
     # -- the index ----------------------------------------------------------
 

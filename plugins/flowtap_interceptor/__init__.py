@@ -35,22 +35,23 @@ def flowtap_config_options(declare):
                "The pairing key file; default: interceptor.key in the user config directory. "
                "`flowtap interceptor pair` shows the key, `--new` replaces it."),
         Option("capture", bool, True,
-               "Capture requests as soon as the extension connects; false connects for cookie sync only "
-               "(capture can be switched on in the popup)."),
+               "Capture requests as soon as the extension connects; false connects for cookie sync only."),
         Option("url_filter", str, "",
                "A JavaScript regular expression: only requests whose URL matches are captured. Empty: all."),
         Option("methods", list, [], "Only these HTTP methods are captured. Empty: all.",
                convert=parse_methods),
         Option("resource_types", list, ["main_frame", "sub_frame", "xmlhttprequest"],
                'Kinds of request captured, as chrome.webRequest names them: XHR/fetch ("xmlhttprequest") '
-               'and documents by default; ["all"] for every request (scripts, images, fonts, ...).',
-               convert=_resource_types),
+               'and documents by default; ["all"] for every request (scripts, images, fonts, ...). Only '
+               "those the extension's popup allows too.", convert=_resource_types),
         Option("cookie_domains", list, [],
                "Domains (with their subdomains) whose browser cookies are synced to the sinks: all of them "
-               "when the extension connects, then every change.", convert=parse_domains),
+               "when the extension connects, then every change. Only domains the extension's popup allows "
+               "too.", convert=parse_domains),
         Option("capture_bodies", bool, False,
-               "Also capture response bodies, through chrome.debugger: the browser then shows its "
-               '"is debugging this browser" bar on every tab while capture is on.'),
+               "Also capture response bodies, through chrome.debugger, if the extension's popup allows it "
+               'too: the browser then shows its "is debugging this browser" bar on every tab while capture '
+               "is on."),
         Option("max_body_size", (int, str), "1MB",
                "Request and response bodies longer than this are cut by the extension and marked truncated.",
                convert=parse_size),

@@ -1,32 +1,69 @@
 """The bridge: a WebSocket server on loopback that admits only the paired flowtap extension.
 
-It runs on a thread and asyncio loop of its own. A connection is accepted
-when its ``Origin`` is a browser extension's and its first message proves
-knowledge of the pairing key (HMAC of a random nonce); every later message
-is validated against the protocol schema. A bad message gets an error reply
-and a log line, and the connection goes on.
+It runs on a thread and asyncio loop of its own. Its ``Origin`` must be a
+browser extension's (a web page cannot connect), and then both sides prove
+they hold the pairing key over fresh nonces, the bridge first, so that the
+extension sends nothing to a server that is not flowtap::
+
+    extension -> hello      nonce Ne                    (32 random bytes, hex)
+    bridge    -> challenge  nonce Nb, HMAC(key, "flowtap-bridge\\n" Ne "\\n" Nb)
+    extension    checks that proof; closes (4401) if it is wrong
+    extension -> auth       HMAC(key, "flowtap-extension\\n" Nb "\\n" Ne)
+    bridge    -> welcome    the settings flowtap asks for
+
+A recorded exchange replays nowhere: each side's proof covers the other
+side's fresh nonce, and the bridge refuses a hello nonce it has seen before.
+
+Until its ``auth`` checks out a connection is *pending*, and kept cheap: at
+most :data:`MAX_PENDING` at once (more are dropped as they arrive), frames of
+:data:`PENDING_FRAME_SIZE` bytes, :data:`PENDING_BYTES` in all (the HTTP
+upgrade included), :data:`OPEN_TIMEOUT` + :data:`AUTH_TIMEOUT` seconds to
+finish. Refusals are logged through :class:`RefusalLog`: a flood writes one
+line per interval, not one per connection.
+
+Once paired, every message is validated against the protocol schema; a bad
+one gets an error reply and a log line, and the connection goes on. The key
+file is read again every second: when it changed (``flowtap interceptor pair
+--new``) the connections paired with the old key are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
+import hmac
 import logging
 import re
-import secrets
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Protocol
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 import flowtap
 from flowtap_interceptor import pairing, protocol
 from flowtap_interceptor.protocol import ProtocolError
 
 EXTENSION_ORIGINS = ("chrome-extension://", "moz-extension://")
-HELLO_TIMEOUT = 10.0
-#: Close code for a connection refused at the hello (no key, wrong key).
+#: Close code for a connection refused at pairing (no key, wrong key, a key replaced since).
 CLOSE_UNAUTHORIZED = 4401
+#: Connections that have not proved the key yet, at most; more are dropped as they arrive.
+MAX_PENDING = 16
+#: Largest frame a pending connection may send (a hello or an auth is ~200 bytes).
+PENDING_FRAME_SIZE = 4096
+#: Bytes a pending connection may send in all, HTTP upgrade request included; past it, it is dropped.
+PENDING_BYTES = 64 * 1024
+#: Seconds for the HTTP upgrade, then for hello and auth.
+OPEN_TIMEOUT = 5.0
+AUTH_TIMEOUT = 5.0
+#: Hello nonces remembered, to refuse one seen before.
+SEEN_NONCES = 4096
+#: Seconds between two summary lines of refused connections.
+REFUSAL_LOG_INTERVAL = 10.0
 _START_TIMEOUT = 10
 
 
@@ -43,22 +80,104 @@ class Handler(Protocol):
 class Client:
     """One paired extension connection."""
 
-    def __init__(self, ws: Any, peer: str, origin: str, agent: str) -> None:
+    def __init__(self, ws: Any, peer: str, origin: str, agent: str, key: str) -> None:
         self.ws = ws
         self.peer = peer
         self.origin = origin
         self.agent = agent
+        self.key = key  # the key it proved: a connection outlives no key change
         self.state: Any = None  # the handler's per-connection state
 
     def __repr__(self) -> str:
         return f"{self.agent or 'extension'} ({self.origin}, {self.peer})"
 
 
+class RefusalLog:
+    """Logs refused connections at a bounded rate.
+
+    The first refusal of a quiet period is logged at once, with its reason;
+    the ones that follow within ``interval`` seconds are only counted, and
+    :meth:`tick` (or :meth:`flush`) writes one line with their number and the
+    last one's reason.
+    """
+
+    def __init__(self, log: logging.Logger, interval: float = REFUSAL_LOG_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = log
+        self.interval = interval
+        self.clock = clock
+        self.total = 0
+        self._since: float | None = None  # when the current interval began
+        self._held = 0
+        self._last = ""
+
+    def refused(self, peer: str, reason: str) -> None:
+        self.total += 1
+        text = f"refused a connection from {peer}: {reason}"
+        now = self.clock()
+        if self._since is None or now - self._since >= self.interval:
+            self.flush()
+            self._since = now
+            self.log.warning("%s", text)
+        else:
+            self._held += 1
+            self._last = text
+
+    def tick(self) -> None:
+        """Write the summary of an interval that is over."""
+        if self._held and self._since is not None and self.clock() - self._since >= self.interval:
+            self.flush()
+            self._since = self.clock()
+
+    def flush(self) -> None:
+        """Write the summary of the refusals counted but not logged yet, if any."""
+        if self._held:
+            self.log.warning("refused %d more connection%s (logged once per %gs); the last: %s", self._held,
+                             "s" * (self._held > 1), self.interval, self._last)
+            self._held = 0
+
+
+def _make_connection_class(bridge: Bridge) -> type[ServerConnection]:
+    """A websockets connection that keeps a pending (not yet paired) connection within its budget."""
+
+    class Connection(ServerConnection):
+        paired = False
+        received = 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            assert isinstance(transport, asyncio.Transport)
+            if len(bridge.pending) >= MAX_PENDING:
+                bridge.refusals.refused(_peer_of(transport), f"{MAX_PENDING} connections are already waiting "
+                                                             "to pair; try again in a few seconds")
+                transport.abort()
+                return
+            bridge.pending.add(self)
+
+        def data_received(self, data: bytes) -> None:
+            if not self.paired:
+                self.received += len(data)
+                if self.received > PENDING_BYTES:
+                    bridge.pending.discard(self)
+                    bridge.refusals.refused(_peer_of(self.transport), f"sent more than {PENDING_BYTES} bytes "
+                                                                      "before pairing")
+                    self.transport.abort()
+                    return
+            super().data_received(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            bridge.pending.discard(self)
+            super().connection_lost(exc)
+
+    return Connection
+
+
 class Bridge:
     """Serve the extension protocol on ``host:port``; see the module docstring.
 
     :param load_key: returns the current pairing key (None: not paired yet);
-        called for every connection, so a rotated key takes effect at once.
+        called for every connection and every second, so a rotated key takes
+        effect at once and cuts off the connections paired with the old one.
     :param max_message_size: larger messages get a ``too_large`` error reply;
         past four times this the connection is closed (code 1009) unread.
     """
@@ -71,6 +190,10 @@ class Bridge:
         self.max_message_size = max_message_size
         self.log = log
         self.clients: set[Client] = set()
+        self.pending: set[ServerConnection] = set()
+        self.refusals = RefusalLog(log)
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._closing: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -128,8 +251,6 @@ class Bridge:
             self._ready.set()
 
     async def _main(self) -> None:
-        from websockets.asyncio.server import serve
-
         self._stop = asyncio.Event()
         # websockets' own records (a handshake that failed, "server listening") only with -vv.
         ws_log = logging.getLogger(f"{self.log.name}.websockets")
@@ -138,7 +259,9 @@ class Bridge:
             server = await serve(
                 self._connection, self.host, self.port,
                 process_request=self._check_origin,
-                max_size=4 * self.max_message_size,
+                create_connection=_make_connection_class(self),
+                open_timeout=OPEN_TIMEOUT,
+                max_size=PENDING_FRAME_SIZE,  # raised once the connection is paired
                 ping_interval=20, ping_timeout=20,
                 logger=ws_log,
             )
@@ -155,36 +278,69 @@ class Bridge:
             ticker.cancel()
             server.close()
             await server.wait_closed()
+            self.refusals.flush()
             self._loop = None
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1)
+            self.refusals.tick()
+            self._check_key()
             try:
                 self.handler.tick()
             except Exception:
                 self.log.exception("internal error in the interceptor source")
 
+    def _check_key(self) -> None:
+        """Close the connections paired with a key that is no longer the key file's."""
+        if not self.clients:
+            return
+        try:
+            key = self.load_key()
+        except pairing.PairingError:
+            key = None
+        stale = [c for c in self.clients
+                 if key is None or not hmac.compare_digest(c.key.encode(), key.encode())]
+        if not stale:
+            return
+        self.log.warning("the pairing key %s: closing %d extension connection%s paired with the old key "
+                         "(give the extension the new key)", "changed" if key else "is gone", len(stale),
+                         "s" * (len(stale) > 1))
+        for client in stale:
+            self.clients.discard(client)
+            task = asyncio.ensure_future(self._close(client.ws, "auth_failed",
+                                                     "flowtap's pairing key was replaced "
+                                                     "(`flowtap interceptor pair --new`); paste the new key"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def _check_origin(self, connection: Any, request: Any) -> Any:
         origin = request.headers.get("Origin") or ""
         if origin.startswith(EXTENSION_ORIGINS) and len(origin) > len("chrome-extension://"):
             return None
-        self.log.warning("refused a connection from %s: origin %s is not a browser extension "
-                         "(only the flowtap extension may connect)", _peer(connection), origin or "(none)")
+        self.refusals.refused(_peer(connection), f"origin {origin or '(none)'} is not a browser extension "
+                                                 "(only the flowtap extension may connect)")
         return connection.respond(HTTPStatus.FORBIDDEN,
                                   "flowtap bridge: only the paired flowtap browser extension may connect\n")
 
     async def _connection(self, ws: Any) -> None:
-        from websockets.exceptions import ConnectionClosed
-
         peer, origin = _peer(ws), ws.request.headers.get("Origin", "")
         try:
-            client = await self._pair(ws, peer, origin)
-        except ConnectionClosed:
+            client = await asyncio.wait_for(self._pair(ws, peer, origin), AUTH_TIMEOUT)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            await self._refuse(ws, peer, "auth_required",
+                               f"did not pair within {AUTH_TIMEOUT:g}s (an extension older than this flowtap "
+                               "waits for the bridge to speak first: load it again from `flowtap interceptor "
+                               "extension`)")
+            return
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code == CLOSE_UNAUTHORIZED:
+                self.refusals.refused(peer, "the extension did not accept this bridge's proof: it holds "
+                                            "another pairing key; run `flowtap interceptor pair` and paste "
+                                            "the key into the extension's popup")
             return
         if client is None:
             return
-        self.clients.add(client)
         try:
             self.handler.connected(client)
             async for raw in ws:
@@ -199,17 +355,22 @@ class Bridge:
                 self.log.exception("internal error in the interceptor source")
 
     async def _pair(self, ws: Any, peer: str, origin: str) -> Client | None:
-        """Challenge the peer; the paired :class:`Client`, or None once refused and closed."""
-        nonce = secrets.token_hex(16)
-        await ws.send(protocol.make("challenge", nonce=nonce, server=f"flowtap {flowtap.__version__}"))
+        """Prove the key, check the peer's proof: the paired :class:`Client`, or None once refused."""
         try:
-            raw = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
-            hello = self._parse(raw, ("hello",))
-        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            return await self._refuse(ws, peer, origin, "auth_required",
-                                      f"no hello within {HELLO_TIMEOUT:g}s; pair the extension first")
+            hello = self._parse(await ws.recv(), ("hello",))
         except ProtocolError as exc:
-            return await self._refuse(ws, peer, origin, "auth_required", f"expected a hello message: {exc}")
+            await self._refuse(ws, peer, "auth_required", f"expected a hello message: {exc}")
+            return None
+        extension_nonce = hello["nonce"]
+        if not pairing.is_hex64(extension_nonce):
+            await self._refuse(ws, peer, "auth_required", "the hello's nonce is not 64 lowercase hex digits")
+            return None
+        if extension_nonce in self._seen:
+            await self._refuse(ws, peer, "auth_failed", "a hello replayed (its nonce was used before)")
+            return None
+        self._seen[extension_nonce] = None
+        if len(self._seen) > SEEN_NONCES:
+            self._seen.popitem(last=False)
         try:
             key = self.load_key()
         except pairing.PairingError as exc:
@@ -217,23 +378,47 @@ class Bridge:
         else:
             problem = "flowtap has no pairing key yet; run `flowtap interceptor pair`"
         if key is None:
-            return await self._refuse(ws, peer, origin, "unpaired", problem)
-        if not pairing.verify(key, nonce, hello["proof"]):
-            return await self._refuse(ws, peer, origin, "auth_failed",
-                                      "wrong pairing key; run `flowtap interceptor pair` and paste the key "
-                                      "into the extension's popup")
-        agent = " ".join(filter(None, (hello.get("client"), _browser(hello.get("browser", "")))))
-        client = Client(ws, peer, origin, agent)
-        await ws.send(protocol.make("welcome", server=f"flowtap {flowtap.__version__}",
-                                    config=self.handler.settings()))
+            await self._refuse(ws, peer, "unpaired", problem)
+            return None
+        bridge_nonce = pairing.new_nonce()
+        await ws.send(protocol.make("challenge", nonce=bridge_nonce,
+                                    proof=pairing.bridge_proof(key, extension_nonce, bridge_nonce)))
+        try:
+            auth = self._parse(await ws.recv(), ("auth",))
+        except ProtocolError as exc:
+            await self._refuse(ws, peer, "auth_required", f"expected an auth message: {exc}")
+            return None
+        if not pairing.matches(pairing.extension_proof(key, bridge_nonce, extension_nonce), auth["proof"]):
+            await self._refuse(ws, peer, "auth_failed",
+                               "wrong pairing key; run `flowtap interceptor pair` and paste the key "
+                               "into the extension's popup")
+            return None
+        ws.paired = True
+        self.pending.discard(ws)
+        _set_max_size(ws, 4 * self.max_message_size)
+        agent = " ".join(filter(None, (auth.get("client"), _browser(auth.get("browser", "")))))
+        client = Client(ws, peer, origin, agent, key)
+        self.clients.add(client)  # from now on it gets every broadcast, sent after the welcome
+        try:
+            await ws.send(protocol.make("welcome", server=f"flowtap {flowtap.__version__}",
+                                        config=self.handler.settings()))
+        except BaseException:  # closed, or out of time
+            self.clients.discard(client)
+            raise
         self.log.info("extension connected: %s", client)
         return client
 
-    async def _refuse(self, ws: Any, peer: str, origin: str, code: str, reason: str) -> None:
-        self.log.warning("refused a connection from %s (origin %s): %s", peer, origin, reason)
-        await ws.send(protocol.make("error", code=code, message=reason))
-        await ws.close(CLOSE_UNAUTHORIZED, code)
-        return None
+    async def _refuse(self, ws: Any, peer: str, code: str, reason: str) -> None:
+        self.refusals.refused(peer, reason)
+        await self._close(ws, code, reason)
+
+    @staticmethod
+    async def _close(ws: Any, code: str, reason: str) -> None:
+        try:
+            await ws.send(protocol.make("error", code=code, message=reason))
+            await ws.close(CLOSE_UNAUTHORIZED, code)
+        except ConnectionClosed:
+            pass
 
     async def _receive(self, client: Client, raw: str | bytes) -> None:
         try:
@@ -252,8 +437,8 @@ class Bridge:
                 self.handler.message(client, message)
             except Exception:
                 self.log.exception("internal error handling a %s message from %s", kind, client)
-                await client.ws.send(protocol.make("error", code="internal", ref=kind,
-                                                   message="flowtap failed to handle this message (see its log)"))
+                problem = "flowtap failed to handle this message (see its log)"
+                await client.ws.send(protocol.make("error", code="internal", ref=kind, message=problem))
 
     def _parse(self, raw: str | bytes, allowed: tuple[str, ...] = protocol.FROM_EXTENSION) -> dict[str, Any]:
         size = len(raw) if isinstance(raw, bytes) or raw.isascii() else len(raw.encode())
@@ -266,9 +451,8 @@ class Bridge:
         for client in list(self.clients):
             asyncio.ensure_future(self._send(client, text))
 
-    async def _send(self, client: Client, text: str) -> None:
-        from websockets.exceptions import ConnectionClosed
-
+    @staticmethod
+    async def _send(client: Client, text: str) -> None:
         try:
             await client.ws.send(text)
         except ConnectionClosed:
@@ -286,6 +470,14 @@ class Bridge:
         return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
+def _set_max_size(ws: Any, size: int) -> None:
+    """Raise the largest frame a connection accepts (websockets 16+ name it ``max_message_size``)."""
+    if hasattr(ws.protocol, "max_message_size"):
+        ws.protocol.max_message_size = size
+    else:  # websockets 13 to 15
+        ws.protocol.max_size = size
+
+
 _BROWSERS = re.compile(r"\b(Edg|OPR|Brave|Firefox|HeadlessChrome|Chrome)/([\d.]+)")
 
 
@@ -300,4 +492,9 @@ def _browser(user_agent: str) -> str:
 
 def _peer(connection: Any) -> str:
     address = connection.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"
+
+
+def _peer_of(transport: asyncio.BaseTransport) -> str:
+    address = transport.get_extra_info("peername")
     return f"{address[0]}:{address[1]}" if address else "?"

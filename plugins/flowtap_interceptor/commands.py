@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flowtap.commandline import describe
 from flowtap_interceptor import pairing
-from flowtap_interceptor.protocol import EXTENSION_DIR
+from flowtap_interceptor.protocol import EXTENSION_DIR, extension_id
 
 #: Never packed: a test's or a user's provisioning file holds a key.
 _NEVER_PACKED = {"pairing.json"}
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"flowtap: error: {exc}", file=sys.stderr)
         return 1
     print(f"Extension folder: {EXTENSION_DIR}")
+    print(f"Extension ID:     {extension_id()} (the same from any folder)")
     print(f"Pairing key file: {_key_path(args)}")
     print("Run `flowtap interceptor pair` for the key, `flowtap interceptor extension --zip FILE` for a zip.")
     return 0
@@ -71,7 +72,8 @@ def _pair(path: Path, new: bool, quiet: bool) -> int:
         print(key)
         return 0
     if new:
-        print("A new pairing key replaced the old one; extensions paired before must be given this one.")
+        print("A new pairing key replaced the old one: a running flowtap closes the connections of")
+        print("extensions holding the old one; give them this one.")
     elif created:
         print("Created a pairing key.")
     print(f"Pairing key: {key}")

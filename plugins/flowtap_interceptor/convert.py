@@ -238,6 +238,7 @@ def _multipart(pairs: list[tuple[str, str]], boundary: str) -> bytes:
 
 
 def _set_body(flow: Flow, message: dict[str, Any]) -> None:
+    _set_request_body(flow, message.get("requestBody"))
     response = flow.response
     if response is None:
         return
@@ -254,6 +255,21 @@ def _set_body(flow: Flow, message: dict[str, Any]) -> None:
     response.body_size = max(message.get("size", len(data)), len(data))
     flow.metadata.pop("body_unavailable", None)
     flow.metadata["body_source"] = "debugger"
+
+
+def _set_request_body(flow: Flow, given: str | None) -> None:
+    """A form body as the page sent it (from the debugger) replaces the one rebuilt from sorted fields."""
+    if given is None or not flow.metadata.get("request_body_rebuilt"):
+        return
+    try:
+        data = base64.b64decode(given, validate=True)
+    except (binascii.Error, ValueError):
+        return  # keep the rebuilt body, which says what it is
+    flow.request.body = data
+    flow.request.body_size = len(data)
+    flow.request.truncated = False
+    del flow.metadata["request_body_rebuilt"]
+    flow.metadata["request_body_source"] = "debugger"
 
 
 def _pairs(headers: list[dict[str, str]]) -> flowtap.Headers:

@@ -1,8 +1,11 @@
 """The pairing key: a random secret shared by the bridge and the extension, kept owner-only.
 
-The extension proves it knows the key by answering the bridge's random
-nonce with ``HMAC-SHA256(key, nonce)``; the key itself never crosses the
-connection.
+Each side proves it holds the key over fresh nonces from both sides (see
+:mod:`flowtap_interceptor.bridge` for the handshake): the bridge answers the
+extension's nonce with :func:`bridge_proof`, the extension the bridge's with
+:func:`extension_proof`. The two are HMAC-SHA256 under distinct labels, so
+one side's answer is never a valid answer for the other; the key itself never
+crosses the connection.
 """
 
 from __future__ import annotations
@@ -10,10 +13,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from pathlib import Path
 
 KEY_FILENAME = "interceptor.key"
+#: Labels that keep the two directions' proofs apart.
+BRIDGE_LABEL = "flowtap-bridge"
+EXTENSION_LABEL = "flowtap-extension"
+#: A nonce is 32 random bytes as lowercase hex; so is a proof (an HMAC-SHA256).
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class PairingError(Exception):
@@ -89,11 +98,33 @@ def ensure_key(path: Path) -> tuple[str, bool]:
     return key, True
 
 
-def proof(key: str, nonce: str) -> str:
-    """What a paired extension answers to ``nonce``: hex HMAC-SHA256 keyed with ``key``."""
-    return hmac.new(key.encode(), nonce.encode(), hashlib.sha256).hexdigest()
+def new_nonce() -> str:
+    """A fresh nonce: 32 random bytes as 64 lowercase hex digits."""
+    return secrets.token_hex(32)
 
 
-def verify(key: str, nonce: str, answer: str) -> bool:
-    """True when ``answer`` proves knowledge of ``key`` for ``nonce`` (constant-time)."""
-    return hmac.compare_digest(proof(key, nonce), answer.lower())
+def is_hex64(value: str) -> bool:
+    """Whether ``value`` has the shape of a nonce or a proof (64 lowercase hex digits)."""
+    return _HEX64.fullmatch(value) is not None
+
+
+def bridge_proof(key: str, extension_nonce: str, bridge_nonce: str) -> str:
+    r"""The bridge's answer to the extension's hello: hex HMAC-SHA256 of
+    ``"flowtap-bridge\n" + extension_nonce + "\n" + bridge_nonce`` keyed with ``key``."""
+    return _mac(key, BRIDGE_LABEL, extension_nonce, bridge_nonce)
+
+
+def extension_proof(key: str, bridge_nonce: str, extension_nonce: str) -> str:
+    r"""The extension's answer to the bridge's challenge: hex HMAC-SHA256 of
+    ``"flowtap-extension\n" + bridge_nonce + "\n" + extension_nonce`` keyed with ``key``."""
+    return _mac(key, EXTENSION_LABEL, bridge_nonce, extension_nonce)
+
+
+def matches(expected: str, answer: str) -> bool:
+    """Whether ``answer`` is the ``expected`` proof, compared in constant time."""
+    return is_hex64(answer) and hmac.compare_digest(expected.encode(), answer.encode())
+
+
+def _mac(key: str, label: str, first: str, second: str) -> str:
+    message = f"{label}\n{first}\n{second}".encode()
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()

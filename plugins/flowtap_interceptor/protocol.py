@@ -7,19 +7,21 @@ file uses; :class:`ProtocolError` carries the ``code`` of the error reply.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 #: The protocol version every message carries as ``"v"``.
-VERSION = 1
+VERSION = 2
 
 EXTENSION_DIR = Path(__file__).parent / "extension"
 SCHEMA_PATH = EXTENSION_DIR / "protocol.json"
 
-#: Message types the bridge accepts from the extension (after the hello).
+#: Message types the bridge accepts from the extension once paired.
 FROM_EXTENSION = ("ping", "pong", "capture", "body", "cookies", "log", "error")
 
 _TYPES = {
@@ -69,6 +71,14 @@ def _check_keywords(node: Any, where: str) -> None:
             elif key == "oneOf":
                 for i, sub in enumerate(value):
                     _check_keywords(sub, f"{where}/oneOf/{i}")
+
+
+def extension_id() -> str:
+    """The extension's Chromium ID, the same from whatever folder it is loaded: derived from the public
+    key in its manifest (SHA-256 of the key, first 32 hex digits written with the letters a to p)."""
+    manifest = json.loads((EXTENSION_DIR / "manifest.json").read_text(encoding="utf-8"))
+    digest = hashlib.sha256(base64.b64decode(manifest["key"])).hexdigest()[:32]
+    return "".join(chr(ord("a") + int(digit, 16)) for digit in digest)
 
 
 def message_types() -> list[str]:

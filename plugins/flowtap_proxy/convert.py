@@ -271,7 +271,13 @@ def _body(message: http.Message, fields: list[tuple[str, str]]) -> tuple[bytes, 
 
 
 def _fields(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
-    """Header bytes as text: UTF-8 when valid, else Latin-1 (never lossy, always encodable)."""
+    """Header bytes as text: UTF-8, a byte that is not UTF-8 as a lone surrogate (``surrogateescape``).
+
+    Never lossy: ``value.encode("utf-8", "surrogateescape")`` gives back the bytes sent, as the
+    store, the cookie jar and the curl export do; JSON outputs write such a byte as the Latin-1
+    character it stands for (:func:`flowtap.serialize.json_bytes`), and a terminal shows an escape.
+    (Latin-1 here made a cookie's byte 0xE9 the two UTF-8 bytes of "é" in cookies.txt.)
+    """
     try:
         return [(name.decode(), value.decode()) for name, value in fields]
     except UnicodeDecodeError:
@@ -282,7 +288,7 @@ def _text(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return raw.decode("latin-1")
+        return raw.decode("utf-8", "surrogateescape")
 
 
 def _header(fields: list[tuple[str, str]], name: str) -> str | None:

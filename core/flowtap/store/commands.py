@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from flowtap.commandline import (
     UsageError,
@@ -24,6 +25,9 @@ from flowtap.commandline import (
 )
 from flowtap.config import Config, ConfigError
 from flowtap.progress import Progress
+
+if TYPE_CHECKING:
+    from flowtap.cookies import Cookie
 
 
 def store_path(config: Config) -> Path:
@@ -215,13 +219,31 @@ def cmd_show(args: argparse.Namespace) -> int:
             session = None
         out = sys.stdout
         for part in render.flow_parts(flow, row, session, raw=args.raw):
-            if isinstance(part, bytes):
+            if isinstance(part, bytes) and _is_terminal(out) and not _plain(part):
+                print(f"[{len(part)} bytes not printed: they hold control characters, which a terminal would "
+                      "obey; redirect `flowtap show --raw` to a file or a pipe]", file=out)
+            elif isinstance(part, bytes):
                 out.flush()
                 sys.stdout.buffer.write(part if part.endswith(b"\n") else part + b"\n")
                 sys.stdout.buffer.flush()
             else:
                 print(part, file=out)
     return 0
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _plain(data: bytes) -> bool:
+    """Whether ``data`` is text with no control character but line breaks and tabs."""
+    from flowtap.terminal import terminal_safe
+
+    text = data.decode("utf-8", "surrogateescape")
+    return terminal_safe(text, lines=True) == text
 
 
 # -- export -------------------------------------------------------------------------------------------
@@ -282,15 +304,54 @@ def _for_replay(flow: Any) -> Any:
 
 @contextlib.contextmanager
 def _output(path: str | None) -> Iterator[TextIO]:
+    """Standard output, or the file ``path``: owner-only like every output holding captures (its headers
+    carry credentials), and written all at once (an export that fails leaves the old file)."""
     if not path:
         yield sys.stdout
         return
+    from flowtap.paths import atomic_writer
+
+    target = Path(path)
     try:
-        fh = open(path, "w", encoding="utf-8")
+        with atomic_writer(target, mode=0o600) as fh:
+            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+            yield text
+            text.flush()
+            text.detach()
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    with fh:
-        yield fh
+
+
+def _cookie_events(events: list[Any], order: dict[str, int]) -> list[tuple[int, list[Cookie], str]]:
+    """The cookies seen that no stored flow sets again (while paused, before a clear, or reported by a
+    source), each with the number of the stored flow it came after (-1: before them all) and its source."""
+    from flowtap.cookies import Cookie
+
+    out = []
+    for event in events:
+        if event.kind != "cookies":
+            continue
+        try:
+            data = json.loads(event.text)
+            if data.get("flow") in order:
+                continue  # its flow is stored and sets them again (if --filter keeps it)
+            found = [Cookie(**fields) for fields in data["cookies"]]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # a row this version cannot read
+        out.append((order.get(data.get("after"), -1), found, str(data.get("source", "store"))))
+    out.sort(key=lambda item: item[0])  # stable: in the order they were seen
+    return out
+
+
+def _recorded_options(recorded: dict[str, Any], dotted: str, known: list[Any]) -> dict[str, Any] | None:
+    """Table ``dotted`` as the session's config had it (options this version still knows), or None."""
+    node: Any = recorded.get("tables")
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        return None
+    names = {option.name for option in known}
+    return {key: value for key, value in node.items() if key in names}
 
 
 def _table(raw: dict[str, Any], dotted: str) -> dict[str, Any]:
@@ -317,6 +378,11 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
     with _store(args) as store:
         session = store.session(args.session)
         raw = config.raw
+        recorded = _recorded_options(session.config, entry.table, capture.options.get(entry.table, []))
+        if recorded is not None and not args.current_config:  # the options the session was captured with
+            table = _table(raw, entry.table)
+            table.clear()
+            table.update(recorded)
         for name, other in capture.sink_factories.items():
             _table(raw, other.table)["enabled"] = name == args.sink
         # -o names the file to write: an existing one is replaced once the export is done (a live
@@ -334,12 +400,18 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
         _table(raw, "session").update(name=session.name, duration="")
         capture.start(started=session.started)
         count = 0
+        order = {row.id: number for number, row in enumerate(store.rows(session=session))}
+        cookies = _cookie_events(store.events(session.id, cookies=True), order)
         with Progress(f"exporting {session.name!r} through {args.sink!r}", total=session.flows) as progress:
             try:
                 for flow in store.flows(args.filter, session=session):
+                    while cookies and cookies[0][0] < order.get(flow.id, -1):
+                        capture.dispatcher.cookies(*cookies.pop(0)[1:])
                     capture.emit(flow)
                     count += 1
                     progress.advance()
+                for _, found, source in cookies:
+                    capture.dispatcher.cookies(found, source)
                 progress.note = f"finishing {args.output}"
             finally:
                 capture.stop()
@@ -353,8 +425,10 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
         except OSError as exc:
             raise UsageError(f"{target}: cannot replace it with the export in {scratch}: "
                              f"{exc.strerror or exc}") from None
+    how = ("with the options it was recorded with" if recorded is not None and not args.current_config
+           else "with this config's options")
     print(f"exported {count} flows of session {session.name!r} ({session.id}) through {args.sink!r} "
-          f"to {target}")
+          f"to {target} ({how} for [{entry.table}])")
     return 0
 
 
@@ -424,3 +498,7 @@ def setup_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("curl",), help="print curl commands instead")
     parser.add_argument("-o", "--output", metavar="PATH", help="the file to write (for curl: default stdout)")
     parser.add_argument("--filter", metavar="EXPR", help="only the flows matching this filter expression")
+    parser.add_argument("--current-config", action="store_true",
+                        help="take the sink's options from this directory's config (and --config/--set), not "
+                             "from the config the session was recorded with (the default; -o always names "
+                             "the file)")

@@ -201,10 +201,15 @@ class Store:
                                  "use an id")
         raise StoreError(f"no session {ref!r} in {self.path} (`flowtap sessions` lists them)")
 
-    def events(self, session: str) -> list[Event]:
-        """Pauses, resumes, clears and markers of a session, in order."""
-        rows = self._execute("SELECT time, kind, text FROM events WHERE session = ? ORDER BY time, rowid",
-                             (session,))
+    def events(self, session: str, cookies: bool = False) -> list[Event]:
+        """Pauses, resumes, clears and markers of a session, in order.
+
+        :param cookies: also the cookies seen (kind ``cookies``, their text JSON: see
+            ``StoreSink.flowtap_cookies_seen``), which an export replays.
+        """
+        where = "" if cookies else " AND kind != 'cookies'"
+        rows = self._execute(f"SELECT time, kind, text FROM events WHERE session = ?{where} "
+                             "ORDER BY time, rowid", (session,))
         return [Event(*row) for row in rows]
 
     def hosts(self, session: str, limit: int = 5) -> list[tuple[str, int]]:

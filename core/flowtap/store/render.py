@@ -1,4 +1,8 @@
-"""Stored sessions and flows as text: tables, a flow in full, curl commands."""
+"""Stored sessions and flows as text: tables, a flow in full, curl commands.
+
+Captured text goes through :func:`flowtap.terminal.terminal_safe` on its way into every line here
+(the curl commands quote it instead), so that it cannot drive the terminal it is printed on.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 import shlex
 import time
 from typing import TYPE_CHECKING
+
+from flowtap.terminal import terminal_safe
 
 if TYPE_CHECKING:
     from flowtap.model import Flow, Request, Response
@@ -49,8 +55,8 @@ def sessions_table(sessions: list[SessionInfo]) -> list[str]:
     rows = [("ID", "NAME", "STARTED", "DURATION", "STATE", "FLOWS")]
     for s in sessions:
         end = s.ended if s.ended is not None else (None if not s.live else time.time())
-        rows.append((s.id, s.name, when(s.started), duration(None if end is None else end - s.started),
-                     s.state, str(s.flows)))
+        took = duration(None if end is None else end - s.started)
+        rows.append((s.id, terminal_safe(s.name), when(s.started), took, s.state, str(s.flows)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.rjust(w) if i == 5 else c.ljust(w)
                       for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
@@ -70,7 +76,7 @@ def session_details(s: SessionInfo, events: list[Event], hosts: list[tuple[str, 
     config_file = (s.config or {}).get("file")
     lines.append(f"  config:   {config_file or '(none: defaults and --set)'}")
     if hosts:
-        lines.append("  hosts:    " + ", ".join(f"{host or '-'} ({n})" for host, n in hosts))
+        lines.append("  hosts:    " + ", ".join(f"{terminal_safe(host or '-')} ({n})" for host, n in hosts))
     if events:
         lines.append("  events:")
         for e in events:
@@ -97,8 +103,8 @@ FLOW_HEADER = ("ID", "TIME", "METHOD", "STATUS", "HOST", "PATH", "SIZE", "DURATI
 
 def flow_cells(row: FlowRow, id_width: int = 12) -> tuple[str, ...]:
     status = str(row.status) if row.status is not None else ("ERR" if row.error else "-")
-    return (row.id[:id_width], when(row.time, "%m-%d %H:%M:%S"), row.method, status,
-            host_port(row.host, row.port, row.scheme), row.path,
+    return (row.id[:id_width], when(row.time, "%m-%d %H:%M:%S"), terminal_safe(row.method), status,
+            terminal_safe(host_port(row.host, row.port, row.scheme)), terminal_safe(row.path),
             size(row.response_size), "-" if row.duration is None else f"{row.duration:.0f}ms")
 
 
@@ -138,7 +144,7 @@ def body_text(message: Request | Response) -> str:
 
 
 def _message_lines(first: str, message: Request | Response, raw: bool) -> tuple[list[str], bytes | None]:
-    lines = [first, *(f"{k}: {v}" for k, v in message.headers.fields), ""]
+    lines = [terminal_safe(first), *(terminal_safe(f"{k}: {v}") for k, v in message.headers.fields), ""]
     note = None
     if message.truncated:
         note = f"[body truncated: {len(message.body)} of {message.body_size} bytes kept]"
@@ -146,9 +152,9 @@ def _message_lines(first: str, message: Request | Response, raw: bool) -> tuple[
         return lines + ([note] if note else []), message.body
     if message.body:
         if is_text(message):
-            lines.append(body_text(message))
+            lines.append(terminal_safe(body_text(message), lines=True))
         else:
-            kind = message.content_type or "unknown type"
+            kind = terminal_safe(message.content_type or "unknown type")
             lines.append(f"[{len(message.body)} bytes of {kind}; "
                          "`flowtap show --raw` prints them as they are]")
     elif message.body_size:
@@ -167,7 +173,7 @@ def flow_parts(flow: Flow, row: FlowRow, session: SessionInfo | None, raw: bool 
     phases = [f"{name} {getattr(t, name):.0f}ms" for name in _PHASES if getattr(t, name) is not None]
     if phases:
         timing += "  (" + ", ".join(phases) + ")"
-    out: list[str | bytes] = [f"flow {flow.id}  {where}  source {flow.source}", timing]
+    out: list[str | bytes] = [f"flow {flow.id}  {where}  source {terminal_safe(flow.source)}", timing]
     peers = []
     if flow.client_address:
         peers.append(f"client {flow.client_address[0]}:{flow.client_address[1]}")
@@ -178,9 +184,9 @@ def flow_parts(flow: Flow, row: FlowRow, session: SessionInfo | None, raw: bool 
     if flow.tls:
         peers.append("TLS " + " ".join(v for v in (flow.tls.version, flow.tls.alpn, flow.tls.cipher) if v))
     if peers:
-        out.append("  ".join(peers))
+        out.append(terminal_safe("  ".join(peers)))
     if flow.error:
-        out.append(f"error: {flow.error}")
+        out.append(f"error: {terminal_safe(flow.error)}")
     out.append("")
     req = flow.request
     lines, body = _message_lines(f"{req.method} {req.url} {req.http_version}", req, raw)
@@ -200,33 +206,72 @@ def flow_parts(flow: Flow, row: FlowRow, session: SessionInfo | None, raw: bool 
         for m in flow.websocket:
             arrow = "->" if m.from_client else "<-"
             content = m.content.decode("utf-8", "replace") if m.is_text else f"[{len(m.content)} bytes]"
-            out.append(f"  {when(m.timestamp, '%H:%M:%S')} {arrow} {content}")
+            out.append(f"  {when(m.timestamp, '%H:%M:%S')} {arrow} {terminal_safe(content)}")
     return out
 
 
 # -- curl ------------------------------------------------------------------------------------------
 
 
-def _ansi_c(data: bytes) -> str:
-    """Bytes as a bash/zsh ``$'...'`` string on one line (UTF-8 text stays readable)."""
+def _wire(text: str) -> bytes:
+    """Captured text as the bytes it was: UTF-8, and bytes that were not UTF-8 (which the proxy keeps as
+    lone surrogates, ``surrogateescape``) as they were sent."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _printable(data: bytes) -> bool:
+    """Whether ``data`` is UTF-8 text without a control character (safe in plain quotes, on a terminal)."""
     try:
-        chars = list(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
-        chars = [chr(b) if b < 128 else f"\\x{b:02x}" for b in data]
-    names = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-    out = [names.get(c) or (f"\\x{ord(c):02x}" if len(c) == 1 and (ord(c) < 32 or ord(c) == 127) else c)
-           for c in chars]
+        return False
+    return terminal_safe(text) == text
+
+
+def _ansi_c(data: bytes) -> str:
+    """Bytes as a bash/zsh ``$'...'`` word on one line: every control byte, C1 control and byte that is
+    not UTF-8 as an escape; readable UTF-8 text stays as it is."""
+    out = []
+    for char in data.decode("utf-8", "surrogateescape"):
+        code = ord(char)
+        if char in "\\'":
+            out.append("\\" + char)
+        elif char in "\n\r\t":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[char])
+        elif 32 <= code < 127 or (code > 0x9F and not 0xD800 <= code <= 0xDFFF):
+            out.append(char)
+        else:  # a control character, or a byte that was not UTF-8 (a surrogate): its bytes
+            out.extend(f"\\x{b:02x}" for b in char.encode("utf-8", "surrogateescape"))
     return "$'" + "".join(out) + "'"
 
 
+def _word(data: bytes) -> str:
+    """One shell word holding ``data`` exactly: single-quoted when printable, ``$'...'`` otherwise."""
+    return shlex.quote(data.decode("utf-8")) if _printable(data) else _ansi_c(data)
+
+
+def _origin_and_target(url: str) -> tuple[str, str]:
+    """``("http://host:port/", "/path?query")`` out of a URL, the target exactly as it was."""
+    scheme, _, rest = url.partition("://")
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    target = rest[cut:]
+    return f"{scheme}://{rest[:cut]}/", target if target.startswith("/") else "/" + target
+
+
 def curl(flow: Flow) -> str:
-    """A curl command line that sends the flow's request again."""
+    """A curl command line that sends the flow's request again, byte for byte where a command line can.
+
+    Every word is quoted so that the shell reads it back exactly and the text is safe to print:
+    control characters and bytes that are not UTF-8 in ``$'...'`` (bash, zsh), a body holding NUL
+    through ``printf``. A header holding NUL cannot be an argument: it is left out, with a comment.
+    """
     req = flow.request
-    args, lines = ["curl"], []
+    args: list[bytes] = [b"curl"]
+    notes: list[str] = []
     if req.method == "HEAD":
-        args.append("--head")
+        args.append(b"--head")
     elif req.method != ("POST" if req.body else "GET"):
-        args += ["-X", req.method]
+        args += [b"-X", _wire(req.method)]
     default_port = {"http": 80, "https": 443}.get(req.scheme)
     authority = req.host if req.port in (None, default_port) else f"{req.host}:{req.port}"
     for name, value in req.headers.fields:
@@ -235,26 +280,34 @@ def curl(flow: Flow) -> str:
                 lower == "host" and value.lower() == authority.lower()):
             continue
         if lower == "accept-encoding":
-            args.append("--compressed")
+            args.append(b"--compressed")
+            continue
+        # curl takes "Name:" as "leave Name out", and "Name;" as "send Name empty"
+        header = _wire(name) + (b": " + _wire(value) if value.strip(" \t") else b";")
+        if b"\0" in header:
+            notes.append(f"# the header {name} was left out: it holds a NUL byte, which no command-line "
+                         "argument can carry")
         else:
-            args += ["-H", f"{name}: {value}"]
-    quoted = [shlex.quote(a) for a in args] + [shlex.quote(req.url)]
+            args += [b"-H", header]
+    url = req.url
+    if any(not "!" <= c <= "~" for c in url):
+        # curl refuses a URL holding control characters, spaces or non-ASCII: send its target as it was
+        url, target = _origin_and_target(url)
+        args += [b"--request-target", _wire(target)]
+    if any(c in url for c in "[]{}"):
+        args.append(b"--globoff")  # brackets and braces are the URL's own, not curl's ranges
+    words = [_word(a) for a in args] + [_word(_wire(url))]
     prefix = ""
     if req.body:
-        try:
-            text = req.body.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        if text is not None and all(" " <= c != "\x7f" for c in text):
-            quoted += ["--data-raw", shlex.quote(text)]
-        elif b"\0" in req.body:  # a shell string cannot hold NUL: printf writes the bytes
+        if _printable(req.body):
+            words += ["--data-raw", shlex.quote(req.body.decode("utf-8"))]
+        elif b"\0" in req.body:  # a shell word cannot hold NUL: printf writes the bytes
             escaped = "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\0{b:03o}" for b in req.body)
             prefix = f"printf %b {shlex.quote(escaped)} | "
-            quoted += ["--data-binary", "@-"]
+            words += ["--data-binary", "@-"]
         else:
-            quoted += ["--data-binary", _ansi_c(req.body)]
+            words += ["--data-binary", _ansi_c(req.body)]
     if req.truncated:
-        lines.append(f"# {req.method} {req.url}: the body was truncated when captured "
+        notes.append(f"# {req.method} {req.url}: the body was truncated when captured "
                      f"({len(req.body)} of {req.body_size} bytes)")
-    lines.append(prefix + " ".join(quoted))
-    return "\n".join(lines)
+    return "\n".join([*(terminal_safe(note) for note in notes), prefix + " ".join(words)])

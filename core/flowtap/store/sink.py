@@ -27,6 +27,8 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from flowtap.api import Sink, SinkError, SinkFailed
 from flowtap.memory import unmap_large_buffers
 from flowtap.plugins import hookimpl
@@ -36,6 +38,7 @@ from flowtap.store.reader import pid_alive
 
 if TYPE_CHECKING:
     from flowtap.config import Config
+    from flowtap.cookies import Cookie
     from flowtap.model import Flow
     from flowtap.scheduler import Timer
     from flowtap.session import Session
@@ -67,7 +70,8 @@ class StoreSink(Sink):
         self.session: Session | None = None
         self.conn: sqlite3.Connection | None = None
         self._pending: list[Row] = []
-        self._marks: list[tuple[float, str]] = []
+        self._marks: list[tuple[float, str, str]] = []  # markers and cookie events: time, kind, text
+        self._last_flow: str | None = None  # the id of the last flow written, where cookie events fall
         self._counts: tuple[int, ...] | None = None  # as last committed
         self._started = False
         self._events = 0  # pauses, resumes, clears and marks so far
@@ -116,6 +120,7 @@ class StoreSink(Sink):
             self._remove_bodies(request_file)
             raise SinkFailed(f"{self.path}: cannot write a body file beside the store "
                              f"({exc.strerror or exc}); the flow is lost", lost=1) from None
+        self._last_flow = flow.id
         self._pending.append((db.flow_columns(flow), db.flow_data(flow, request_file, response_file),
                               request_body, response_body, files, (request_file, response_file)))
 
@@ -186,15 +191,15 @@ class StoreSink(Sink):
         try:
             with db.transaction(conn):
                 refused = self._insert(conn, session, pending) if pending else []
-                conn.executemany("INSERT INTO events (session, time, kind, text) VALUES (?, ?, 'mark', ?)",
-                                 [(session.id, when, text) for when, text in marks])
+                conn.executemany("INSERT INTO events (session, time, kind, text) VALUES (?, ?, ?, ?)",
+                                 [(session.id, when, kind, text) for when, kind, text in marks])
                 conn.execute("UPDATE sessions SET recorded = ?, filtered = ?, paused = ?, received = ? "
                              "WHERE id = ?", (*counts, session.id))
         except sqlite3.Error as exc:
             for row in pending:
                 self._remove_bodies(*row[5])
             lost = f"; {_many(len(pending), 'flow')} lost" if pending else ""
-            lost += f"; {_many(len(marks), 'marker')} lost" if marks else ""
+            lost += f"; {_many(len(marks), 'event')} lost" if marks else ""
             raise SinkFailed(f"{self._failed(exc)}{lost}", lost=len(pending)) from None
         self._events += len(marks)
         self._counts = counts
@@ -267,8 +272,31 @@ class StoreSink(Sink):
     def flowtap_session_mark(self, session: Session, text: str) -> None:
         """Keep the marker; it is written at once."""
         if session is self.session:
-            self._marks.append((time.time(), text))
+            self._marks.append((time.time(), "mark", text))
             self._commit()
+
+    @hookimpl
+    def flowtap_cookies_seen(self, cookies: list[Cookie], flow: Flow | None, source: str) -> None:
+        """Keep the cookies as an event (kind ``cookies``), committed with the next flows.
+
+        Its text is JSON: ``source``; ``flow``, the id of the flow that set
+        them (None: the source reported them); ``after``, the id of the last
+        flow written before them; and ``cookies``, the cookies the server set
+        (or the source reported), each as :class:`flowtap.Cookie`'s fields.
+        An export replays the ones no stored flow sets again (seen while
+        paused, or before a clear) where they happened.
+        """
+        if self.session is None or self.conn is None:
+            return
+        try:
+            found = cookies if flow is None else flow.response_cookies
+        except Exception:  # the dispatcher reports a flow no parser foresaw
+            return
+        if not found:
+            return  # a request's Cookie header only: nothing the stored flows would not tell again
+        text = json.dumps({"source": source, "flow": flow.id if flow is not None else None,
+                           "after": self._last_flow, "cookies": [attrs.asdict(c) for c in found]})
+        self._marks.append((time.time(), "cookies", text))
 
     # -- plumbing ---------------------------------------------------------------------------
 

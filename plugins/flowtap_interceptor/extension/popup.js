@@ -1,4 +1,5 @@
-// flowtap Interceptor: the popup. Settings live in chrome.storage.local; the service worker
+// flowtap Interceptor: the popup. The user's choices live in chrome.storage.local: they are the most
+// this browser shares with flowtap (flowtap's config can only narrow them); the service worker
 // applies every change at once. The status comes from the service worker.
 
 "use strict";
@@ -10,6 +11,7 @@ const STATES = {
   disconnected: "Not connected",
   unpaired: "Not paired",
   auth_failed: "Wrong pairing key",
+  impostor: "Not flowtap: nothing sent",
 };
 const DOCS = ["main_frame", "sub_frame"];
 
@@ -68,6 +70,8 @@ async function refresh() {
   const c = status.counts;
   $("counts").textContent = `${c.requests} requests, ${c.cookies} cookie events sent` +
     (c.errors ? `, ${c.errors} refused` : "") + (status.bodies ? `; reading bodies in ${status.bodies} tab(s)` : "");
+  $("declined").textContent = status.declined && status.declined.length
+    ? `flowtap also asks for ${status.declined.join("; ")}: not shared (allow it above)` : "";
 }
 
 load();
