@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
@@ -31,6 +33,7 @@ def judge():
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = 30  # a client that stops mid-request cannot hold a server thread for ever
 
     def _handle(self):
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
@@ -574,7 +577,15 @@ def test_newman_replays_secrets_cookies_bytes_and_field_order_as_captured(tmp_pa
     assert [variables[c.strip("{}")] for c in cookies] == ["a=1; Path=/", "b=2; Path=/"]
     assert folders["POST /tags"][0]["request"]["body"]["raw"] == "tag=a&2=two&tag=b&password={{password}}"
 
-    proc = judge.newman(out, "--working-dir", str(tmp_path))
+    try:
+        proc = judge.newman(out, "--working-dir", str(tmp_path), "--timeout-request", "20000", timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        # Once in a CI run on a loaded machine newman hung here (at 90 s) after its first requests and
+        # never again in isolation: the replay is judged on a second, clean run, and the first one's
+        # output is kept for whoever looks into it.
+        warnings.warn(f"newman hung; running it again. Its output so far:\n{exc.output!r}", stacklevel=1)
+        server.received.clear()
+        proc = judge.newman(out, "--working-dir", str(tmp_path), "--timeout-request", "20000", timeout=60)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     received = server.received
     assert [headers.get("Authorization") for method, path, headers, _ in received if path == "/me"] == [
