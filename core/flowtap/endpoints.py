@@ -198,7 +198,8 @@ class EndpointTree:
         """The endpoint of ``path`` (``/users/42``), and each ``(parameter, captured value)``."""
         node, values, created = self.root, [], False
         names: set[str] = set()
-        segments = [unquote(s) for s in path.split("?", 1)[0].strip("/").split("/")] if path.strip("/") else []
+        trimmed = path.split("?", 1)[0].strip("/")
+        segments = [unquote(s) for s in trimmed.split("/")] if trimmed else []
         for i, segment in enumerate(segments):
             what = kind(segment)
             child = node.literals.get(segment) if what is None else None

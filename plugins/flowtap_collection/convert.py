@@ -53,13 +53,11 @@ from typing import Any
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 from flowtap import Flow, Headers, Request, Response
+from flowtap.credentials import is_secret
 from flowtap.endpoints import camel as _camel, template
 
 _DROP_HEADERS = {"host", "content-length", "connection", "keep-alive", "proxy-connection",
                  "transfer-encoding", "te", "trailer", "upgrade", "http2-settings"}
-_SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
-_SECRET_EXACT = {"key", "sig", "signature", "sid", "auth"}
-_SECRET_PARTS = ("token", "secret", "passw", "apikey", "api-key", "api_key", "session", "credential")
 _MEDIA = ("image/", "audio/", "video/")
 _BINARY = _MEDIA + ("font/", "application/octet-stream", "application/zip", "application/gzip",
                     "application/pdf", "application/wasm", "application/protobuf", "application/x-protobuf",
@@ -72,17 +70,6 @@ _GRAPHQL = re.compile(r"^\s*(query|mutation|subscription|fragment)\b|^\s*\{")
 #: What newman's urlencoded mode leaves unescaped (RFC 3986's unreserved characters).
 _FORM_SAFE = "-_.~"
 StoreBody = Callable[[bytes, str], str]
-
-
-@functools.lru_cache(maxsize=4096)  # the same few names, over and over
-def is_secret(name: str) -> bool:
-    """Whether a header or parameter called ``name`` carries a credential."""
-    lower = unquote(name).strip().lower()
-    if lower in _SECRET_HEADERS or lower in _SECRET_EXACT:
-        return True
-    if any(part in lower for part in _SECRET_PARTS):
-        return True
-    return "auth" in re.split(r"[-_.\s]+", lower)
 
 
 camel = functools.lru_cache(maxsize=4096)(_camel)  # the same few names, over and over

@@ -1,0 +1,234 @@
+"""JSON Schemas summarised from samples, one value at a time, in memory bounded by the schema.
+
+A :class:`Shape` takes JSON values (:meth:`Shape.add`) and keeps what a
+schema needs, never the values: the types seen (``null`` among them), for
+objects how often each property was present (``required`` lists those
+present in every object), for arrays the shape of their items, for strings
+the formats every string matched (``date-time``, ``date``, ``uuid``,
+``email``, ``uri``, ``ipv4``) and up to :data:`MAX_ENUM` distinct values
+(written as ``enum`` once each was seen :data:`ENUM_REPEATS` times on
+average). An object with more than :data:`MAX_PROPERTIES` keys is a map:
+its values share one ``additionalProperties`` shape.
+
+:meth:`Shape.from_schema` reads back a schema written before (by flowtap
+or by hand), so that a new session widens it: its ``required`` stays
+required only while every new object has it, its ``format`` and ``enum``
+hold only while new strings match them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+MAX_ENUM = 8
+ENUM_REPEATS = 3
+MAX_PROPERTIES = 100
+#: The keywords a Shape writes; any other keyword of a schema is the user's.
+OWNED = frozenset({"type", "format", "enum", "required", "properties", "items", "additionalProperties"})
+
+_FORMATS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("date-time", re.compile(r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")),
+    ("date", re.compile(r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")),
+    ("uuid", re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)),
+    ("email", re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")),
+    ("uri", re.compile(r"^[a-z][a-z0-9+.-]*://[^\s/?#]+[^\s]*$", re.I)),
+    ("ipv4", re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")),
+)
+_ALL_FORMATS = frozenset(name for name, _ in _FORMATS)
+
+
+def formats_of(text: str) -> set[str]:
+    """The formats ``text`` is valid in."""
+    found = {name for name, pattern in _FORMATS if pattern.match(text)}
+    if "ipv4" in found:
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            found.discard("ipv4")
+    return found
+
+
+def _type_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class Shape:
+    """What the JSON values seen at one place of a document have in common."""
+
+    __slots__ = ("additional", "formats", "items", "objects", "present", "properties", "strings", "types",
+                 "values")
+
+    def __init__(self) -> None:
+        self.types: set[str] = set()
+        self.objects = 0  # objects seen
+        self.properties: dict[str, Shape] = {}
+        self.present: dict[str, int] = {}  # objects each property was in
+        self.additional: Shape | None = None  # a map's values (when it has too many keys)
+        self.items: Shape | None = None
+        self.formats: set[str] | None = None  # None: no string yet
+        self.values: set[str] | None = set()  # None: too many to be an enum
+        self.strings = 0
+
+    # -- learning -------------------------------------------------------------------------------------
+
+    def add(self, value: Any) -> None:
+        """Learn from one more value."""
+        kind = _type_of(value)
+        self.types.add(kind)
+        if kind == "string":
+            self._add_string(value)
+        elif kind == "object":
+            self._add_object(value)
+        elif kind == "array":
+            items = self.items if self.items is not None else Shape()
+            self.items = items
+            for item in value:
+                items.add(item)
+
+    def _add_string(self, text: str) -> None:
+        self.strings += 1
+        if self.formats is None:
+            self.formats = formats_of(text)
+        elif self.formats:
+            self.formats &= formats_of(text)
+        if self.values is not None and text not in self.values:
+            self.values.add(text)
+            if len(self.values) > MAX_ENUM or len(text) > 40:
+                self.values = None
+
+    def _add_object(self, value: dict[str, Any]) -> None:
+        self.objects += 1
+        if self.additional is None and len(self.properties.keys() | value.keys()) > MAX_PROPERTIES:
+            self.additional = Shape()
+            for shape in self.properties.values():
+                self.additional.merge(shape)
+            self.properties.clear()
+            self.present.clear()
+        if self.additional is not None:
+            for item in value.values():
+                self.additional.add(item)
+            return
+        for key, item in value.items():
+            shape = self.properties.get(key)
+            if shape is None:
+                shape = self.properties[key] = Shape()
+                self.present[key] = 0
+            self.present[key] += 1
+            shape.add(item)
+
+    def merge(self, other: Shape) -> Shape:
+        """Learn everything ``other`` learnt (two endpoints became one); returns self."""
+        self.types |= other.types
+        if other.formats is not None:
+            self.formats = set(other.formats) if self.formats is None else self.formats & other.formats
+        if self.values is not None and other.values is not None:
+            self.values |= other.values
+            if len(self.values) > MAX_ENUM:
+                self.values = None
+        else:
+            self.values = None
+        self.strings += other.strings
+        for key, shape in other.properties.items():
+            if key in self.properties:
+                self.properties[key].merge(shape)
+                self.present[key] += other.present[key]
+            else:
+                self.properties[key] = shape
+                self.present[key] = other.present[key]
+        self.objects += other.objects
+        if other.additional is not None:
+            self.additional = (self.additional or Shape()).merge(other.additional)
+        if other.items is not None:
+            self.items = other.items if self.items is None else self.items.merge(other.items)
+        return self
+
+    # -- as a schema -----------------------------------------------------------------------------------
+
+    def schema(self) -> dict[str, Any]:
+        """A JSON Schema (draft 2020-12, as OpenAPI 3.1 has it) every value seen is valid in."""
+        types = set(self.types)
+        if {"integer", "number"} <= types:
+            types.discard("integer")
+        out: dict[str, Any] = {}
+        if types:
+            ordered = [t for t in ("object", "array", "string", "integer", "number", "boolean", "null")
+                       if t in types]
+            out["type"] = ordered[0] if len(ordered) == 1 else ordered
+        if "string" in types:
+            if self.formats:
+                out["format"] = sorted(self.formats, key=[name for name, _ in _FORMATS].index)[0]
+            elif self.values and len(self.values) > 1 and self.strings >= ENUM_REPEATS * len(self.values):
+                out["enum"] = sorted(self.values) + ([None] if "null" in types else [])
+        if "object" in types:
+            if self.properties:
+                out["properties"] = {key: shape.schema() for key, shape in self.properties.items()}
+                required = [key for key, count in self.present.items() if count >= self.objects]
+                if required:
+                    out["required"] = required
+            if self.additional is not None:
+                out["additionalProperties"] = self.additional.schema()
+        if "array" in types and self.items is not None and self.items.types:
+            out["items"] = self.items.schema()
+        return out
+
+    @classmethod
+    def from_schema(cls, schema: Any) -> Shape:
+        """The shape a schema written before stands for (one object, whose properties are as required)."""
+        shape = cls()
+        if not isinstance(schema, dict):
+            return shape
+        kinds = schema.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else kinds if isinstance(kinds, list) else []
+        shape.types = {str(t) for t in kinds}
+        if "string" in shape.types:
+            fmt = schema.get("format")
+            shape.formats = {fmt} if fmt in _ALL_FORMATS else set()
+            enum = schema.get("enum")
+            shape.values = {v for v in enum if isinstance(v, str)} if isinstance(enum, list) else None
+            shape.strings = 10**6 if enum else 0
+        properties = schema.get("properties")
+        if "object" in shape.types or isinstance(properties, dict):
+            shape.types.add("object")
+            shape.objects = 1
+            required = schema.get("required") if isinstance(schema.get("required"), list) else []
+            for key, sub in (properties or {}).items():
+                shape.properties[str(key)] = cls.from_schema(sub)
+                shape.present[str(key)] = 1 if key in required else 0
+            if isinstance(schema.get("additionalProperties"), dict):
+                shape.additional = cls.from_schema(schema["additionalProperties"])
+        if isinstance(schema.get("items"), dict):
+            shape.items = cls.from_schema(schema["items"])
+        return shape
+
+
+def parameter_schema(shape: Shape) -> dict[str, Any]:
+    """The schema of a path, query or header parameter: one type, as its text is read."""
+    types = shape.types - {"null"}
+    if types == {"integer"}:
+        return {"type": "integer"}
+    if types and types <= {"integer", "number"}:
+        return {"type": "number"}
+    out = shape.schema() if types == {"string"} else {}
+    out["type"] = "string"
+    return {key: value for key, value in out.items() if key in ("type", "format", "enum")}
+
+
+def scalar(text: str) -> int | str:
+    """A parameter's text as the value it stands for: an integer when it is one, else the text."""
+    if text.isdigit() and len(text) < 16 and (text == "0" or not text.startswith("0")):
+        return int(text)
+    return text
