@@ -34,8 +34,9 @@ def flowtap_config_options(declare):
                "session ends. {session} and {date} are replaced as in the other sinks' paths."),
         Option("title", str, "", "info.title of a new description; default: \"API seen by flowtap\"."),
         Option("origins", list, [],
-               "Describe only these origins: \"https://api.example.com\", \"http://127.0.0.1:8080\", a host "
-               "(\"api.example.com\", any scheme and port) or \"*.example.com\" (its subdomains). Empty: all.",
+               "Describe only these origins: \"https://api.example.com\", \"http://127.0.0.1:8080\", "
+               "a host (\"api.example.com\", any scheme and port) or \"*.example.com\" (its subdomains). "
+               "Empty: all.",
                convert=check_origins),
         Option("assets", bool, False,
                "Describe static assets too (scripts, style sheets, images, fonts, media, HTML pages: by "

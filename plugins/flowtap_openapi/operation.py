@@ -306,8 +306,8 @@ def _security(request: Request, schemes: dict[str, dict[str, Any]]) -> tuple[Sec
         elif lower == "cookie":
             for cookie, secret in request.cookies:
                 if is_secret(cookie):
-                    scheme(camel(cookie, "session") + "Cookie", {"type": "apiKey", "in": "cookie", "name": cookie},
-                           secret)
+                    scheme(camel(cookie, "session") + "Cookie",
+                           {"type": "apiKey", "in": "cookie", "name": cookie}, secret)
         elif lower not in ("proxy-authorization", "set-cookie") and is_secret(name):
             scheme(camel(name, "apiKey"), {"type": "apiKey", "in": "header", "name": name}, value)
         elif lower == "proxy-authorization":

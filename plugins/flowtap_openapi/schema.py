@@ -114,8 +114,8 @@ class Shape:
         self.objects += 1
         if self.additional is None and len(self.properties.keys() | value.keys()) > MAX_PROPERTIES:
             self.additional = Shape()
-            for shape in self.properties.values():
-                self.additional.merge(shape)
+            for known in self.properties.values():
+                self.additional.merge(known)
             self.properties.clear()
             self.present.clear()
         if self.additional is not None:
@@ -204,7 +204,7 @@ class Shape:
         if "object" in shape.types or isinstance(properties, dict):
             shape.types.add("object")
             shape.objects = 1
-            required = schema.get("required") if isinstance(schema.get("required"), list) else []
+            required = schema["required"] if isinstance(schema.get("required"), list) else []
             for key, sub in (properties or {}).items():
                 shape.properties[str(key)] = cls.from_schema(sub)
                 shape.present[str(key)] = 1 if key in required else 0

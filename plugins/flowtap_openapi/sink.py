@@ -39,11 +39,11 @@ INTERVAL = 1.0
 BUDGET = 20
 #: Origins remembered per endpoint (for path-level ``servers``).
 MAX_ORIGINS = 16
-_ASSET_EXTENSIONS = frozenset({".js", ".mjs", ".css", ".map", ".png", ".jpg", ".jpeg", ".gif", ".webp", ".avif",
-                               ".svg", ".ico", ".bmp", ".woff", ".woff2", ".ttf", ".otf", ".eot", ".mp4",
-                               ".webm", ".mp3", ".ogg", ".wav", ".html", ".htm"})
-_ASSET_TYPES = ("image/", "font/", "audio/", "video/", "text/css", "text/javascript", "application/javascript",
-                "text/html")
+_ASSET_EXTENSIONS = frozenset({".js", ".mjs", ".css", ".map", ".png", ".jpg", ".jpeg", ".gif", ".webp",
+                               ".avif", ".svg", ".ico", ".bmp", ".woff", ".woff2", ".ttf", ".otf", ".eot",
+                               ".mp4", ".webm", ".mp3", ".ogg", ".wav", ".html", ".htm"})
+_ASSET_TYPES = ("image/", "font/", "audio/", "video/", "text/css", "text/javascript",
+                "application/javascript", "text/html")
 
 
 class Endpoint:
@@ -252,7 +252,8 @@ def _path_parameters(node: Node) -> list[dict[str, Any]]:
     current: Node | None = node
     while current is not None:
         if current.is_param:
-            out.append({"name": current.name, "in": "path", "required": True, "schema": _kind_schema(current.kinds)})
+            out.append({"name": current.name, "in": "path", "required": True,
+                        "schema": _kind_schema(current.kinds)})
         current = current.parent
     return out[::-1]
 
