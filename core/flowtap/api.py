@@ -77,6 +77,9 @@ class Sink:
 
     #: The sink's registered name; set by the host.
     name: str = ""
+    #: True for a sink that merges what it writes into the file already at its path (read, widened,
+    #: never overwritten): ``flowtap export -o FILE`` then has it write FILE in place.
+    merges: bool = False
 
     def open(self, session: Session) -> None:
         """Acquire what writing needs (files, connections) for ``session``.

@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 MAX_ENUM = 8
-ENUM_REPEATS = 3
+ENUM_REPEATS = 2
 MAX_PROPERTIES = 100
 #: The keywords a Shape writes; any other keyword of a schema is the user's.
 OWNED = frozenset({"type", "format", "enum", "required", "properties", "items", "additionalProperties"})

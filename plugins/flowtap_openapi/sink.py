@@ -67,6 +67,8 @@ class Endpoint:
 class OpenAPISink(flowtap.Sink):
     """Writes ``[sinks.openapi]``: an OpenAPI 3.1 description of what the session saw."""
 
+    merges = True  # an existing description at path is widened, never replaced
+
     def __init__(self, options: dict[str, Any]) -> None:
         self.template = options["path"]
         self.title = options["title"] or "API seen by flowtap"

@@ -386,11 +386,13 @@ def _export_sink(args: argparse.Namespace, config: Config) -> int:
         for name, other in capture.sink_factories.items():
             _table(raw, other.table)["enabled"] = name == args.sink
         # -o names the file to write: an existing one is replaced once the export is done (a live
-        # session never overwrites another's file, so the sink writes beside it first).
+        # session never overwrites another's file, so the sink writes beside it first), unless the
+        # sink merges into the file at its path (Sink.merges).
         from flowtap.paths import expand_path
 
         target = expand_path(args.output, session)
-        scratch = target.with_name(f".{target.name}.export-{os.getpid()}") if target.is_file() else target
+        in_place = getattr(entry.factory, "merges", False) or not target.is_file()
+        scratch = target if in_place else target.with_name(f".{target.name}.export-{os.getpid()}")
         if scratch != target:
             scratch = scratch.with_name(scratch.name + "".join(target.suffixes[-2:]))
         _table(raw, entry.table)["path"] = str(scratch)
