@@ -22,7 +22,9 @@ also turns a position holding words into a parameter once :data:`MANY`
 distinct words there are followed by the same segment (``/repos/alice/
 settings``, ``/repos/bob/settings``... → ``/repos/{repo}/settings``), or
 all end the path there, or once a position holds :data:`MOST` words
-whatever follows. A word beside a parameter of identifiers stays literal
+whatever follows. From then on a new word there is a value of that
+parameter, and so is an earlier word followed by what follows the
+parameter. A word beside a parameter of identifiers stays literal
 (``/users/me`` beside ``/users/{userId}``).
 """
 
@@ -300,18 +302,29 @@ def _ancestors(node: Node) -> Iterator[Node]:
 def _crowd(parent: Node) -> list[str]:
     """The names of ``parent``'s literal children to fold into a parameter (none: an empty list)."""
     words = [name for name, child in parent.literals.items() if not child.fixed]
+    if parent.param is not None and "word" in parent.param.kinds:  # words were folded here before
+        shared = _following(parent.param)
+        joining = [name for name in words if _following(parent.literals[name]) & shared]
+        if joining:
+            return joining
     if len(words) < MANY:
         return []
     if len(words) >= MOST:
         return words
     groups: dict[str | None, list[str]] = {}
     for name in words:
-        child = parent.literals[name]
-        following: list[str | None] = [*child.literals, *(["{}"] if child.param is not None else [])]
-        for key in following or [None]:  # None: the path ends there
+        for key in _following(parent.literals[name]):
             groups.setdefault(key, []).append(name)
     best = max(groups.values(), key=len, default=[])
     return best if len(best) >= MANY else []
+
+
+def _following(node: Node) -> set[str | None]:
+    """The segments that follow ``node`` (``{}`` for a parameter); {None} when the path ends there."""
+    following: set[str | None] = {*node.literals, *(["{}"] if node.param is not None else [])}
+    if node.payload is not None or not following:
+        following.add(None)
+    return following
 
 
 def _follow(target: Node, leaf: Node, moved: Node) -> Node:

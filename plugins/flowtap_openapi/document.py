@@ -6,7 +6,8 @@ keeps its comments, key order and quoting where flowtap did not change it.
 :func:`update` folds what flowtap generated into the document read from
 disk, so that what a person wrote survives: keys flowtap never writes stay
 (``tags``, ``x-…``, ``externalDocs``...); ``description``, ``summary``,
-``operationId``, ``title``, ``version`` and ``example`` are written only
+``operationId``, ``title``, ``version``, ``example`` and the ``openapi``
+version are written only
 where there are none; parameters are matched by ``in`` and ``name``,
 servers by ``url``. In a schema, the keywords flowtap infers
 (:data:`~flowtap_openapi.schema.OWNED`) are replaced, the others kept.
@@ -26,7 +27,7 @@ from flowtap.paths import atomic_writer
 from flowtap_openapi.schema import OWNED
 
 #: Written only where the document has none: what people write by hand.
-KEEP = frozenset({"description", "summary", "operationId", "title", "version", "example"})
+KEEP = frozenset({"openapi", "description", "summary", "operationId", "title", "version", "example"})
 _SCHEMA_KEYS = ("schema", "items", "additionalProperties")
 
 
