@@ -19,8 +19,8 @@ def flowtap_config_options(declare):
         Option("name", str, "", "The collection's name; default: the session name."),
         Option("organize", str, "none",
                "Folders: none, domain (one per host), endpoint (one per method and path, e.g. "
-               "GET /users/:userId, numeric and UUID path segments becoming path variables) or "
-               "domain+endpoint (endpoints within hosts).",
+               "GET /users/:userId, identifier path segments (numbers, UUIDs, dates, hashes) becoming path "
+               "variables) or domain+endpoint (endpoints within hosts).",
                choices=("none", "domain", "endpoint", "domain+endpoint")),
         Option("save_responses", bool, True,
                "Save each response as an example (never image, audio or video bodies, as in Postman)."),
