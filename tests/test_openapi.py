@@ -62,6 +62,11 @@ def test_many_words_sharing_what_follows_become_a_parameter():
     assert endpoints(tree) == {"/repos/new": 1, "/repos/{repo}/hooks": 1, "/repos/{repo}/settings": 9}
     node, values = tree.add("/repos/someone-else/settings")
     assert (node.path(), values) == ("/repos/{repo}/settings", [("repo", "someone-else")])
+    # Collections side by side are no values: a word followed by identifiers names one.
+    resources = ["users", "orders", "products", "invoices", "carts", "reviews", "teams", "projects", "tags"]
+    api = learn(*(f"/v1/{name}" for name in resources), *(f"/v1/{name}/7" for name in resources),
+                *(f"/v1/{name}/7/events" for name in resources))
+    assert len(endpoints(api)) == 27 and "/v1/users/{userId}/events" in endpoints(api)
     # A few words are endpoints of their own; so are words that lead to different places.
     few = learn("/docs/intro", "/docs/install", "/docs/usage", "/a/x/one", "/a/y/two", "/a/z/three")
     assert set(endpoints(few)) == {"/docs/intro", "/docs/install", "/docs/usage", "/a/x/one", "/a/y/two",

@@ -21,15 +21,18 @@ one at a time, in memory bounded by the API rather than by the traffic: it
 also turns a position holding words into a parameter once :data:`MANY`
 distinct words there are followed by the same segment (``/repos/alice/
 settings``, ``/repos/bob/settings``... → ``/repos/{repo}/settings``), or
-all end the path there, or once a position holds :data:`MOST` words
-whatever follows. From then on a new word there is a value of that
-parameter, and so is an earlier word followed by what follows the
-parameter. A word beside a parameter of identifiers stays literal
-(``/users/me`` beside ``/users/{userId}``).
+once it holds :data:`MOST` words whatever follows. From then on a new word
+there is a value of that parameter, and so is an earlier word followed by
+a segment that follows the parameter. A word followed by identifiers names
+a collection and stays literal (``/v1/users/{userId}``,
+``/v1/orders/{orderId}``... are never ``/v1/{v1}/...``), and so does a word
+beside a parameter of identifiers (``/users/me`` beside
+``/users/{userId}``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -60,6 +63,7 @@ def camel(name: str, default: str = "value") -> str:
     return words[0] + "".join(w.capitalize() for w in words[1:])
 
 
+@functools.lru_cache(maxsize=4096)  # the same words, over and over
 def kind(segment: str) -> str | None:
     """What identifier a path segment is: "integer", "uuid", "date", "hex" or "token"; None for a word."""
     for name, pattern in (("integer", _NUMBER), ("uuid", _UUID), ("date", _DATE), ("hex", _HEX),
@@ -201,7 +205,8 @@ class EndpointTree:
         node, values, created = self.root, [], False
         names: set[str] = set()
         trimmed = path.split("?", 1)[0].strip("/")
-        segments = [unquote(s) for s in trimmed.split("/")] if trimmed else []
+        segments = (trimmed.split("/") if "%" not in trimmed else [unquote(s) for s in trimmed.split("/")]
+                    ) if trimmed else []
         for i, segment in enumerate(segments):
             what = kind(segment)
             child = node.literals.get(segment) if what is None else None
@@ -300,31 +305,30 @@ def _ancestors(node: Node) -> Iterator[Node]:
 
 
 def _crowd(parent: Node) -> list[str]:
-    """The names of ``parent``'s literal children to fold into a parameter (none: an empty list)."""
-    words = [name for name, child in parent.literals.items() if not child.fixed]
+    """The names of ``parent``'s literal children to fold into a parameter (none: an empty list).
+
+    A word followed by identifiers (``users`` in ``/v1/users/{userId}``) names a collection:
+    it is never a value, however many such collections sit side by side.
+    """
+    words = [name for name, child in parent.literals.items() if not child.fixed and not _collection(child)]
     if parent.param is not None and "word" in parent.param.kinds:  # words were folded here before
-        shared = _following(parent.param)
-        joining = [name for name in words if _following(parent.literals[name]) & shared]
+        shared = set(parent.param.literals)
+        joining = [name for name in words if shared & parent.literals[name].literals.keys()]
         if joining:
             return joining
-    if len(words) < MANY:
-        return []
     if len(words) >= MOST:
         return words
-    groups: dict[str | None, list[str]] = {}
+    groups: dict[str, list[str]] = {}
     for name in words:
-        for key in _following(parent.literals[name]):
+        for key in parent.literals[name].literals:
             groups.setdefault(key, []).append(name)
     best = max(groups.values(), key=len, default=[])
     return best if len(best) >= MANY else []
 
 
-def _following(node: Node) -> set[str | None]:
-    """The segments that follow ``node`` (``{}`` for a parameter); {None} when the path ends there."""
-    following: set[str | None] = {*node.literals, *(["{}"] if node.param is not None else [])}
-    if node.payload is not None or not following:
-        following.add(None)
-    return following
+def _collection(node: Node) -> bool:
+    """Whether identifiers follow ``node`` (a parameter that took no words)."""
+    return node.param is not None and "word" not in node.param.kinds
 
 
 def _follow(target: Node, leaf: Node, moved: Node) -> Node:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from http import HTTPStatus
 from typing import Any
@@ -157,12 +158,11 @@ class Operation:
         request, response = flow.request, flow.response
         assert response is not None
         self.count += 1
-        used, secrets = _security(request, schemes)
+        query = request.query
+        used, secrets = _security(request, query, schemes)
         self.security.add(used)
-        self._parameters(self.query, (pair for pair in request.query if not is_secret(pair[0])), MAX_QUERY)
-        headers = ((name.lower(), value) for name, value in request.headers
-                   if name.lower().startswith("x-") and not name.lower().startswith(_STANDARD_PREFIXES)
-                   and not is_secret(name))
+        self._parameters(self.query, (pair for pair in query if not is_secret(pair[0])), MAX_QUERY)
+        headers = ((name.lower(), value) for name, value in request.headers if _role(name) == "parameter")
         self._parameters(self.headers, headers, MAX_HEADERS)
         if request.body:
             self.with_body += 1
@@ -282,40 +282,63 @@ def _reason(status: str) -> str:
         return f"Status {status}"
 
 
-def _security(request: Request, schemes: dict[str, dict[str, Any]]) -> tuple[Security, set[str]]:
+_BEARER = {"type": "http", "scheme": "bearer"}
+_BASIC = {"type": "http", "scheme": "basic"}
+
+
+def _security(request: Request, query: list[tuple[str, str]],
+              schemes: dict[str, dict[str, Any]]) -> tuple[Security, set[str]]:
     """The security schemes ``request`` used (added to ``schemes``), and the credentials it sent."""
-    used: set[str] = set()
+    used: dict[str, dict[str, Any]] = {}  # scheme name → definition
     secrets: set[str] = set()
-
-    def scheme(name: str, definition: dict[str, Any], *values: str) -> None:
-        schemes.setdefault(name, definition)
-        used.add(name)
-        secrets.update(value for value in values if len(value) >= 4)
-
     for name, value in request.headers:
-        lower = name.lower()
-        if lower == "authorization":
+        role = _role(name)
+        if role is None or role == "parameter":
+            continue
+        if role == "authorization":
             kind, _, credential = value.strip().partition(" ")
-            if kind.lower() == "bearer":
-                scheme("bearerAuth", {"type": "http", "scheme": "bearer"}, credential, value)
-            elif kind.lower() == "basic":
-                scheme("basicAuth", {"type": "http", "scheme": "basic"}, credential, value,
-                       _password(credential.strip()))
+            kind = kind.lower()
+            if kind == "bearer":
+                used["bearerAuth"] = _BEARER
+            elif kind == "basic":
+                used["basicAuth"] = _BASIC
+                secrets.add(_password(credential.strip()))
             else:
-                scheme("authorization", {"type": "apiKey", "in": "header", "name": name}, value, credential)
-        elif lower == "cookie":
+                used["authorization"] = {"type": "apiKey", "in": "header", "name": name}
+            secrets.update((value, credential))
+        elif role == "cookie":
             for cookie, secret in request.cookies:
                 if is_secret(cookie):
-                    scheme(camel(cookie, "session") + "Cookie",
-                           {"type": "apiKey", "in": "cookie", "name": cookie}, secret)
-        elif lower not in ("proxy-authorization", "set-cookie") and is_secret(name):
-            scheme(camel(name, "apiKey"), {"type": "apiKey", "in": "header", "name": name}, value)
-        elif lower == "proxy-authorization":
+                    used[camel(cookie, "session") + "Cookie"] = {"type": "apiKey", "in": "cookie",
+                                                                 "name": cookie}
+                    secrets.add(secret)
+        elif role == "credential":
+            used[camel(name, "apiKey")] = {"type": "apiKey", "in": "header", "name": name}
             secrets.add(value)
-    for name, value in request.query:
+        else:  # a proxy's credentials: no scheme of the API's, but never written either
+            secrets.add(value)
+    for name, value in query:
         if is_secret(name):
-            scheme(camel(name, "apiKey") + "Query", {"type": "apiKey", "in": "query", "name": name}, value)
-    return tuple(sorted(used)), secrets
+            used[camel(name, "apiKey") + "Query"] = {"type": "apiKey", "in": "query", "name": name}
+            secrets.add(value)
+    for name, definition in used.items():
+        if name not in schemes:
+            schemes[name] = definition
+    return tuple(sorted(used)), {secret for secret in secrets if len(secret) >= 4}
+
+
+@functools.lru_cache(maxsize=1024)  # the same few header names, over and over
+def _role(name: str) -> str | None:
+    """What a request header is to the description: "authorization", "cookie", "proxy" (its
+    credentials), "credential" (an API key), "parameter" (an ``X-…`` header), or None (left out)."""
+    lower = name.lower()
+    if lower in ("authorization", "cookie"):
+        return lower
+    if lower == "proxy-authorization":
+        return "proxy"
+    if is_secret(name):
+        return "credential" if lower != "set-cookie" else None
+    return "parameter" if lower.startswith("x-") and not lower.startswith(_STANDARD_PREFIXES) else None
 
 
 def _password(credential: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from typing import Any
 
 MAX_ENUM = 8
@@ -37,11 +38,12 @@ _FORMATS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ipv4", re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")),
 )
 _ALL_FORMATS = frozenset(name for name, _ in _FORMATS)
+_PATTERNS = dict(_FORMATS)
 
 
-def formats_of(text: str) -> set[str]:
-    """The formats ``text`` is valid in."""
-    found = {name for name, pattern in _FORMATS if pattern.match(text)}
+def formats_of(text: str, candidates: Iterable[str] = _ALL_FORMATS) -> set[str]:
+    """The formats among ``candidates`` that ``text`` is valid in."""
+    found = {name for name in candidates if _PATTERNS[name].match(text)}
     if "ipv4" in found:
         try:
             ipaddress.IPv4Address(text)
@@ -50,20 +52,9 @@ def formats_of(text: str) -> set[str]:
     return found
 
 
-def _type_of(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+#: The JSON type of each Python type json.loads makes.
+_TYPES: dict[type, str] = {dict: "object", list: "array", str: "string", int: "integer", float: "number",
+                           bool: "boolean", type(None): "null"}
 
 
 class Shape:
@@ -87,15 +78,16 @@ class Shape:
 
     def add(self, value: Any) -> None:
         """Learn from one more value."""
-        kind = _type_of(value)
+        kind = _TYPES.get(type(value), "object")
         self.types.add(kind)
         if kind == "string":
             self._add_string(value)
         elif kind == "object":
             self._add_object(value)
         elif kind == "array":
-            items = self.items if self.items is not None else Shape()
-            self.items = items
+            items = self.items
+            if items is None:
+                items = self.items = Shape()
             for item in value:
                 items.add(item)
 
@@ -104,7 +96,7 @@ class Shape:
         if self.formats is None:
             self.formats = formats_of(text)
         elif self.formats:
-            self.formats &= formats_of(text)
+            self.formats = formats_of(text, self.formats)
         if self.values is not None and text not in self.values:
             self.values.add(text)
             if len(self.values) > MAX_ENUM or len(text) > 40:
@@ -112,23 +104,32 @@ class Shape:
 
     def _add_object(self, value: dict[str, Any]) -> None:
         self.objects += 1
-        if self.additional is None and len(self.properties.keys() | value.keys()) > MAX_PROPERTIES:
-            self.additional = Shape()
-            for known in self.properties.values():
-                self.additional.merge(known)
-            self.properties.clear()
-            self.present.clear()
         if self.additional is not None:
             for item in value.values():
                 self.additional.add(item)
             return
+        properties, present = self.properties, self.present
+        crowded = len(properties) + len(value) > MAX_PROPERTIES
+        if crowded and len(properties.keys() | value.keys()) > MAX_PROPERTIES:
+            self._to_map(value)  # a map, keyed by values: its values share one shape
+            return
         for key, item in value.items():
-            shape = self.properties.get(key)
+            shape = properties.get(key)
             if shape is None:
-                shape = self.properties[key] = Shape()
-                self.present[key] = 0
-            self.present[key] += 1
+                shape = properties[key] = Shape()
+                present[key] = 0
+            present[key] += 1
             shape.add(item)
+
+    def _to_map(self, value: dict[str, Any]) -> None:
+        """Turn the object shape into a map's (when it has too many keys), ``value`` learnt."""
+        additional = self.additional = Shape()
+        for known in self.properties.values():
+            additional.merge(known)
+        self.properties.clear()
+        self.present.clear()
+        for item in value.values():
+            additional.add(item)
 
     def merge(self, other: Shape) -> Shape:
         """Learn everything ``other`` learnt (two endpoints became one); returns self."""

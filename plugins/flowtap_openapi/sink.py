@@ -15,9 +15,10 @@ and when the session ends.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import flowtap
@@ -134,7 +135,7 @@ class OpenAPISink(flowtap.Sink):
             self.counts["origins"] += 1
             return
         path = request.path.split("?", 1)[0]
-        if not self.assets and (PurePosixPath(path).suffix.lower() in _ASSET_EXTENSIONS
+        if not self.assets and (_extension(path) in _ASSET_EXTENSIONS
                                 or response.content_type.startswith(_ASSET_TYPES)):
             self.counts["assets"] += 1
             return
@@ -184,7 +185,8 @@ class OpenAPISink(flowtap.Sink):
         self._dirty = False
         began = time.monotonic()
         try:
-            document.update(self.doc, self.generated())
+            # Through JSON: no part shared by two places (YAML would write anchors and aliases).
+            document.update(self.doc, json.loads(json.dumps(self.generated())))
             document.dump(self.path, self.doc)
         except OSError as exc:  # still dirty: the next flush schedules another try
             self._dirty = True
@@ -215,6 +217,12 @@ class OpenAPISink(flowtap.Sink):
         if self.schemes:
             doc["components"] = {"securitySchemes": self.schemes}
         return doc
+
+
+def _extension(path: str) -> str:
+    """``.js`` for ``/static/app.js``, lower-cased; "" when the last segment has none."""
+    name = path.rpartition("/")[2]
+    return "." + name.rpartition(".")[2].lower() if "." in name.strip(".") else ""
 
 
 def _origin(request: flowtap.Request) -> str:
