@@ -7,8 +7,10 @@
    resources: list, get by id, create, delete, nested events with a query; JSON bodies
    whose values vary) is exported with ``flowtap export --sink openapi`` in a fresh
    process: wall time, CPU time and the process's peak RSS. Then the sink alone, fed the
-   same flows in this process: µs of CPU per flow, and the memory its state holds after
-   the last flow (tracemalloc), which must not grow with the count.
+   same flows in this process: µs of CPU per flow, and the memory it holds (tracemalloc)
+   after a tenth of the flows and after all of them, which must be about the same once
+   flowtap's bounded caches (segment kinds: 4,096; split URLs: 1,024) have filled, in the
+   first few thousand flows.
 2. Live (needs ``hey`` and ``nginx``): ``flowtap run`` with the proxy and no store, with
    and without ``[sinks.openapi]``, ``hey -c 20`` through it to nginx (small JSON); the
    flowtap process's CPU per request, best of ``--reps`` alternated runs each. The issue
@@ -35,7 +37,8 @@ from flowtap.session import Session
 from flowtap.store.sink import StoreSink
 from flowtap.testing import make_flow
 
-from proxy import BIN, cpu_seconds, flowtap_env, free_port, hey, start_nginx, wait_port  # beside this script
+# benchmarks/proxy.py, beside this script
+from proxy import BIN, BODY, cpu_seconds, flowtap_env, free_port, hey, start_nginx, wait_port
 
 RESOURCES = ("users", "orders", "products", "invoices", "carts", "reviews", "shipments", "coupons", "teams",
              "projects")
@@ -109,7 +112,8 @@ def export(tmp: Path, count: int) -> dict[str, float]:
 
 
 def sink_alone(tmp: Path, count: int) -> dict[str, float]:
-    """The sink fed ``count`` flows on this thread: µs CPU per flow; KiB its state holds at the end."""
+    """The sink fed ``count`` flows on this thread: µs CPU per flow, and the KiB it holds (tracemalloc)
+    after a tenth of them and after all: the second must not be larger than the first."""
     from flowtap_openapi.sink import OpenAPISink
 
     options = {"path": str(tmp / f"alone-{count}.yaml"), "title": "", "origins": [], "assets": False}
@@ -121,15 +125,17 @@ def sink_alone(tmp: Path, count: int) -> dict[str, float]:
         sink.write(batch[number % len(batch)])
     cpu = time.process_time() - began
     del batch
-    tracemalloc.start()
     sink = OpenAPISink(options)
     sink.open(Session(name="alone"))
-    for flow in flows(count):
+    held = []
+    tracemalloc.start()
+    for number, flow in enumerate(flows(count), 1):
         sink.write(flow)
-    held = tracemalloc.get_traced_memory()[0]  # the sink's state, and the one flow being made
+        if number in (count // 10, count):
+            held.append(tracemalloc.get_traced_memory()[0] / 1024)  # the sink's state (and one flow)
     tracemalloc.stop()
     sink.close()
-    return {"us": cpu / count * 1e6, "kib": held / 1024}
+    return {"us": cpu / count * 1e6, "tenth": held[0], "kib": held[-1]}
 
 
 def live(tmp: Path, requests: int, reps: int) -> None:
@@ -151,6 +157,26 @@ def live(tmp: Path, requests: int, reps: int) -> None:
         print(f"live, {label:7} the sink: {min(values):5.2f} ms CPU/request (best of {reps}; all: "
               f"{', '.join(f'{v:.2f}' for v in values)})")
     print(f"live: the sink adds {100 * (with_ / without - 1):+.1f}% CPU per request (target: at most +5%)")
+    alone = live_flow_cost(tmp)
+    print(f"live, the sink alone on the same flow: {alone:.1f} µs CPU per flow = {alone / 10 / without:.1f}% "
+          f"of the proxy's CPU per request without it (steadier than the difference above on a busy machine)")
+
+
+def live_flow_cost(tmp: Path, count: int = 20_000) -> float:
+    """µs of CPU the sink spends on the flow the live runs make (nginx's small JSON), on this thread."""
+    from flowtap_openapi.sink import OpenAPISink
+
+    sink = OpenAPISink({"path": str(tmp / "small.yaml"), "title": "", "origins": [], "assets": False})
+    sink.open(Session(name="small"))
+    batch = [make_flow(url="http://127.0.0.1:8080/v1/users/42", response_body=BODY,
+                       request_headers=[("Host", "127.0.0.1:8080"), ("User-Agent", "hey/0.0.1")],
+                       response_headers=[("Content-Type", "application/json"),
+                                         ("Set-Cookie", "visit=1; Path=/")])
+             for _ in range(count)]
+    began = time.process_time()
+    for flow in batch:
+        sink.write(flow)
+    return (time.process_time() - began) / count * 1e6
 
 
 def run_proxy(tmp: Path, upstream: int, requests: int, with_sink: bool, tag: str) -> float:
@@ -185,12 +211,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="flowtap-bench-openapi-") as name:
         tmp = Path(name)
         print(f"{'flows':>8} {'export s':>9} {'CPU s':>7} {'peak RSS MiB':>13} {'paths':>6} "
-              f"{'sink µs/flow':>13} {'sink state KiB':>15}")
+              f"{'sink µs/flow':>13} {'sink KiB at 10%':>16} {'at 100%':>8}")
         for count in args.flows:
             done, alone = export(tmp, count), sink_alone(tmp, count)
             print(f"{count:8} {done['wall']:9.2f} {done['cpu']:7.2f} {done['rss']:13.0f} {done['paths']:6.0f}"
                   " "
-                  f"{alone['us']:13.1f} {alone['kib']:15.0f}")
+                  f"{alone['us']:13.1f} {alone['tenth']:16.0f} {alone['kib']:8.0f}")
         if not args.skip_proxy:
             live(tmp, args.requests, args.reps)
 

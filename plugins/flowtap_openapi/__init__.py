@@ -30,8 +30,9 @@ def flowtap_config_options(declare):
                "The OpenAPI 3.1 description to write: YAML, or JSON when the name ends in .json. A file "
                "already there is merged with what this session saw (paths and operations added, schemas "
                "widened; descriptions, summaries, operationIds, parameter names and comments kept), never "
-               "overwritten. Rewritten atomically at most once a second while flows arrive, and when the "
-               "session ends. {session} and {date} are replaced as in the other sinks' paths."),
+               "overwritten. Rewritten atomically when it changed: at most once a second while flows "
+               "arrive (less often as it grows), and when the session ends. {session} and {date} are "
+               "replaced as in the other sinks' paths."),
         Option("title", str, "", "info.title of a new description; default: \"API seen by flowtap\"."),
         Option("origins", list, [],
                "Describe only these origins: \"https://api.example.com\", \"http://127.0.0.1:8080\", "

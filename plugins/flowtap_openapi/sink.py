@@ -8,9 +8,10 @@ counts, security schemes, one example per status). No body is kept.
 
 The description is rebuilt from that summary and folded into the document
 read from ``path`` at :meth:`open` (:func:`flowtap_openapi.document.update`),
-then written whole and atomically: at most once a second while flows
-arrive (less often as rewrites take longer, as the collection sink does),
-and when the session ends.
+then written whole and atomically when it changed: at most once a second
+while flows arrive, and less often as rewrites take longer (so that they
+take at most 1/:data:`BUDGET` of the sink's time), and when the session
+ends.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ log = logging.getLogger("flowtap.openapi")
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 #: Seconds between rewrites while flows keep arriving (at least).
 INTERVAL = 1.0
-#: The next rewrite waits this many times as long as the last one took.
-BUDGET = 20
+#: The next rewrite waits this many times as long as the last one took (YAML's round trip is slow:
+#: a third of a second for 50 operations).
+BUDGET = 50
 #: Origins remembered per endpoint (for path-level ``servers``).
 MAX_ORIGINS = 16
 _ASSET_EXTENSIONS = frozenset({".js", ".mjs", ".css", ".map", ".png", ".jpg", ".jpeg", ".gif", ".webp",
@@ -79,6 +81,7 @@ class OpenAPISink(flowtap.Sink):
         self._text = ""  # the file as open() found it
         self._timer: Timer | None = None
         self._next = 0.0
+        self._written: str | None = None  # the description last written, as generated (JSON)
         self._reset({})
 
     def _reset(self, doc: dict[str, Any]) -> None:
@@ -185,9 +188,13 @@ class OpenAPISink(flowtap.Sink):
         self._dirty = False
         began = time.monotonic()
         try:
+            text = json.dumps(self.generated())
+            if text == self._written:  # the flows since the last write changed nothing in it
+                return
             # Through JSON: no part shared by two places (YAML would write anchors and aliases).
-            document.update(self.doc, json.loads(json.dumps(self.generated())))
+            document.update(self.doc, json.loads(text))
             document.dump(self.path, self.doc)
+            self._written = text
         except OSError as exc:  # still dirty: the next flush schedules another try
             self._dirty = True
             raise flowtap.SinkFailed(f"{self.path}: cannot write the OpenAPI description: "
