@@ -212,6 +212,8 @@ def test_the_sink_leaves_out_failed_flows_assets_and_other_origins(tmp_path, cap
                   response_body=b"\x89PNG"),
         make_flow(url="https://cdn.other.net/v1/things"),
         make_flow(url="https://eu.api.example.com:8443/v1/items/3"),
+        make_flow(url="https://eu.api.example.com:8443/v1/regions?limit=5", request_headers=[
+            ("X-Client-Version", "2.1"), ("X-Forwarded-For", "10.0.0.1"), ("X-Auth-Token", "t0k3n-9z")]),
     ]
     caplog.set_level("INFO", logger="flowtap.openapi")
     config = openapi_config(out, origins=["https://api.example.com", "*.api.example.com"])
@@ -220,9 +222,17 @@ def test_the_sink_leaves_out_failed_flows_assets_and_other_origins(tmp_path, cap
         cap.end()
     doc = json.loads(out.read_text())
     validate(doc)
-    assert list(doc["paths"]) == ["/v1/items/{itemId}"]
+    assert list(doc["paths"]) == ["/v1/items/{itemId}", "/v1/regions"]
     assert doc["servers"] == [{"url": "https://api.example.com"}, {"url": "https://eu.api.example.com:8443"}]
-    assert "described 2 flows; left out: 1 failed (no response), 2 static assets (assets = false), " \
+    regions = doc["paths"]["/v1/regions"]
+    assert regions["servers"] == [{"url": "https://eu.api.example.com:8443"}]  # served by one origin only
+    assert "servers" not in doc["paths"]["/v1/items/{itemId}"]
+    assert regions["get"]["parameters"] == [
+        {"name": "limit", "in": "query", "required": True, "schema": {"type": "integer"}},
+        {"name": "X-Client-Version", "in": "header", "required": True, "schema": {"type": "string"}}]
+    assert regions["get"]["security"] == [{"xAuthToken": []}]
+    assert "t0k3n-9z" not in out.read_text()
+    assert "described 3 flows; left out: 1 failed (no response), 2 static assets (assets = false), " \
            "1 of other origins" in caplog.text
 
 

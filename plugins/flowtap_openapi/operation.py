@@ -162,8 +162,8 @@ class Operation:
         used, secrets = _security(request, query, schemes)
         self.security.add(used)
         self._parameters(self.query, (pair for pair in query if not is_secret(pair[0])), MAX_QUERY)
-        headers = ((name.lower(), value) for name, value in request.headers if _role(name) == "parameter")
-        self._parameters(self.headers, headers, MAX_HEADERS)
+        headers = ((name, value) for name, value in request.headers if _role(name) == "parameter")
+        self._parameters(self.headers, headers, MAX_HEADERS, fold=True)
         if request.body:
             self.with_body += 1
             self._body(self.bodies, request, secrets)
@@ -171,17 +171,19 @@ class Operation:
         if response.body:
             self._body(content, response, secrets)
 
-    def _parameters(self, known: dict[str, Parameter], pairs: Any, limit: int) -> None:
+    def _parameters(self, known: dict[str, Parameter], pairs: Any, limit: int, fold: bool = False) -> None:
+        """Learn from ``(name, value)`` pairs; ``fold``: names in any case are one (headers)."""
         seen = set()
         for name, value in pairs:
-            parameter = known.get(name)
+            key = name.lower() if fold else name
+            parameter = known.get(key)
             if parameter is None:
                 if len(known) >= limit:
                     continue
-                parameter = known[name] = Parameter(name)
-            if name not in seen:
+                parameter = known[key] = Parameter(name)  # named as first seen
+            if key not in seen:
                 parameter.seen += 1
-                seen.add(name)
+                seen.add(key)
             parameter.shape.add(scalar(value))
 
     @staticmethod
@@ -246,7 +248,7 @@ class Operation:
             name = str(parameter.get("name", ""))
             known = op.query if parameter["in"] == "query" else op.headers
             key = name if parameter["in"] == "query" else name.lower()
-            loaded = known[key] = Parameter(key)
+            loaded = known[key] = Parameter(name)
             loaded.seen = 1 if parameter.get("required") else 0
             loaded.shape = Shape.from_schema(parameter.get("schema"))
         body = spec.get("requestBody")
