@@ -232,6 +232,9 @@ def test_the_sink_leaves_out_failed_flows_assets_and_other_origins(tmp_path, cap
         {"name": "X-Client-Version", "in": "header", "required": True, "schema": {"type": "string"}}]
     assert regions["get"]["security"] == [{"xAuthToken": []}]
     assert "t0k3n-9z" not in out.read_text()
+    origins = [make_flow(url=url).request.origin for url in (
+        "http://[::1]:8080/x", "https://API.example.com:443/", "http://h.test:80", "https://h.test:8443?q")]
+    assert origins == ["http://[::1]:8080", "https://api.example.com", "http://h.test", "https://h.test:8443"]
     assert "described 3 flows; left out: 1 failed (no response), 2 static assets (assets = false), " \
            "1 of other origins" in caplog.text
 

@@ -152,6 +152,17 @@ class Request(_Message):
         return port or _DEFAULT_PORTS.get(scheme)
 
     @property
+    def origin(self) -> str:
+        """``scheme://host[:port]``: the port left out when it is the scheme's default, IPv6 in brackets."""
+        try:
+            scheme, host, port, _, _ = _split(self.url)
+        except ValueError:
+            return ""
+        scheme = scheme or "http"
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}" + (f":{port}" if port and port != _DEFAULT_PORTS.get(scheme) else "")
+
+    @property
     def path(self) -> str:
         """The path and query string, as on the request line."""
         _, _, _, path, query = _split(self.url)

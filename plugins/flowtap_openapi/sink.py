@@ -144,7 +144,7 @@ class OpenAPISink(flowtap.Sink):
             return
         node, _ = self.tree.add(path)
         endpoint = node.payload = node.payload or Endpoint()
-        origin = _origin(request)
+        origin = request.origin
         if origin not in self.servers:
             self.servers.append(origin)
         if len(endpoint.origins) < MAX_ORIGINS:
@@ -230,13 +230,6 @@ def _extension(path: str) -> str:
     """``.js`` for ``/static/app.js``, lower-cased; "" when the last segment has none."""
     name = path.rpartition("/")[2]
     return "." + name.rpartition(".")[2].lower() if "." in name.strip(".") else ""
-
-
-def _origin(request: flowtap.Request) -> str:
-    host = f"[{request.host}]" if ":" in request.host else request.host
-    default = {"http": 80, "https": 443}.get(request.scheme)
-    port = request.port
-    return f"{request.scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
 def _matches(request: flowtap.Request, scheme: str | None, wildcard: str | None, host: str,
