@@ -17,7 +17,7 @@ from flowtap.endpoints import EndpointTree, kind
 from flowtap.testing import capture, make_flow
 from flowtap_openapi.document import update
 from flowtap_openapi.operation import scrub
-from flowtap_openapi.schema import MAX_PROPERTIES, Shape
+from flowtap_openapi.schema import MAX_DEPTH, MAX_PROPERTIES, Shape
 
 from clirun import flowtap as run_cli
 
@@ -138,6 +138,21 @@ def test_objects_with_too_many_keys_are_maps():
     shape.add({str(n): {"count": n} for n in range(MAX_PROPERTIES + 1)})
     assert shape.schema() == {"type": "object", "additionalProperties": {
         "type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"]}}
+
+
+def test_deep_values_are_described_by_their_type_below_a_depth():
+    deep: object = "leaf"
+    for _ in range(500):
+        deep = {"a": [deep]}
+    shape = Shape()
+    shape.add(deep)
+    schema, depth = shape.schema(), 0
+    while "properties" in schema or "items" in schema:
+        schema = schema["properties"]["a"] if "properties" in schema else schema["items"]
+        depth += 1
+    assert schema == {"type": "object"} and depth == MAX_DEPTH
+    with pytest.raises(RecursionError):  # no example, then: nobody reads one that deep
+        scrub(deep, set())
 
 
 def test_a_schema_read_back_is_widened_by_new_samples():

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl
 from flowtap import Flow, Request, Response
 from flowtap.credentials import is_secret
 from flowtap.endpoints import camel
-from flowtap_openapi.schema import Shape, parameter_schema, scalar
+from flowtap_openapi.schema import MAX_DEPTH, Shape, parameter_schema, scalar
 
 REDACTED = "REDACTED"
 #: Bodies longer than this give no example (the schema still learns from them).
@@ -79,7 +79,7 @@ class Body:
         if self.kind == "json":
             try:
                 value = json.loads(message.body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 return
         elif self.kind == "form":
             value = dict(parse_qsl(message.text(), keep_blank_values=True))
@@ -89,7 +89,10 @@ class Body:
             return
         self.shape.add(value)
         if example and self.example is None and len(message.body) <= MAX_EXAMPLE:
-            self.example = scrub(value, secrets)
+            try:
+                self.example = scrub(value, secrets)
+            except RecursionError:  # too deep to be an example worth reading (or to write)
+                pass
 
     def merge(self, other: Body) -> Body:
         self.shape.merge(other.shape)
@@ -351,13 +354,18 @@ def _password(credential: str) -> str:
         return ""
 
 
-def scrub(value: Any, secrets: set[str]) -> Any:
-    """``value`` with credentials replaced: values of keys named like one, and any text ``secrets`` holds."""
+def scrub(value: Any, secrets: set[str], depth: int = 0) -> Any:
+    """``value`` with credentials replaced: values of keys named like one, and any text ``secrets`` holds.
+
+    :raises RecursionError: ``value`` is nested deeper than :data:`MAX_DEPTH` (no example, then).
+    """
+    if depth > MAX_DEPTH and isinstance(value, (dict, list)):
+        raise RecursionError("too deep for an example")
     if isinstance(value, dict):
         return {key: _redacted(item) if is_secret(key) and not isinstance(item, (dict, list))
-                else scrub(item, secrets) for key, item in value.items()}
+                else scrub(item, secrets, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [scrub(item, secrets) for item in value]
+        return [scrub(item, secrets, depth + 1) for item in value]
     if isinstance(value, str):
         for secret in secrets:
             if secret in value:

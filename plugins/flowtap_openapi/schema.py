@@ -26,6 +26,8 @@ from typing import Any
 MAX_ENUM = 8
 ENUM_REPEATS = 2
 MAX_PROPERTIES = 100
+#: Values nested deeper than this are described by their type alone.
+MAX_DEPTH = 32
 #: The keywords a Shape writes; any other keyword of a schema is the user's.
 OWNED = frozenset({"type", "format", "enum", "required", "properties", "items", "additionalProperties"})
 
@@ -76,20 +78,22 @@ class Shape:
 
     # -- learning -------------------------------------------------------------------------------------
 
-    def add(self, value: Any) -> None:
-        """Learn from one more value."""
+    def add(self, value: Any, depth: int = 0) -> None:
+        """Learn from one more value (``depth``: how deep it lies; below :data:`MAX_DEPTH`, types only)."""
         kind = _TYPES.get(type(value), "object")
         self.types.add(kind)
         if kind == "string":
             self._add_string(value)
+        elif depth >= MAX_DEPTH:
+            return
         elif kind == "object":
-            self._add_object(value)
+            self._add_object(value, depth + 1)
         elif kind == "array":
             items = self.items
             if items is None:
                 items = self.items = Shape()
             for item in value:
-                items.add(item)
+                items.add(item, depth + 1)
 
     def _add_string(self, text: str) -> None:
         self.strings += 1
@@ -102,16 +106,16 @@ class Shape:
             if len(self.values) > MAX_ENUM or len(text) > 40:
                 self.values = None
 
-    def _add_object(self, value: dict[str, Any]) -> None:
+    def _add_object(self, value: dict[str, Any], depth: int) -> None:
         self.objects += 1
         if self.additional is not None:
             for item in value.values():
-                self.additional.add(item)
+                self.additional.add(item, depth)
             return
         properties, present = self.properties, self.present
         crowded = len(properties) + len(value) > MAX_PROPERTIES
         if crowded and len(properties.keys() | value.keys()) > MAX_PROPERTIES:
-            self._to_map(value)  # a map, keyed by values: its values share one shape
+            self._to_map(value, depth)  # a map, keyed by values: its values share one shape
             return
         for key, item in value.items():
             shape = properties.get(key)
@@ -119,9 +123,9 @@ class Shape:
                 shape = properties[key] = Shape()
                 present[key] = 0
             present[key] += 1
-            shape.add(item)
+            shape.add(item, depth)
 
-    def _to_map(self, value: dict[str, Any]) -> None:
+    def _to_map(self, value: dict[str, Any], depth: int) -> None:
         """Turn the object shape into a map's (when it has too many keys), ``value`` learnt."""
         additional = self.additional = Shape()
         for known in self.properties.values():
@@ -129,7 +133,7 @@ class Shape:
         self.properties.clear()
         self.present.clear()
         for item in value.values():
-            additional.add(item)
+            additional.add(item, depth)
 
     def merge(self, other: Shape) -> Shape:
         """Learn everything ``other`` learnt (two endpoints became one); returns self."""
