@@ -57,6 +57,7 @@ def formats_of(text: str, candidates: Iterable[str] = _ALL_FORMATS) -> set[str]:
 #: The JSON type of each Python type json.loads makes.
 _TYPES: dict[type, str] = {dict: "object", list: "array", str: "string", int: "integer", float: "number",
                            bool: "boolean", type(None): "null"}
+_SCALARS = {kind: name for kind, name in _TYPES.items() if name in ("integer", "number", "boolean", "null")}
 
 
 class Shape:
@@ -123,7 +124,11 @@ class Shape:
                 shape = properties[key] = Shape()
                 present[key] = 0
             present[key] += 1
-            shape.add(item, depth)
+            scalar = _SCALARS.get(type(item))
+            if scalar is None:
+                shape.add(item, depth)
+            else:  # a number, true, false or null: its type is all there is to learn (and the hot path)
+                shape.types.add(scalar)
 
     def _to_map(self, value: dict[str, Any], depth: int) -> None:
         """Turn the object shape into a map's (when it has too many keys), ``value`` learnt."""
