@@ -254,6 +254,19 @@ def test_the_sink_leaves_out_failed_flows_assets_and_other_origins(tmp_path, cap
            "1 of other origins" in caplog.text
 
 
+def test_odd_parts_of_a_hand_written_file_are_kept_as_they_are(tmp_path):
+    out = tmp_path / "api.yaml"
+    out.write_text("openapi: 3.1.0\ninfo: {title: Odd, version: '1'}\ncomponents: {securitySchemes: [x]}\n"
+                   "paths:\n  /a:\n    get:\n      parameters: {not: a list}\n      responses: [200]\n"
+                   "      requestBody: {content: text}\n  /b: just text\n")
+    with capture("openapi", config=openapi_config(out)) as cap:
+        cap.feed(make_flow(url="https://api.example.com/c"))
+        cap.end()
+    doc = YAML(typ="safe").load(out.read_text())
+    assert doc["paths"]["/b"] == "just text" and doc["paths"]["/a"]["get"]["parameters"] == {"not": "a list"}
+    assert "/c" in doc["paths"]
+
+
 def test_clear_forgets_the_session_but_not_the_file(tmp_path):
     out = tmp_path / "api.yaml"
     out.write_text("openapi: 3.1.0\ninfo: {title: Kept, version: '1'}\npaths:\n  /kept:\n    get:\n"
@@ -273,6 +286,7 @@ def test_clear_forgets_the_session_but_not_the_file(tmp_path):
      "expected an OpenAPI 3.1 document to merge with (openapi: 3.1.x), found openapi: 3.0.3"),
     ("openapi: [3.1\n", "not valid YAML, so it cannot be merged with this session"),
     ("- a list\n", "expected an OpenAPI document (a mapping), found"),
+    ("openapi: 3.1.0\npaths: [/a]\n", "paths: expected a mapping, found"),
 ])
 def test_a_file_that_cannot_be_merged_stops_the_start_with_its_name(tmp_path, text, message):
     out = tmp_path / "api.yaml"

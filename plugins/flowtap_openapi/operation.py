@@ -257,18 +257,23 @@ class Operation:
         body = spec.get("requestBody")
         if isinstance(body, dict):
             op.with_body = 1 if body.get("required") else 0
-            for media, content in (body.get("content") or {}).items():
+            for media, content in _mapping(body.get("content")).items():
                 op.bodies[str(media)] = Body.from_spec(str(media), content)
-        for status, response in (spec.get("responses") or {}).items():
+        for status, response in _mapping(spec.get("responses")).items():
             if str(status) == "default":
                 continue
             content = response.get("content") if isinstance(response, dict) else None
             op.responses[str(status)] = {str(media): Body.from_spec(str(media), value)
-                                         for media, value in (content or {}).items()}
+                                         for media, value in _mapping(content).items()}
         for requirement in spec.get("security") or []:
             if isinstance(requirement, dict):
                 op.security.add(tuple(sorted(map(str, requirement))))
         return op
+
+
+def _mapping(value: Any) -> dict[Any, Any]:
+    """``value`` if it is a mapping (as a hand-written document should have it there), else {}."""
+    return value if isinstance(value, dict) else {}
 
 
 def _merge_content(mine: dict[str, Body], theirs: dict[str, Body]) -> None:

@@ -98,8 +98,10 @@ class OpenAPISink(flowtap.Sink):
         for server in doc.get("servers") or []:
             if isinstance(server, dict) and isinstance(server.get("url"), str):
                 self.servers.append(server["url"].rstrip("/"))
-        schemes = (doc.get("components") or {}).get("securitySchemes") or {}
-        self.schemes.update({str(name): dict(scheme) for name, scheme in schemes.items()})
+        schemes = (doc.get("components") or {}).get("securitySchemes")
+        if isinstance(schemes, dict):
+            self.schemes.update({str(name): dict(scheme) for name, scheme in schemes.items()
+                                 if isinstance(scheme, dict)})
         for key, item in (doc.get("paths") or {}).items():
             if not isinstance(item, dict):
                 continue
