@@ -63,9 +63,9 @@ def parse(path: Path, text: str) -> dict[str, Any]:
     if doc and not version.startswith("3.1"):
         raise flowtap.SinkError(f"{path}: expected an OpenAPI 3.1 document to merge with (openapi: 3.1.x), "
                                 f"found openapi: {version or 'missing'}; convert it or choose another path")
-    for key, kind in (("info", dict), ("paths", dict), ("components", dict), ("servers", list)):
-        if doc.get(key) is not None and not isinstance(doc[key], kind):
-            expected = "a mapping" if kind is dict else "a list"
+    for key, container in (("info", dict), ("paths", dict), ("components", dict), ("servers", list)):
+        if doc.get(key) is not None and not isinstance(doc[key], container):
+            expected = "a mapping" if container is dict else "a list"
             raise flowtap.SinkError(f"{path}: {key}: expected {expected}, found {type(doc[key]).__name__}; "
                                     "fix it to merge this session into it")
     return doc
