@@ -7,6 +7,7 @@ test_openapi_e2e.py.)
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from openapi_spec_validator import validate
@@ -265,6 +266,20 @@ def test_odd_parts_of_a_hand_written_file_are_kept_as_they_are(tmp_path):
     doc = YAML(typ="safe").load(out.read_text())
     assert doc["paths"]["/b"] == "just text" and doc["paths"]["/a"]["get"]["parameters"] == {"not": "a list"}
     assert "/c" in doc["paths"]
+
+
+def test_the_description_is_written_while_the_session_runs(tmp_path):
+    out = tmp_path / "api.json"
+    with capture("openapi", config=openapi_config(out)) as cap:
+        cap.feed(make_flow(url="https://api.example.com/first"))
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:  # the first rewrite is due at once
+            time.sleep(0.05)
+        assert list(json.loads(out.read_text())["paths"]) == ["/first"]
+        cap.feed(make_flow(url="https://api.example.com/second"))
+        cap.end()  # due within a second; the end writes it at once
+    assert list(json.loads(out.read_text())["paths"]) == ["/first", "/second"]
+    assert not list(tmp_path.glob(".api.json.*"))  # no temporary file left behind
 
 
 def test_clear_forgets_the_session_but_not_the_file(tmp_path):
