@@ -18,7 +18,7 @@ from flowtap.endpoints import EndpointTree, kind
 from flowtap.testing import capture, make_flow
 from flowtap_openapi.document import update
 from flowtap_openapi.operation import scrub
-from flowtap_openapi.schema import MAX_DEPTH, MAX_PROPERTIES, Shape
+from flowtap_openapi.schema import MAX_DEPTH, MAX_PROPERTIES, Shape, formats_of
 
 from clirun import flowtap as run_cli
 
@@ -127,6 +127,12 @@ def test_schemas_merge_types_null_required_items_formats_and_enums():
     assert props["extra"] == {"type": "boolean"}
     assert schema["required"] == ["id", "day", "mail", "site", "ip", "uid", "state", "tags", "score",
                                   "parent"]
+    assert [sorted(formats_of(text)) for text in (
+        "2024-02-30", "2024-02-29", "2024-01-02T24:00:00Z", "2024-01-02 03:04:05Z",
+        "2024-01-02t03:04:05.5+01:00",
+        "https://a.example/x?q=1#f", "https://a.example/{x}", "http:/x", "255.255.255.255", "1.2.3.256",
+        "a@b.example", "550E8400-E29B-41D4-A716-446655440000")] == [
+        [], ["date"], [], [], ["date-time"], ["uri"], [], [], ["ipv4"], [], ["email"], ["uuid"]]
     # Distinct values seen once each are no closed set.
     names = Shape()
     for name in ("ann", "bob", "cy"):

@@ -41,7 +41,8 @@ def flowtap_config_options(declare):
                convert=check_origins),
         Option("assets", bool, False,
                "Describe static assets too (scripts, style sheets, images, fonts, media, HTML pages: by "
-               "extension or by the response's Content-Type). Off: they are left out and counted."),
+               "extension, or by the Content-Type of a response that is not an error). Off: they are left "
+               "out and counted."),
     )
 
 

@@ -16,7 +16,9 @@ What one flow teaches, in one place:
   them.
 - **Bodies**: per media type. JSON (``application/json``, ``…+json``) is
   summarised by a :class:`~flowtap_openapi.schema.Shape`; a form is an
-  object of strings; other text is a string; anything else binary. One
+  object of strings; text/plain and text/html are strings; other text and
+  binary bodies have no schema (any content, as OpenAPI 3.1 writes binary
+  content). One
   example per request media type and one per response status, from the
   first flow that had one, its credentials replaced by ``REDACTED``.
 """
@@ -49,13 +51,16 @@ Security = tuple[str, ...]
 
 
 def media_kind(media: str) -> str:
-    """How a body of media type ``media`` is described: "json", "form", "multipart", "text" or "binary"."""
+    """How a body of media type ``media`` is described: "json", "form", "multipart", "plain" (text
+    validators read as a string), "text" (other text) or "binary"."""
     if media == "application/json" or media.endswith(("+json", "/json")):
         return "json"
     if media == "application/x-www-form-urlencoded":
         return "form"
     if media.startswith("multipart/"):
         return "multipart"
+    if media in ("text/plain", "text/html"):
+        return "plain"
     if media.startswith("text/") or media.endswith(("+xml", "/xml", "/javascript", "/graphql")):
         return "text"
     return "binary"
@@ -83,11 +88,12 @@ class Body:
                 return
         elif self.kind == "form":
             value = dict(parse_qsl(message.text(), keep_blank_values=True))
-        elif self.kind == "text":
-            value = message.text()
+        elif self.kind in ("plain", "text"):
+            value = message.text()  # for the example: text has no shape to learn
         else:
             return
-        self.shape.add(value)
+        if self.kind in ("json", "form"):
+            self.shape.add(value)
         if example and self.example is None and len(message.body) <= MAX_EXAMPLE:
             try:
                 self.example = scrub(value, secrets)
@@ -101,17 +107,19 @@ class Body:
         return self
 
     def spec(self) -> dict[str, Any]:
-        """The media type object: ``schema`` and ``example``."""
-        schema: dict[str, Any]
+        """The media type object: ``schema`` and ``example``.
+
+        Binary bodies and text other than text/plain and text/html have no schema (any
+        content), as OpenAPI 3.1 writes binary content: validators such as openapi-core read
+        those bodies as bytes, which no ``type: string`` accepts.
+        """
+        out: dict[str, Any] = {}
         if self.kind in ("json", "form"):
-            schema = self.shape.schema()
+            out["schema"] = self.shape.schema()
         elif self.kind == "multipart":
-            schema = {"type": "object"}
-        elif self.kind == "text":
-            schema = {"type": "string"}
-        else:
-            schema = {"type": "string", "format": "binary"}
-        out: dict[str, Any] = {"schema": schema}
+            out["schema"] = {"type": "object"}
+        elif self.kind == "plain":
+            out["schema"] = {"type": "string"}
         if self.example is not None:
             out["example"] = self.example
         return out

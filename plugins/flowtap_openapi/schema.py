@@ -18,9 +18,10 @@ hold only while new strings match them.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MAX_ENUM = 8
@@ -32,11 +33,13 @@ MAX_DEPTH = 32
 OWNED = frozenset({"type", "format", "enum", "required", "properties", "items", "additionalProperties"})
 
 _FORMATS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("date-time", re.compile(r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")),
+    ("date-time", re.compile(r"^\d{4}-\d\d-\d\d[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?"
+                             r"([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$")),
     ("date", re.compile(r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")),
     ("uuid", re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)),
     ("email", re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")),
-    ("uri", re.compile(r"^[a-z][a-z0-9+.-]*://[^\s/?#]+[^\s]*$", re.I)),
+    ("uri", re.compile(r"^[a-z][a-z0-9+.-]*://[A-Za-z0-9._~%!$&'()*+,;=:@-]+(/[A-Za-z0-9._~%!$&'()*+,;=:@/?#-]*)?$",
+                       re.I)),
     ("ipv4", re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")),
 )
 _ALL_FORMATS = frozenset(name for name, _ in _FORMATS)
@@ -46,12 +49,25 @@ _PATTERNS = dict(_FORMATS)
 def formats_of(text: str, candidates: Iterable[str] = _ALL_FORMATS) -> set[str]:
     """The formats among ``candidates`` that ``text`` is valid in."""
     found = {name for name in candidates if _PATTERNS[name].match(text)}
-    if "ipv4" in found:
-        try:
-            ipaddress.IPv4Address(text)
-        except ValueError:
-            found.discard("ipv4")
+    for name, valid in _CHECKS.items():  # what a pattern cannot tell: February 30th, 999.1.1.1
+        if name in found and not valid(text):
+            found.discard(name)
     return found
+
+
+def _valid(parse: Callable[[str], object]) -> Callable[[str], bool]:
+    def valid(text: str) -> bool:
+        try:
+            parse(text)
+        except ValueError:
+            return False
+        return True
+    return valid
+
+
+_CHECKS = {"date": _valid(datetime.date.fromisoformat),
+           "date-time": _valid(lambda text: datetime.date.fromisoformat(text[:10])),
+           "ipv4": _valid(ipaddress.IPv4Address)}
 
 
 #: The JSON type of each Python type json.loads makes.

@@ -140,8 +140,8 @@ class OpenAPISink(flowtap.Sink):
             self.counts["origins"] += 1
             return
         path = request.path.split("?", 1)[0]
-        if not self.assets and (_extension(path) in _ASSET_EXTENSIONS
-                                or response.content_type.startswith(_ASSET_TYPES)):
+        if not self.assets and (_extension(path) in _ASSET_EXTENSIONS or (
+                response.status_code < 400 and response.content_type.startswith(_ASSET_TYPES))):
             self.counts["assets"] += 1
             return
         node, _ = self.tree.add(path)
