@@ -234,6 +234,8 @@ def test_the_sink_leaves_out_failed_flows_assets_and_other_origins(tmp_path, cap
                   response_body=b"\x89PNG"),
         make_flow(url="https://cdn.other.net/v1/things"),
         make_flow(url="https://eu.api.example.com:8443/v1/items/3"),
+        make_flow(url="https://api.example.com/v1/items/9", status=404, response_body="<h1>Not Found</h1>",
+                  response_headers=[("Content-Type", "text/html; charset=utf-8")]),  # an error page: no asset
         make_flow(url="https://eu.api.example.com:8443/v1/regions?limit=5", request_headers=[
             ("X-Client-Version", "2.1"), ("X-Forwarded-For", "10.0.0.1"), ("X-Auth-Token", "t0k3n-9z")]),
     ]
@@ -257,7 +259,10 @@ def test_the_sink_leaves_out_failed_flows_assets_and_other_origins(tmp_path, cap
     origins = [make_flow(url=url).request.origin for url in (
         "http://[::1]:8080/x", "https://API.example.com:443/", "http://h.test:80", "https://h.test:8443?q")]
     assert origins == ["http://[::1]:8080", "https://api.example.com", "http://h.test", "https://h.test:8443"]
-    assert "described 3 flows; left out: 1 failed (no response), 2 static assets (assets = false), " \
+    items = doc["paths"]["/v1/items/{itemId}"]["get"]["responses"]
+    assert items["404"]["content"] == {"text/html": {"schema": {"type": "string"},
+                                                     "example": "<h1>Not Found</h1>"}}
+    assert "described 4 flows; left out: 1 failed (no response), 2 static assets (assets = false), " \
            "1 of other origins" in caplog.text
 
 
