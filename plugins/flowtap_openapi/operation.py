@@ -33,6 +33,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
+
 from flowtap import Flow, Request, Response
 from flowtap.credentials import is_secret
 from flowtap.endpoints import camel
@@ -83,9 +85,12 @@ class Body:
         value: Any
         if self.kind == "json":
             try:
-                value = json.loads(message.body)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                return
+                value = orjson.loads(message.body)
+            except ValueError:  # not JSON, or what orjson refuses: integers beyond 64 bits, NaN
+                try:
+                    value = json.loads(message.body)
+                except (ValueError, UnicodeDecodeError, RecursionError):
+                    return
         elif self.kind == "form":
             value = dict(parse_qsl(message.text(), keep_blank_values=True))
         elif self.kind in ("plain", "text"):

@@ -16,11 +16,12 @@ ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 import flowtap
 from flowtap.endpoints import EndpointTree, Node
@@ -81,7 +82,7 @@ class OpenAPISink(flowtap.Sink):
         self._text = ""  # the file as open() found it
         self._timer: Timer | None = None
         self._next = 0.0
-        self._written: str | None = None  # the description last written, as generated (JSON)
+        self._written: bytes | None = None  # the description last written, as generated (JSON)
         self._reset({})
 
     def _reset(self, doc: dict[str, Any]) -> None:
@@ -190,11 +191,11 @@ class OpenAPISink(flowtap.Sink):
         self._dirty = False
         began = time.monotonic()
         try:
-            text = json.dumps(self.generated())
+            text = orjson.dumps(self.generated(), option=orjson.OPT_NON_STR_KEYS)
             if text == self._written:  # the flows since the last write changed nothing in it
                 return
             # Through JSON: no part shared by two places (YAML would write anchors and aliases).
-            document.update(self.doc, json.loads(text))
+            document.update(self.doc, orjson.loads(text))
             document.dump(self.path, self.doc)
             self._written = text
         except OSError as exc:  # still dirty: the next flush schedules another try
