@@ -24,3 +24,18 @@ def _in_tmp_dir(tmp_path, monkeypatch):
 
 def pytest_unconfigure(config):
     shutil.rmtree(_home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for the whole test session (tests/postgres.py); skips where none can start."""
+    from postgres import server
+
+    with server() as running:
+        yield running
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL of a new, empty database on :func:`pg_server`, for one test."""
+    return pg_server.database()
