@@ -250,7 +250,7 @@ def test_reading_never_changes_the_database(stored):
         list(store.flows("~b needle | ~d api"))
         store.sessions()
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            store._conn.execute("DELETE FROM flows")
+            store._db.conn.execute("DELETE FROM flows")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
 
 
@@ -281,18 +281,22 @@ def test_a_store_of_schema_version_1_is_read_as_it_is_and_upgraded_by_a_writer(t
     with capture(config=store_config(path)) as cap:
         cap.feed(make_flow(url="https://old.test/", id="0ld"))
     conn = sqlite3.connect(path)
-    # What version 1 had that version 2 dropped.
+    # What version 1 had that version 2 dropped, without what version 3 added.
     conn.executescript("CREATE INDEX flows_id ON flows(id); CREATE INDEX flows_time ON flows(time);"
+                       "ALTER TABLE sessions DROP COLUMN machine; ALTER TABLE sessions DROP COLUMN user_name;"
                        "PRAGMA user_version = 1;")
     conn.close()
     with flowtap.open_store(path) as store:
         assert store.flow("0ld").request.host == "old.test"
+        assert (store.session("last").machine, store.session("last").user) == ("", "")
     with capture(config=store_config(path)) as cap:
         cap.feed(make_flow(url="https://new.test/"))
     conn = sqlite3.connect(path)
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 3
     assert "flows_id" not in indexes and "flows_time" not in indexes and "flows_host" in indexes
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
+    assert {"machine", "user_name"} <= columns
 
 
 def test_bad_input_is_a_clear_error(stored, tmp_path):

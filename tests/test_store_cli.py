@@ -348,7 +348,7 @@ def test_kill_9_keeps_every_flow_recorded_a_second_before(tmp_path):
         proc.kill()
     path = data / "flowtap.db"
     with flowtap.open_store(path) as store:
-        assert store._conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert store._db.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         session = store.session("doomed")
         assert session.state == "interrupted"  # its process is gone
         stored = list(store.rows(session=session))

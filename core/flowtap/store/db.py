@@ -112,10 +112,19 @@ DROP INDEX IF EXISTS flows_id;
 DROP INDEX IF EXISTS flows_time;
 """
 
-#: version -> SQL that brings a database from the version before to it.
-MIGRATIONS: dict[int, str] = {1: SCHEMA_V1, 2: SCHEMA_V2}
+# A team store has many capture machines and people writing into it: each session says where it was
+# recorded and by whom ('' for sessions recorded before).
+SCHEMA_V3 = """
+ALTER TABLE sessions ADD COLUMN machine TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN user_name TEXT NOT NULL DEFAULT '';
+"""
+
+#: version -> SQL that brings a database from the version before to it. Written for SQLite; the
+#: PostgreSQL backend translates the types (store/backend_postgres.py).
+MIGRATIONS: dict[int, str] = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3}
 VERSION = max(MIGRATIONS)
-#: The oldest version a read-only connection reads as it is (the migrations since then only drop indexes).
+#: The oldest version a read-only connection reads as it is (since then: indexes dropped, and the
+#: columns machine and user_name, read as '' when missing).
 READS_FROM = 1
 
 FLOW_COLUMNS = ("seq", "id", "session", "time", "method", "scheme", "host", "host_header", "port", "path",
