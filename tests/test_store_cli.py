@@ -277,8 +277,8 @@ def test_rename_and_delete(recorded, capsys):
     assert code == 0 and f"deleted session 'breakfast' ({morning}) and its 5 flows" in out
     with flowtap.open_store(path) as s:
         assert [x.id for x in s.sessions()] == [evening] and s.count() == 1
-        assert s._conn.execute("SELECT count(*) FROM contents").fetchone()[0] == 1
-        assert s._conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        assert s._db.conn.execute("SELECT count(*) FROM contents").fetchone()[0] == 1
+        assert s._db.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
     assert not db.bodies_dir(path).joinpath(morning).exists()
 
 
