@@ -1,0 +1,389 @@
+"""The store sink for a PostgreSQL store: a local spool, delivered in order.
+
+Every flow is first committed to a local spool: an SQLite store of its own, one
+file per session under ``<data dir>/spool/<database>/``, written by the store
+sink's own code (:class:`flowtap.store.sink.StoreSink`), so capture never waits
+on the network. Every ``batch_interval`` a delivery on the sink's thread moves
+what the spool holds into PostgreSQL — sessions, events, flows in the order they
+were recorded, up to :data:`BATCH` flows a transaction, one pipelined
+``INSERT … ON CONFLICT (id) DO NOTHING`` per flow (no round trip each) — and
+then deletes it from the spool. A delivery that was committed in PostgreSQL but
+not yet removed from the spool (a crash in between) is delivered again and
+changes nothing: flows are idempotent on their id, events on their contents.
+
+When the database is unreachable or slow, flows wait in the spool (up to
+``[store] spool_limit`` bytes, then they are counted as lost); the sink says so
+once (``SinkFailed``, shown in the live view, ``ctl status`` and the summary),
+retries with a growing pause, and delivers everything when the database is back.
+A run that ends while the database is down leaves its spool; the next run, or
+``flowtap store sync``, delivers it. A spool a running capture holds is locked
+(``flock``) and left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowtap.api import SinkError, SinkFailed
+from flowtap.store import backend_postgres as pg, db
+from flowtap.store.db import StoreError
+from flowtap.store.reader import pid_alive
+from flowtap.store.sink import StoreSink
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from flowtap.config import Config
+    from flowtap.model import Flow
+    from flowtap.scheduler import Timer
+    from flowtap.session import Session
+
+log = logging.getLogger("flowtap")
+
+#: Flows delivered in one PostgreSQL transaction.
+BATCH = 1000
+#: Seconds between attempts to reach a database that is down: the first, and the most.
+RETRY_FIRST, RETRY_MOST = 0.5, 10.0
+#: What one spooled flow costs beyond its bodies (its row and JSON), for the spool's bound.
+ROW_BYTES = 1024
+
+SESSION_COLUMNS = ("id", "name", "started", "ended", "state", "pid", "recorded", "filtered", "paused",
+                   "received", "config", "machine", "user_name")
+_PG_FLOW_COLUMNS = [c for c in db.FLOW_COLUMNS if c != "seq"]
+INSERT_FLOW = (
+    f"WITH f AS (INSERT INTO flows ({', '.join(_PG_FLOW_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_PG_FLOW_COLUMNS))}) ON CONFLICT (id) DO NOTHING RETURNING seq) "
+    "INSERT INTO contents (seq, data, request_body, response_body) SELECT seq, %s, %s, %s FROM f")
+_UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in SESSION_COLUMNS[1:])
+UPSERT_SESSION = (f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES "
+                  f"({', '.join(['%s'] * len(SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
+UPDATE_SESSION = (f"UPDATE sessions SET {', '.join(f'{c} = %s' for c in SESSION_COLUMNS[1:])} WHERE id = %s")
+INSERT_EVENT = ("INSERT INTO events (session, time, kind, text) SELECT %s::text, %s::float8, %s::text, %s::text "
+                "WHERE NOT EXISTS (SELECT 1 FROM events WHERE session = %s AND time = %s AND kind = %s "
+                "AND text IS NOT DISTINCT FROM %s::text)")
+
+
+def spool_dir(url: str) -> Path:
+    """Where the spools for the database ``url`` are kept (one directory per database, password aside)."""
+    key = hashlib.sha256(pg.redact(url).encode()).hexdigest()[:16]
+    return db.data_dir() / "spool" / key
+
+
+# -- delivering ------------------------------------------------------------------------------------
+
+
+class Courier:
+    """Delivers spools into the PostgreSQL store at ``url`` over one connection (made when needed)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn: psycopg.Connection | None = None
+        self._sent: dict[str, tuple] = {}  # each session row as last delivered
+
+    def connect(self) -> psycopg.Connection:
+        """The connection, made (and the schema migrated) if need be. :raises StoreError: unreachable."""
+        if self.conn is None or self.conn.closed:
+            self.conn = pg.connect(self.url, write=True)
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+    def deliver(self, spool: sqlite3.Connection, path: Path) -> int:
+        """Move what the spool at ``path`` holds into the database, in order; how many flows.
+
+        Each batch is committed in PostgreSQL, then removed from the spool.
+
+        :raises StoreError: the database is unreachable or refused a batch (what was
+            delivered before stays delivered; the rest stays in the spool).
+        """
+        psycopg = pg.driver()
+        total = 0
+        try:
+            while True:
+                count, more = self._batch(spool, path)
+                total += count
+                if not more:
+                    return total
+        except psycopg.Error as exc:
+            self.close()  # a new connection next time: this one may be broken
+            raise pg.error(self.url, exc, "write") from None
+
+    def _batch(self, spool: sqlite3.Connection, path: Path) -> tuple[int, bool]:
+        """Deliver the events and up to :data:`BATCH` flows; how many flows, and whether more wait."""
+        columns = ", ".join(f"f.{c}" for c in db.FLOW_COLUMNS)
+        flows = spool.execute(f"SELECT {columns}, c.data, c.request_body, c.response_body FROM flows f "
+                              "JOIN contents c ON c.seq = f.seq ORDER BY f.seq LIMIT ?", (BATCH,)).fetchall()
+        events = spool.execute("SELECT rowid, session, time, kind, text FROM events ORDER BY rowid").fetchall()
+        sessions = spool.execute(
+            f"SELECT {', '.join(SESSION_COLUMNS)}, EXISTS (SELECT 1 FROM events e WHERE e.session = s.id) "
+            "FROM sessions s").fetchall()
+        changed = [s for s in sessions if self._sent.get(s[0]) != s[:-1]]
+        if not (flows or events or changed):
+            return 0, False
+        carried = {row[2] for row in flows}
+        rows = [self._flow(path, row) for row in flows]
+        conn = self.connect()
+        with conn.transaction():
+            for session in changed:
+                values, has_events = session[:-1], session[-1]
+                if values[9] or has_events or values[0] in carried:  # received, events, flows: worth keeping
+                    conn.execute(UPSERT_SESSION, values)
+                else:  # an empty session is kept only once something happens in it
+                    conn.execute(UPDATE_SESSION, (*values[1:], values[0]))
+            for _, session_id, when, kind, text in events:
+                if kind == "clear":  # the spool forgot the flows recorded before it: so does the database
+                    conn.execute("DELETE FROM flows WHERE session = %s", (session_id,))
+                conn.execute(INSERT_EVENT, (session_id, when, kind, text, session_id, when, kind, text))
+            if rows:
+                with conn.cursor() as cursor:
+                    cursor.executemany(INSERT_FLOW, rows)
+        for session in changed:
+            self._sent[session[0]] = session[:-1]
+        with db.transaction(spool):
+            if events:
+                spool.execute("DELETE FROM events WHERE rowid <= ?", (events[-1][0],))
+            if flows:
+                spool.execute("DELETE FROM flows WHERE seq <= ?", (flows[-1][0],))
+        for row in flows:
+            _remove_files(path, json.loads(row[len(db.FLOW_COLUMNS)]))
+        return len(flows), len(flows) == BATCH
+
+    @staticmethod
+    def _flow(path: Path, row: tuple) -> tuple:
+        """A spooled flow as the database's row: bodies from their files, inline, no NUL in text columns."""
+        width = len(db.FLOW_COLUMNS)
+        columns, (data, request_body, response_body) = list(row[1:width]), row[width:]
+        if row[width - 1]:  # files: bodies in files beside the spool
+            parsed = json.loads(data)
+            bodies = []
+            for part, body in (("request", request_body), ("response", response_body)):
+                message = parsed.get(part) or {}
+                name = message.pop("body_file", None)
+                if name is not None:
+                    try:
+                        body = (db.bodies_dir(path) / name).read_bytes()
+                    except OSError:
+                        body, message["truncated"] = b"", True
+                bodies.append(body)
+            request_body, response_body = bodies
+            data = json.dumps(parsed)
+            columns[-1] = 0
+        clean = [v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in columns]
+        return (*clean, data, request_body, response_body)
+
+
+def _remove_files(path: Path, data: dict[str, Any]) -> None:
+    for part in ("request", "response"):
+        name = (data.get(part) or {}).get("body_file")
+        if name:
+            with contextlib.suppress(OSError):
+                (db.bodies_dir(path) / name).unlink()
+
+
+def remove_spool(path: Path) -> None:
+    """Delete a spool file with its WAL, its body files and its lock."""
+    for extra in ("", "-wal", "-shm", ".lock"):
+        with contextlib.suppress(OSError):
+            Path(f"{path}{extra}").unlink()
+    shutil.rmtree(db.bodies_dir(path), ignore_errors=True)
+
+
+def _empty(conn: sqlite3.Connection) -> bool:
+    """Nothing left to deliver: no flows, no events, every session ended or interrupted."""
+    return not conn.execute("SELECT EXISTS (SELECT 1 FROM flows) OR EXISTS (SELECT 1 FROM events) OR "
+                            "EXISTS (SELECT 1 FROM sessions WHERE state IN ('running', 'paused'))").fetchone()[0]
+
+
+@contextlib.contextmanager
+def held(path: Path, wait: bool = False) -> Iterator[bool]:
+    """Hold the lock of the spool ``path`` (True), or find it held by a running capture (False)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): only the process ids in the spool say who holds it
+        yield True
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def leftovers(url: str, skip: Path | None = None) -> list[Path]:
+    """The spool files of ``url`` (oldest first), but ``skip``."""
+    directory = spool_dir(url)
+    found = sorted(directory.glob("*.db"), key=lambda p: p.stat().st_mtime) if directory.is_dir() else []
+    return [p for p in found if p != skip]
+
+
+def deliver_spool(courier: Courier, path: Path) -> int | None:
+    """Deliver a spool no capture holds, and remove it when all of it is delivered.
+
+    :returns: flows delivered; None if a running capture holds the spool.
+    :raises StoreError: the database is unreachable (the spool stays), or the spool is unreadable.
+    """
+    with held(path) as mine:
+        if not mine:
+            return None
+        conn = db.connect(path, write=True, check=0)
+        try:
+            with db.transaction(conn):  # its run died: the sessions it left open were interrupted
+                for sid, pid in conn.execute(
+                        "SELECT id, pid FROM sessions WHERE state IN ('running', 'paused')").fetchall():
+                    if not pid_alive(pid) or pid == os.getpid():
+                        conn.execute("UPDATE sessions SET state = 'interrupted', ended = coalesce("
+                                     "(SELECT max(time) FROM flows WHERE session = ?), started) WHERE id = ?",
+                                     (sid, sid))
+            count = courier.deliver(conn, path)
+            done = _empty(conn)
+        finally:
+            conn.close()
+        if done:
+            remove_spool(path)
+        return count
+
+
+# -- the sink ----------------------------------------------------------------------------------------
+
+
+class PostgresSink(StoreSink):
+    """The store sink when ``[store] url`` names a PostgreSQL database: spool, then deliver."""
+
+    def __init__(self, options: dict[str, Any], config: Config | None = None) -> None:
+        super().__init__(options, config)
+        self.url: str = options["url"]
+        self.where = pg.redact(self.url)
+        self.limit: int = options["spool_limit"]
+        self.courier = Courier(self.url)
+        self._lock: contextlib.ExitStack | None = None
+        self._ship_timer: Timer | None = None
+        self._retry = RETRY_FIRST
+        self._down: str | None = None  # why the database is unreachable, while it is
+        self._spooled = 0  # bytes waiting in the spool (estimated)
+        self._leftovers = True  # other runs' spools to deliver once the database answers
+
+    def open(self, session: Session) -> None:
+        try:
+            pg.driver()
+        except StoreError as exc:
+            raise SinkError(str(exc)) from None
+        self.path = spool_dir(self.url) / f"{session.id}.db"
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(held(self.path, wait=True))
+        try:
+            super().open(session)
+        except BaseException:
+            self._lock.close()
+            raise
+        self._ship_timer = self.call_later(0, self._ship)
+
+    def write(self, flow: Flow) -> None:
+        size = len(flow.request.body) + (len(flow.response.body) if flow.response is not None else 0) + ROW_BYTES
+        if self._spooled + size > self.limit:
+            raise SinkFailed(f"{self.where}: the spool is full ({self._spooled} bytes wait in {self.path} for "
+                             "the database, [store] spool_limit); the flow is lost", lost=1)
+        super().write(flow)
+        self._spooled += size
+
+    def close(self) -> None:
+        if self._ship_timer is not None:
+            self._ship_timer.cancel()
+            self._ship_timer = None
+        failure: SinkFailed | None = None
+        try:
+            super().close()
+        except SinkFailed as exc:
+            failure = exc
+        try:
+            if self._lock is not None:
+                self._lock.close()  # deliver_spool takes the lock again, as any other delivery
+                self._lock = None
+            try:
+                deliver_spool(self.courier, self.path)
+            except StoreError as exc:
+                failure = failure or SinkFailed(
+                    f"{exc}; the session stays in the spool {self.path}: the next run or "
+                    "`flowtap store sync` delivers it")
+        finally:
+            self.courier.close()
+        if failure is not None:
+            raise failure
+
+    # -- delivering --------------------------------------------------------------------------
+
+    def _ship(self) -> None:
+        """Deliver the spool (and, the first time the database answers, other runs' spools); reschedule."""
+        self._ship_timer = None
+        if self.conn is None:
+            return
+        try:
+            self.courier.deliver(self.conn, self.path)
+            if self._leftovers:
+                self._leftovers = False
+                for path in leftovers(self.url, skip=self.path):
+                    deliver_spool(self.courier, path)
+        except StoreError as exc:
+            self._ship_timer = self.call_later(self._retry, self._ship)
+            self._retry = min(self._retry * 2, RETRY_MOST)
+            if self._down is None:
+                self._down = str(exc)
+                raise SinkFailed(f"{exc}; capture goes on: flows wait in the spool {self.path} and are "
+                                 "delivered when the database is back") from None
+            return
+        except sqlite3.Error as exc:
+            raise SinkFailed(f"{self.path}: cannot read the spool: {exc}") from None
+        if self._down is not None:
+            log.warning("store: %s is back; the spooled flows are delivered", self.where)
+            self._down = None
+        self._retry = RETRY_FIRST
+        self._spooled = self._waiting()
+        self._ship_timer = self.call_later(max(self.interval, 0.05), self._ship)
+
+    def _waiting(self) -> int:
+        """Bytes still in the spool (new flows committed since the delivery began)."""
+        assert self.conn is not None
+        row = self.conn.execute("SELECT count(*), coalesce(sum(length(request_body)), 0) + "
+                                "coalesce(sum(length(response_body)), 0) FROM contents").fetchone()
+        return int(row[0]) * ROW_BYTES + int(row[1]) + sum(len(p[2] or b"") + len(p[3] or b"")
+                                                           for p in self._pending)
+
+
+def sync(url: str, progress: Any = None) -> tuple[int, int]:
+    """Deliver every spool of ``url`` no capture holds: ``flowtap store sync``.
+
+    :returns: flows delivered, spools left (held by a running capture).
+    :raises StoreError: the database is unreachable.
+    """
+    courier = Courier(url)
+    delivered = held_by_others = 0
+    try:
+        for path in leftovers(url):
+            count = deliver_spool(courier, path)
+            if count is None:
+                held_by_others += 1
+            else:
+                delivered += count
+                if progress is not None:
+                    progress.advance(count)
+    finally:
+        courier.close()
+    return delivered, held_by_others
