@@ -78,7 +78,8 @@ class CorePlugin:
                    "not in its rows.",
                    convert=parse_size),
             Option("url", str, "",
-                   "A PostgreSQL database to keep sessions in instead (a team's shared store), as a libpq URL: "
+                   "A PostgreSQL database to keep sessions in instead (a team's shared store), as a libpq "
+                   "URL: "
                    "\"postgresql://user@host/db?sslmode=verify-full\"; the password from PGPASSWORD or "
                    "~/.pgpass. Needs pip install 'flowtap[postgres]'. Flows wait in a local spool until "
                    "the database has them.",
@@ -114,6 +115,8 @@ class CorePlugin:
         register("show", "a stored flow in full: request, response, bodies", store.setup_show, store.cmd_show)
         register("export", "a stored session through a sink (HAR, collection, ...) or as curl",
                  store.setup_export, store.cmd_export)
+        register("store", "the store itself: sync a PostgreSQL store's spool, copy sessions between stores",
+                 store.setup_store, store.cmd_store)
         register("ctl", "control a running capture: status, pause, resume, clear, stop, mark",
                  client.setup_ctl, client.cmd_ctl)
         register("completion", "print a shell completion script: bash, zsh or fish",

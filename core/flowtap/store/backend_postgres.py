@@ -116,7 +116,8 @@ def connect(url: str, write: bool = False) -> psycopg.Connection:
         if write:
             migrate(conn, url)
         elif version == 0:
-            raise StoreError(f"{redact(url)}: no session store in this database yet (nothing recorded yet?)")
+            raise db.EmptyStore(f"{redact(url)}: no session store in this database yet (nothing recorded "
+                                "yet?)", redact(url))
     except psycopg.Error as exc:
         conn.close()
         raise error(url, exc, "write" if write else "read") from None
@@ -143,7 +144,7 @@ def migrate(conn: psycopg.Connection, url: str, upto: int = db.VERSION) -> None:
             with conn.transaction():
                 if schema_version(conn) >= target:  # done before, or by another machine meanwhile
                     continue
-                conn.execute(translate(db.MIGRATIONS[target]) + EXTRAS.get(target, ""))  # type: ignore[arg-type]
+                conn.execute(translate(db.MIGRATIONS[target]) + EXTRAS.get(target, ""))
                 conn.execute("INSERT INTO flowtap_schema (version) VALUES (%s)", (target,))
         _trigram(conn)
     except StoreError:
@@ -157,7 +158,7 @@ def migrate(conn: psycopg.Connection, url: str, upto: int = db.VERSION) -> None:
 
 
 def _trigram(conn: psycopg.Connection) -> None:
-    """A trigram index for URL regexes, where the pg_trgm extension can be had (optional: it only speeds up)."""
+    """A trigram index for URL regexes, where the pg_trgm extension can be had (it only speeds up)."""
     if conn.execute("SELECT to_regclass('flows_url_trgm')").fetchone()[0] is not None:  # type: ignore[index]
         return
     try:
@@ -308,7 +309,7 @@ class Reader:
     def execute(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         psycopg = driver()
         try:
-            return self.conn.execute(placeholders(sql), params).fetchall()  # type: ignore[arg-type]
+            return self.conn.execute(placeholders(sql), params).fetchall()
         except psycopg.Error as exc:
             raise error(self.url, exc) from None
 

@@ -30,17 +30,31 @@ if TYPE_CHECKING:
     from flowtap.cookies import Cookie
 
 
-def store_path(config: Config) -> Path:
-    """The store ``[store] path`` names (not validated with the plugins: only this key)."""
-    from flowtap.store import db
-
+def _store_key(config: Config, key: str) -> str:
+    """``[store] KEY`` as a string (not validated with the plugins: only this key)."""
     table = config.raw.get("store")
-    value: Any = table.get("path", "") if isinstance(table, dict) else ""
+    value: Any = table.get(key, "") if isinstance(table, dict) else ""
     if isinstance(value, dict) and set(value) == {"env"}:
         value = os.environ.get(str(value["env"]), "")
     if not isinstance(value, str):
-        raise ConfigError(f"{config.where('store', 'path')}: expected a string, got {value!r}")
-    return db.resolve_path(value)
+        raise ConfigError(f"{config.where('store', key)}: expected a string, got {value!r}")
+    return value
+
+
+def store_path(config: Config) -> Path:
+    """The SQLite store ``[store] path`` names."""
+    from flowtap.store import db
+
+    return db.resolve_path(_store_key(config, "path"))
+
+
+def store_location(config: Config) -> str | Path:
+    """The store the commands read: ``[store] url`` (a PostgreSQL URL) if set, else ``[store] path``."""
+    url = _store_key(config, "url")
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{config.where('store', 'url')}: expected a PostgreSQL URL "
+                          f"(postgresql://user@host/db), got {url!r}")
+    return url or store_path(config)
 
 
 @contextlib.contextmanager
@@ -59,9 +73,9 @@ def _errors() -> Iterator[None]:
 def _store(args: argparse.Namespace) -> Iterator[Any]:
     from flowtap.store import Store
 
-    path = store_path(_config(args))
+    location = store_location(_config(args))
     with _errors():
-        store = Store(path)
+        store = Store(location)
         try:
             yield store
         finally:
@@ -73,28 +87,36 @@ def _store(args: argparse.Namespace) -> Iterator[Any]:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """List the stored sessions, newest first."""
-    from flowtap.store import render
+    from flowtap.store import Store, render
+    from flowtap.store.db import EmptyStore
 
-    path = store_path(_config(args))
-    if not path.is_file():
-        print(f"no sessions recorded yet ({path})")
-        return 0
-    with _store(args) as store:
-        sessions = store.sessions()
-        if args.json:
-            for s in sessions:
-                print(json.dumps(_session_dict(s)))
-        elif not sessions:
-            print(f"no sessions recorded yet ({path})")
-        else:
-            for line in render.sessions_table(sessions):
-                print(line)
+    location = store_location(_config(args))
+    with _errors():
+        try:
+            store = Store(location)
+        except EmptyStore as exc:
+            print(f"no sessions recorded yet ({exc.where})")
+            return 0
+        try:
+            sessions = store.sessions(machine=args.machine, user=args.user)
+        finally:
+            store.close()
+    if args.json:
+        for s in sessions:
+            print(json.dumps(_session_dict(s)))
+    elif not sessions:
+        print(f"no sessions recorded yet ({store.path})" if args.machine is None and args.user is None
+              else "no sessions recorded " + " ".join(
+                  f"{what} {value!r}" for what, value in (("on", args.machine), ("by", args.user)) if value))
+    else:
+        for line in render.sessions_table(sessions):
+            print(line)
     return 0
 
 
 def _session_dict(s: Any) -> dict[str, Any]:
     keys = ("id", "name", "started", "ended", "state", "pid", "flows", "recorded", "filtered", "paused",
-            "received", "config")
+            "received", "config", "machine", "user")
     return {k: getattr(s, k) for k in keys}
 
 
@@ -115,15 +137,37 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Writer:
+    """A PostgreSQL connection that takes the shared SQL (``?`` placeholders), as sqlite3's does."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: tuple = ()) -> Any:
+        from flowtap.store.backend_postgres import placeholders
+
+        return self.conn.execute(placeholders(sql), params)
+
+
 @contextlib.contextmanager
-def _writable(path: Path) -> Iterator[Any]:
-    """The store opened for writing (rename, delete); SQLite's errors as one line."""
+def _writable(location: str | Path) -> Iterator[Any]:
+    """The store opened for writing (rename, delete); the database's errors as one line."""
     import sqlite3
 
-    from flowtap.store import Store, db
+    from flowtap.store import Store, backend_postgres as pg, db
 
     with _errors():
-        Store(path).close()  # the checks of a read: exists, is a store, not newer, not damaged
+        Store(location).close()  # the checks of a read: exists, is a store, not newer, not damaged
+        if pg.is_url(location):
+            remote = pg.connect(str(location), write=False)
+            try:
+                yield _Writer(remote)
+            except pg.driver().Error as exc:
+                raise pg.error(str(location), exc, "write") from None
+            finally:
+                remote.close()
+            return
+        path = Path(location)
         conn = db.connect(path, write=True, check=0)
         try:
             yield conn
@@ -139,10 +183,10 @@ def cmd_sessions_rename(args: argparse.Namespace) -> int:
 
     if not args.name.strip():
         raise UsageError("the new name is empty")
-    path = store_path(_config(args))
-    with _errors(), Store(path) as store:
+    location = store_location(_config(args))
+    with _errors(), Store(location) as store:
         session = store.session(args.session, unique=True)
-    with _writable(path) as conn:
+    with _writable(location) as conn:
         conn.execute("UPDATE sessions SET name = ? WHERE id = ?", (args.name, session.id))
     print(f"session {session.id}: renamed {session.name!r} to {args.name!r}")
     return 0
@@ -154,17 +198,19 @@ def cmd_sessions_delete(args: argparse.Namespace) -> int:
 
     from flowtap.store import Store, db
 
-    path = store_path(_config(args))
-    with _errors(), Store(path) as store:
+    location = store_location(_config(args))
+    with _errors(), Store(location) as store:
         sessions = [store.session(ref, unique=True) for ref in args.sessions]
     for s in sessions:
         if s.live:
-            raise UsageError(f"session {s.name!r} ({s.id}) is being recorded by pid {s.pid}; "
+            where = f" on {s.machine}" if s.machine else ""
+            raise UsageError(f"session {s.name!r} ({s.id}) is being recorded by pid {s.pid}{where}; "
                              "end that run first (`flowtap ctl stop`)")
-    with _writable(path) as conn:
+    with _writable(location) as conn:
         for s in sessions:
             conn.execute("DELETE FROM sessions WHERE id = ?", (s.id,))  # one statement: its own transaction
-            shutil.rmtree(db.bodies_dir(path) / s.id, ignore_errors=True)
+            if isinstance(location, Path):
+                shutil.rmtree(db.bodies_dir(location) / s.id, ignore_errors=True)
             print(f"deleted session {s.name!r} ({s.id}) and its {s.flows} flows")
     return 0
 
@@ -180,7 +226,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit {args.limit}: expected 0 or more")
     with _store(args) as store:
         session = store.session(args.session) if args.session else None
-        rows = store.rows(args.expression, session=session, limit=args.limit, newest_first=True)
+        rows = store.rows(args.expression, session=session, limit=args.limit, newest_first=True,
+                          machine=args.machine, user=args.user)
         found = 0
         label = f"searching session {session.name!r}" if session else "searching the store"
         with Progress(label, unit="found") as progress:
@@ -440,6 +487,7 @@ def setup_sessions(parser: argparse.ArgumentParser) -> None:
                      "duration, state and flow counts. Its actions show, rename and delete one.",
              "flowtap sessions", "flowtap sessions --json", "flowtap sessions show last")
     parser.add_argument("--json", action="store_true", help="one JSON object per session")
+    _who_arguments(parser, "sessions")
     actions = parser.add_subparsers(dest="sessions_command", metavar="ACTION")
     show = actions.add_parser("show", help="one session in detail, with its events and markers")
     describe(show, "One stored session in detail: state, times, counts, the config it ran with, the hosts "
@@ -473,6 +521,13 @@ def setup_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session", metavar="SESSION", help="only this session (an id, a name, or last)")
     parser.add_argument("--limit", metavar="N", type=int, help="at most N flows (the newest)")
     parser.add_argument("--json", action="store_true", help="one JSON object per flow")
+    _who_arguments(parser, "flows of sessions")
+
+
+def _who_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--machine`` and ``--user``: who recorded it, in a store several machines write to."""
+    parser.add_argument("--machine", metavar="HOST", help=f"only {what} recorded on this machine (host name)")
+    parser.add_argument("--user", metavar="NAME", help=f"only {what} recorded by this user")
 
 
 def setup_show(parser: argparse.ArgumentParser) -> None:
@@ -502,3 +557,73 @@ def setup_export(parser: argparse.ArgumentParser) -> None:
                         help="take the sink's options from this directory's config (and --config/--set), not "
                              "from the config the session was recorded with (the default; -o always names "
                              "the file)")
+
+
+# -- the store itself: sync, copy ---------------------------------------------------------------------
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """``flowtap store`` without an action."""
+    raise UsageError("flowtap store: give an action: sync (deliver spooled flows) or copy (between stores)")
+
+
+def cmd_store_sync(args: argparse.Namespace) -> int:
+    """Deliver the flows that wait in local spools to the PostgreSQL store ``[store] url`` names."""
+    from flowtap.store import backend_postgres as pg, spool
+
+    location = store_location(_config(args))
+    if not pg.is_url(location):
+        raise UsageError("flowtap store sync: [store] url names no PostgreSQL database; only a PostgreSQL "
+                         "store has a spool to deliver")
+    url = str(location)
+    waiting = spool.leftovers(url)
+    if not waiting:
+        print(f"nothing waits for {pg.redact(url)}")
+        return 0
+    with _errors(), Progress(f"delivering {len(waiting)} spools to {pg.redact(url)}") as progress:
+        delivered, held = spool.sync(url, progress)
+    print(f"delivered {delivered} flows from {len(waiting) - held} spools to {pg.redact(url)}"
+          + (f"; {held} spools belong to captures still running (they deliver them)" if held else ""))
+    return 0
+
+
+def cmd_store_copy(args: argparse.Namespace) -> int:
+    """Copy sessions from one store to another (an SQLite file or a PostgreSQL URL, either way)."""
+    from flowtap.store import backend_postgres as pg, copy, db
+
+    def where(value: str) -> str | Path:
+        return value if pg.is_url(value) else db.resolve_path(value)
+
+    source, target = where(args.source), where(args.target)
+    if str(source) == str(target):
+        raise UsageError(f"flowtap store copy: --from and --to are the same store ({args.source})")
+    shown = pg.redact(str(target)) if pg.is_url(target) else str(target)
+    with _errors(), Progress(f"copying to {shown}") as progress:
+        sessions, flows = copy.copy(source, target, progress, args.session or None)
+    print(f"copied {sessions} sessions ({flows} flows) to {shown}")
+    return 0
+
+
+def setup_store(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "Work with the store itself: deliver the flows a PostgreSQL store's spool holds "
+                     "(`sync`), copy sessions between stores (`copy`: an SQLite file or a PostgreSQL URL, "
+                     "either way; resumable: run it again after an interruption).",
+             "flowtap store sync",
+             "flowtap store copy --from ~/.local/share/flowtap/flowtap.db --to postgresql://db.example.com/flowtap")
+    actions = parser.add_subparsers(dest="store_command", metavar="ACTION")
+    sync = actions.add_parser("sync", help="deliver spooled flows to the PostgreSQL store")
+    describe(sync, "Deliver the flows that wait in local spools (a run that ended while the database was "
+                   "unreachable) to the PostgreSQL store [store] url names.", "flowtap store sync")
+    sync.set_defaults(func=cmd_store_sync)
+    copy = actions.add_parser("copy", help="copy sessions from one store to another")
+    describe(copy, "Copy sessions with their events and flows from one store to another. Flows and events "
+                   "already in the target are skipped, so an interrupted copy resumes when run again.",
+             "flowtap store copy --from old.db --to postgresql://db.example.com/flowtap",
+             "flowtap store copy --from postgresql://db.example.com/flowtap --to mine.db --session 1c94429c")
+    copy.add_argument("--from", dest="source", metavar="URL_OR_PATH", required=True,
+                      help="the store to copy from: an SQLite file or a postgresql:// URL")
+    copy.add_argument("--to", dest="target", metavar="URL_OR_PATH", required=True,
+                      help="the store to copy into (created if need be)")
+    copy.add_argument("--session", metavar="ID", action="append",
+                      help="only this session (by id; may be repeated); default: all")
+    copy.set_defaults(func=cmd_store_copy)

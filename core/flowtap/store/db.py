@@ -39,6 +39,14 @@ class StoreError(Exception):
     """The store cannot be used: the message names the database and the reason."""
 
 
+class EmptyStore(StoreError):
+    """Nothing was recorded in this store yet: no file, or no tables in the database."""
+
+    def __init__(self, message: str, where: object) -> None:
+        super().__init__(message)
+        self.where = where  #: the file, or the database's URL without its password
+
+
 SCHEMA_V1 = """
 CREATE TABLE sessions (
     id TEXT PRIMARY KEY,
@@ -245,7 +253,7 @@ def connect(path: Path, write: bool = False, check: float | None = None) -> sqli
             pass
     else:
         if not path.is_file():
-            raise StoreError(f"{path}: no session store here (nothing recorded yet?)")
+            raise EmptyStore(f"{path}: no session store here (nothing recorded yet?)", path)
         uri = f"file:{quote(str(path.resolve()))}?mode=ro"
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT)

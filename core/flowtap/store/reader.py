@@ -315,10 +315,10 @@ class Store:
         if session is not None:
             where.append("f.session = ?")
             params.append(session)
-        who, values = self._who(machine, user)
+        who, names = self._who(machine, user)
         if who:
             where.append(f"f.session IN (SELECT id FROM sessions WHERE {' AND '.join(who)})")
-            params.extend(values)
+            params.extend(names)
         sql += " WHERE " + " AND ".join(where) + f" ORDER BY f.seq {'DESC' if newest_first else 'ASC'}"
         if plan.exact and limit is not None:
             sql += f" LIMIT {int(limit)}"

@@ -108,8 +108,8 @@ class StoreSink(Sink):
         try:
             with db.transaction(conn):
                 self._close_interrupted(conn)
-                conn.execute("INSERT INTO sessions (id, name, started, state, pid, config, machine, user_name) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                conn.execute("INSERT INTO sessions (id, name, started, state, pid, config, machine, "
+                             "user_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (session.id, session.name, session.started, session.state.value, os.getpid(),
                               self.config, *recorder()))
         except sqlite3.Error as exc:

@@ -67,9 +67,9 @@ _UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in SESSION_COLUMNS[1:])
 UPSERT_SESSION = (f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES "
                   f"({', '.join(['%s'] * len(SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
 UPDATE_SESSION = (f"UPDATE sessions SET {', '.join(f'{c} = %s' for c in SESSION_COLUMNS[1:])} WHERE id = %s")
-INSERT_EVENT = ("INSERT INTO events (session, time, kind, text) SELECT %s::text, %s::float8, %s::text, %s::text "
-                "WHERE NOT EXISTS (SELECT 1 FROM events WHERE session = %s AND time = %s AND kind = %s "
-                "AND text IS NOT DISTINCT FROM %s::text)")
+INSERT_EVENT = ("INSERT INTO events (session, time, kind, text) "
+                "SELECT %s::text, %s::float8, %s::text, %s::text WHERE NOT EXISTS (SELECT 1 FROM events "
+                "WHERE session = %s AND time = %s AND kind = %s AND text IS NOT DISTINCT FROM %s::text)")
 
 
 def spool_dir(url: str) -> Path:
@@ -126,7 +126,8 @@ class Courier:
         columns = ", ".join(f"f.{c}" for c in db.FLOW_COLUMNS)
         flows = spool.execute(f"SELECT {columns}, c.data, c.request_body, c.response_body FROM flows f "
                               "JOIN contents c ON c.seq = f.seq ORDER BY f.seq LIMIT ?", (BATCH,)).fetchall()
-        events = spool.execute("SELECT rowid, session, time, kind, text FROM events ORDER BY rowid").fetchall()
+        events = spool.execute("SELECT rowid, session, time, kind, text FROM events "
+                               "ORDER BY rowid").fetchall()
         sessions = spool.execute(
             f"SELECT {', '.join(SESSION_COLUMNS)}, EXISTS (SELECT 1 FROM events e WHERE e.session = s.id) "
             "FROM sessions s").fetchall()
@@ -203,8 +204,9 @@ def remove_spool(path: Path) -> None:
 
 def _empty(conn: sqlite3.Connection) -> bool:
     """Nothing left to deliver: no flows, no events, every session ended or interrupted."""
-    return not conn.execute("SELECT EXISTS (SELECT 1 FROM flows) OR EXISTS (SELECT 1 FROM events) OR "
-                            "EXISTS (SELECT 1 FROM sessions WHERE state IN ('running', 'paused'))").fetchone()[0]
+    return not conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM flows) OR EXISTS (SELECT 1 FROM events) OR "
+        "EXISTS (SELECT 1 FROM sessions WHERE state IN ('running', 'paused'))").fetchone()[0]
 
 
 @contextlib.contextmanager
@@ -297,10 +299,11 @@ class PostgresSink(StoreSink):
         self._ship_timer = self.call_later(0, self._ship)
 
     def write(self, flow: Flow) -> None:
-        size = len(flow.request.body) + (len(flow.response.body) if flow.response is not None else 0) + ROW_BYTES
+        response = len(flow.response.body) if flow.response is not None else 0
+        size = len(flow.request.body) + response + ROW_BYTES
         if self._spooled + size > self.limit:
-            raise SinkFailed(f"{self.where}: the spool is full ({self._spooled} bytes wait in {self.path} for "
-                             "the database, [store] spool_limit); the flow is lost", lost=1)
+            raise SinkFailed(f"{self.where}: the spool is full ({self._spooled} bytes wait in {self.path} "
+                             "for the database, [store] spool_limit); the flow is lost", lost=1)
         super().write(flow)
         self._spooled += size
 
