@@ -39,3 +39,11 @@ def pg_server():
 def pg_url(pg_server):
     """The URL of a new, empty database on :func:`pg_server`, for one test."""
     return pg_server.database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_at(request, tmp_path):
+    """A store on each backend in turn (tests/postgres.py's ``StoreAt``): one test, both backends."""
+    from postgres import store_at
+
+    return store_at(request, tmp_path)

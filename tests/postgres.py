@@ -136,3 +136,50 @@ def wait_for(condition, timeout: float = 20.0, pause: float = 0.05):
             assert value, f"not within {timeout} s"
             return value
         time.sleep(pause)
+
+
+class StoreAt:
+    """Where a test's store is: an SQLite file, or a database on the test server (the same test, both)."""
+
+    def __init__(self, kind: str, directory: Path, server: Server | None = None) -> None:
+        self.kind = kind
+        self.path = directory / "store.db" if kind == "sqlite" else None
+        self.url = server.database() if server is not None else None
+
+    @property
+    def location(self):
+        """What :func:`flowtap.open_store` takes."""
+        return self.url or self.path
+
+    def table(self, **options) -> dict:
+        """The ``[store]`` table that writes here."""
+        return {"url": self.url, **options} if self.url else {"path": str(self.path), **options}
+
+    @property
+    def args(self) -> tuple[str, str]:
+        """The command line's ``--set`` for this store."""
+        return ("--set", f"store.url={self.url}") if self.url else ("--set", f"store.path={self.path}")
+
+    def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run one statement on the store behind flowtap's back (``?`` placeholders); its rows."""
+        if self.url:
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                cursor = conn.execute(sql.replace("?", "%s"), params)
+                return cursor.fetchall() if cursor.description else []
+        import sqlite3
+
+        conn = sqlite3.connect(self.path)
+        try:
+            with conn:
+                return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+
+def store_at(request, directory: Path) -> StoreAt:
+    """A :class:`StoreAt` of the kind ``request.param`` names (the test server started if need be)."""
+    if request.param == "sqlite":
+        return StoreAt("sqlite", directory)
+    return StoreAt("postgres", directory, request.getfixturevalue("pg_server"))
