@@ -293,7 +293,8 @@ def test_errors_are_one_line_exit_2_and_reads_change_nothing(recorded, tmp_path,
 
     def state():
         if where.url:  # the rows, for PostgreSQL
-            return where.execute("SELECT f.id, c.data FROM flows f JOIN contents c ON c.seq = f.seq ORDER BY 1")
+            return where.execute("SELECT f.id, c.data FROM flows f JOIN contents c ON c.seq = f.seq "
+                                 "ORDER BY 1")
         return hashlib.sha256(where.path.read_bytes()).hexdigest()
 
     before = state()

@@ -1,0 +1,236 @@
+"""The team store on PostgreSQL, against a real server (tests/postgres.py): the database stopped and
+restarted mid-capture, runs that end while it is down, several `flowtap run` processes at once,
+machine and user, migrations (from empty, from the previous schema, several machines at once),
+`flowtap store copy` both ways, and the errors a user sees.
+
+The store commands on both backends are in test_store.py and test_store_cli.py (the same tests)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from postgres import server, wait_for
+
+import flowtap
+from flowtap.cli import main
+from flowtap.store import StoreError, backend_postgres as pg, db, spool
+from flowtap.testing import capture, make_flow
+
+from fakedist import stream_source
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def stored_paths(url: str, session: str | None = None) -> list[str]:
+    with flowtap.open_store(url) as store:
+        return [row.path for row in store.rows(session=session)]
+
+
+def test_the_database_stopped_and_restarted_mid_capture_gets_every_flow_once(tmp_path):
+    """Real proxy, real client: flows captured while PostgreSQL is down wait in the spool, then arrive
+    in order, each once; the sink says what happened while it happened."""
+    httpx = pytest.importorskip("httpx")
+    from upstream import Upstream
+
+    with server() as database:
+        url = database.database()
+        config = {"store": {"url": url, "batch_interval": "50ms"}, "session": {"name": "outage"},
+                  "sources": {"proxy": {"listen": "127.0.0.1:0"}}}
+        with Upstream() as upstream, capture("proxy", config=config) as cap:
+            proxy = f"http://127.0.0.1:{cap.capture.sources['proxy'].port}"
+            with httpx.Client(proxy=proxy, timeout=10) as client:
+                def send(numbers):
+                    for n in numbers:
+                        assert client.get(f"{upstream.url}/json?n={n}").status_code == 200
+
+                send(range(20))
+                wait_for(lambda: len(stored_paths(url)) == 20)
+                database.stop()
+                send(range(20, 60))  # the proxy does not wait for the database
+                wait_for(lambda: "capture goes on" in next(
+                    h for h in cap.capture.health() if h.name == "store").last_error)
+                spooled = list(spool.spool_dir(url).glob("*.db"))
+                assert len(spooled) == 1
+                database.start()
+                send(range(60, 80))
+                wait_for(lambda: len(stored_paths(url)) == 80)
+        (store,) = [h for h in cap.capture.health() if h.name == "store"]
+        assert (store.written, store.missed) == (80, 0)
+        assert store.state == "failing" and "flows wait in the spool" in store.last_error
+        assert stored_paths(url) == [f"/json?n={n}" for n in range(80)]  # in order, each once
+        with flowtap.open_store(url) as reader:
+            assert reader.session("outage").state == "ended"
+            assert len({row.id for row in reader.rows()}) == 80
+        assert not list(spool.spool_dir(url).glob("*.db"))  # delivered: the spool is gone
+
+
+def test_a_run_that_ends_while_the_database_is_down_leaves_its_spool_for_store_sync(capsys):
+    with server() as database:
+        url = database.database()
+        database.stop()
+        with capture(config={"store": {"url": url, "body_file_threshold": "1kb"},
+                             "session": {"name": "offline"}}) as cap:
+            cap.feed(*[make_flow(url=f"https://api.test/{n}", response_body=b"x" * (5000 if n == 3 else 10))
+                       for n in range(50)])
+            cap.session.mark("while down")
+        (store,) = [h for h in cap.capture.health() if h.name == "store"]
+        assert store.missed == 0 and "`flowtap store sync`" in store.last_error
+        (left,) = spool.spool_dir(url).glob("*.db")
+        code, out, err = cli(capsys, "store", "sync", "--set", f"store.url={url}")
+        assert code == 2 and "cannot reach the store" in err and left.exists()
+        database.start()
+        code, out, err = cli(capsys, "store", "sync", "--set", f"store.url={url}")
+        assert code == 0 and "delivered 50 flows from 1 spools" in out, err
+        assert not left.exists() and not db.bodies_dir(left).exists()
+        with flowtap.open_store(url) as reader:
+            session = reader.session("offline")
+            assert session.state == "ended" and session.flows == 50
+            assert [e.text for e in reader.events(session.id)] == ["while down"]
+            flows = list(reader.flows())
+        assert [f.request.path for f in flows] == [f"/{n}" for n in range(50)]
+        assert flows[3].response.body == b"x" * 5000  # a body that was in a spool file, now in the row
+        code, out, _ = cli(capsys, "store", "sync", "--set", f"store.url={url}")
+        assert code == 0 and "nothing waits" in out
+
+
+def test_several_runs_write_into_one_database_at_once(tmp_path, pg_url, capsys):
+    """Three `flowtap run` processes at once: every flow of each, in order, no id collides."""
+    site = stream_source(tmp_path / "site")
+    (tmp_path / "flowtap.toml").write_text(
+        f'[store]\nurl = "{pg_url}"\n[sources.stream]\ninterval = 0.002\ncount = 300\n'
+        '[session]\nduration = "4s"\n')
+    env = dict(os.environ, PYTHONPATH=str(site), FLOWTAP_DATA_DIR=str(tmp_path / "data"))
+    runs = [subprocess.Popen([sys.executable, "-m", "flowtap", "run", "--name", f"run{i}"], cwd=tmp_path,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL) for i in range(3)]
+    try:
+        errors = [run.communicate(timeout=60)[1] for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+    assert [run.returncode for run in runs] == [0, 0, 0], errors
+    with flowtap.open_store(pg_url) as store:
+        sessions = store.sessions()
+        assert sorted(s.name for s in sessions) == ["run0", "run1", "run2"]
+        for session in sessions:
+            assert session.flows == 300 and session.state == "ended"
+            assert (session.machine, session.user) == (socket.gethostname(), getpass.getuser())
+            assert [r.path for r in store.rows(session=session)] == [f"/stream/{n}" for n in range(300)]
+        assert store.count() == len({r.id for r in store.rows()}) == 900
+    code, out, _ = cli(capsys, "sessions", "--machine", socket.gethostname(), "--set", f"store.url={pg_url}")
+    assert code == 0 and len(out.splitlines()) == 4  # a header and the three runs
+    code, out, _ = cli(capsys, "sessions", "--machine", "elsewhere", "--set", f"store.url={pg_url}")
+    assert code == 0 and out.strip() == "no sessions recorded on 'elsewhere'"
+    code, out, _ = cli(capsys, "search", "--json", "--user", getpass.getuser(), "--session", "run1",
+                       "--set", f"store.url={pg_url}")
+    assert code == 0 and len(out.splitlines()) == 300
+    code, out, _ = cli(capsys, "search", "--json", "--user", "nobody-else", "--set", f"store.url={pg_url}")
+    assert code == 0 and out == ""
+
+
+def test_sessions_record_machine_and_user_on_sqlite_too(tmp_path):
+    path = tmp_path / "s.db"
+    with capture(config={"store": {"path": str(path)}}) as cap:
+        cap.feed(make_flow())
+    with flowtap.open_store(path) as store:
+        session = store.session("last")
+        assert (session.machine, session.user) == (socket.gethostname(), getpass.getuser())
+        assert store.sessions(machine="elsewhere") == [] and len(store.sessions(user=session.user)) == 1
+        assert list(store.rows(machine="elsewhere")) == []
+        assert len(list(store.rows(machine=session.machine))) == 1
+
+
+def test_migrations_from_empty_from_the_previous_schema_and_by_several_machines_at_once(pg_server):
+    import psycopg
+
+    # The previous schema, with a session recorded in it.
+    url = pg_server.database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        pg.migrate(conn, url, upto=2)
+        conn.execute("INSERT INTO sessions (id, name, started, state) VALUES ('old', 'old', 1, 'ended')")
+    pg.connect(url, write=True).close()
+    with flowtap.open_store(url) as store:
+        old = store.session("old")
+        assert (old.name, old.machine, old.user) == ("old", "", "")
+    # An empty database, upgraded by eight writers at once: each step is applied once.
+    url = pg_server.database()
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            pg.connect(url, write=True).close()
+        except BaseException as exc:  # noqa: BLE001 -- reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert failures == []
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version FROM flowtap_schema ORDER BY version").fetchall() == [
+            (v,) for v in range(1, db.VERSION + 1)]
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'flows'")}
+    assert {"flows_uid", "flows_host", "flows_method", "flows_status", "flows_time"} <= indexes
+    # A database written by a newer flowtap is refused, not changed.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO flowtap_schema (version) VALUES (99)")
+    with pytest.raises(StoreError, match="newer flowtap"):
+        flowtap.open_store(url)
+
+
+def test_store_copy_moves_sessions_either_way_and_resumes(tmp_path, pg_url, capsys):
+    local = tmp_path / "mine.db"
+    with capture(config={"store": {"path": str(local), "body_file_threshold": "1kb"},
+                         "session": {"name": "laptop"}}) as cap:
+        cap.feed(make_flow(url="https://api.test/a"),
+                 make_flow(url="https://api.test/big", response_body=b"y" * 4000))
+        cap.session.mark("halfway")
+        cap.feed(make_flow(url="https://api.test/c", method="POST", request_body=b"\x00\xff"))
+    with flowtap.open_store(local) as store:
+        originals = list(store.flows())
+    code, out, err = cli(capsys, "store", "copy", "--from", str(local), "--to", pg_url)
+    assert code == 0 and "copied 1 sessions (3 flows)" in out, err
+    code, out, err = cli(capsys, "store", "copy", "--from", str(local), "--to", pg_url)
+    assert code == 0  # again: nothing doubles (checked below)
+    with flowtap.open_store(pg_url) as store:
+        assert list(store.flows()) == originals
+        (session,) = store.sessions()
+        assert session.name == "laptop" and [e.text for e in store.events(session.id)] == ["halfway"]
+    back = tmp_path / "back.db"
+    code, out, err = cli(capsys, "store", "copy", "--from", pg_url, "--to", str(back))
+    assert code == 0, err
+    cli(capsys, "store", "copy", "--from", pg_url, "--to", str(back))
+    with flowtap.open_store(back) as store:
+        assert list(store.flows()) == originals and store.session("laptop").flows == 3
+    code, _, err = cli(capsys, "store", "copy", "--from", str(local), "--to", str(local))
+    assert code == 2 and "the same store" in err
+
+
+def test_errors_name_the_database_and_what_to_do(tmp_path, capsys, monkeypatch):
+    code, _, err = cli(capsys, "sessions", "--set", "store.url=mysql://x/y")
+    assert code == 2 and "expected a PostgreSQL URL" in err and err.count("\n") == 1
+    unreachable = "postgresql://app:secret@127.0.0.1:1/none?connect_timeout=2"
+    code, _, err = cli(capsys, "sessions", "--set", f"store.url={unreachable}")
+    assert code == 2 and "cannot reach the store" in err and "secret" not in err and err.count("\n") == 1
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
+    code, _, err = cli(capsys, "search", "--set", f"store.url={unreachable}")
+    assert code == 2 and "pip install 'flowtap[postgres]'" in err
+
+
+def test_an_empty_database_has_no_sessions_yet(pg_url, capsys):
+    code, out, _ = cli(capsys, "sessions", "--set", f"store.url={pg_url}")
+    assert code == 0 and "no sessions recorded yet" in out and "app:app" not in out
