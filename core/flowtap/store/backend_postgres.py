@@ -101,6 +101,7 @@ def connect(url: str, write: bool = False) -> psycopg.Connection:
         raise StoreError(f"{redact(url)}: not a valid PostgreSQL URL ({exc})") from None
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
     params.setdefault("application_name", "flowtap")
+    params.setdefault("tcp_user_timeout", CONNECT_TIMEOUT * 2000)  # ms: a host that vanished, not refused
     options = str(params.get("options") or "")
     if "statement_timeout" not in options:
         params["options"] = f"{options} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()
