@@ -273,7 +273,7 @@ class PostgresSink(StoreSink):
     def __init__(self, options: dict[str, Any], config: Config | None = None) -> None:
         super().__init__(options, config)
         self.url: str = options["url"]
-        self.where = pg.redact(self.url)
+        self.where = self.location = pg.redact(self.url)  # location: what `flowtap ctl status` shows
         self.limit: int = options["spool_limit"]
         self.courier = Courier(self.url)
         self._lock: contextlib.ExitStack | None = None
