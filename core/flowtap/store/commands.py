@@ -576,7 +576,7 @@ def cmd_store_sync(args: argparse.Namespace) -> int:
         raise UsageError("flowtap store sync: [store] url names no PostgreSQL database; only a PostgreSQL "
                          "store has a spool to deliver")
     url = str(location)
-    waiting = spool.leftovers(url)
+    waiting = spool.spooled(url)
     if not waiting:
         print(f"nothing waits for {pg.redact(url)}")
         return 0

@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,8 @@ class Courier:
         self.url = url
         self.conn: psycopg.Connection | None = None
         self._sent: dict[str, tuple] = {}  # each session row as last delivered
+        self.refused: list[str] = []  #: flows the database would not take: method, URL and why
+        self.delivered_bytes = 0  #: of the flows delivered: their bodies, and ROW_BYTES each
 
     def connect(self) -> psycopg.Connection:
         """The connection, made (and the schema migrated) if need be. :raises StoreError: unreachable."""
@@ -104,10 +107,12 @@ class Courier:
     def deliver(self, spool: sqlite3.Connection, path: Path) -> int:
         """Move what the spool at ``path`` holds into the database, in order; how many flows.
 
-        Each batch is committed in PostgreSQL, then removed from the spool.
+        Each batch is committed in PostgreSQL, then removed from the spool. Flows the
+        database refuses (bad data: rare, flowtap cleans what it knows of) are left out,
+        not retried for ever; :attr:`refused` lists them.
 
-        :raises StoreError: the database is unreachable or refused a batch (what was
-            delivered before stays delivered; the rest stays in the spool).
+        :raises StoreError: the database is unreachable or too slow (what was delivered
+            before stays delivered; the rest stays in the spool).
         """
         psycopg = pg.driver()
         total = 0
@@ -121,16 +126,26 @@ class Courier:
             self.close()  # a new connection next time: this one may be broken
             raise pg.error(self.url, exc, "write") from None
 
+    def _read(self, spool: sqlite3.Connection) -> tuple[list, list, list]:
+        """Flows, events and sessions to deliver, as of one moment (a clear between reads would mix)."""
+        columns = ", ".join(f"f.{c}" for c in db.FLOW_COLUMNS)
+        spool.execute("BEGIN")
+        try:
+            flows = spool.execute(f"SELECT {columns}, c.data, c.request_body, c.response_body "
+                                  "FROM flows f JOIN contents c ON c.seq = f.seq ORDER BY f.seq LIMIT ?",
+                                  (BATCH,)).fetchall()
+            events = spool.execute("SELECT rowid, session, time, kind, text FROM events "
+                                   "ORDER BY rowid").fetchall()
+            sessions = spool.execute(
+                f"SELECT {', '.join(SESSION_COLUMNS)}, "
+                "EXISTS (SELECT 1 FROM events e WHERE e.session = s.id) FROM sessions s").fetchall()
+        finally:
+            spool.execute("COMMIT")
+        return flows, events, sessions
+
     def _batch(self, spool: sqlite3.Connection, path: Path) -> tuple[int, bool]:
         """Deliver the events and up to :data:`BATCH` flows; how many flows, and whether more wait."""
-        columns = ", ".join(f"f.{c}" for c in db.FLOW_COLUMNS)
-        flows = spool.execute(f"SELECT {columns}, c.data, c.request_body, c.response_body FROM flows f "
-                              "JOIN contents c ON c.seq = f.seq ORDER BY f.seq LIMIT ?", (BATCH,)).fetchall()
-        events = spool.execute("SELECT rowid, session, time, kind, text FROM events "
-                               "ORDER BY rowid").fetchall()
-        sessions = spool.execute(
-            f"SELECT {', '.join(SESSION_COLUMNS)}, EXISTS (SELECT 1 FROM events e WHERE e.session = s.id) "
-            "FROM sessions s").fetchall()
+        flows, events, sessions = self._read(spool)
         changed = [s for s in sessions if self._sent.get(s[0]) != s[:-1]]
         if not (flows or events or changed):
             return 0, False
@@ -149,8 +164,7 @@ class Courier:
                     conn.execute("DELETE FROM flows WHERE session = %s", (session_id,))
                 conn.execute(INSERT_EVENT, (session_id, when, kind, text, session_id, when, kind, text))
             if rows:
-                with conn.cursor() as cursor:
-                    cursor.executemany(INSERT_FLOW, rows)
+                self._insert(conn, rows)
         for session in changed:
             self._sent[session[0]] = session[:-1]
         with db.transaction(spool):
@@ -160,7 +174,25 @@ class Courier:
                 spool.execute("DELETE FROM flows WHERE seq <= ?", (flows[-1][0],))
         for row in flows:
             _remove_files(path, json.loads(row[len(db.FLOW_COLUMNS)]))
+        self.delivered_bytes += sum(len(row[-2] or b"") + len(row[-1] or b"") + ROW_BYTES for row in rows)
         return len(flows), len(flows) == BATCH
+
+    def _insert(self, conn: psycopg.Connection, rows: list[tuple]) -> None:
+        """Insert flows in one pipelined batch; if the database refuses one, the others one by one."""
+        psycopg = pg.driver()
+        refusals = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+        try:
+            with conn.transaction(), conn.cursor() as cursor:  # a savepoint: the batch, or none of it
+                cursor.executemany(INSERT_FLOW, rows)
+            return
+        except refusals:
+            pass
+        for row in rows:
+            try:
+                with conn.transaction():
+                    conn.execute(INSERT_FLOW, row)
+            except refusals as exc:
+                self.refused.append(f"{row[3]} {row[9]}: {' '.join(str(exc).split())}")
 
     @staticmethod
     def _flow(path: Path, row: tuple) -> tuple:
@@ -230,7 +262,7 @@ def held(path: Path, wait: bool = False) -> Iterator[bool]:
         os.close(fd)
 
 
-def leftovers(url: str, skip: Path | None = None) -> list[Path]:
+def spooled(url: str, skip: Path | None = None) -> list[Path]:
     """The spool files of ``url`` (oldest first), but ``skip``."""
     directory = spool_dir(url)
     found = sorted(directory.glob("*.db"), key=lambda p: p.stat().st_mtime) if directory.is_dir() else []
@@ -267,6 +299,59 @@ def deliver_spool(courier: Courier, path: Path) -> int | None:
 # -- the sink ----------------------------------------------------------------------------------------
 
 
+class Delivery(threading.Thread):
+    """Delivers one run's spool every ``interval`` on a thread of its own (then, once, other runs' spools).
+
+    Its own thread, so that a database that is slow holds up neither the sink nor, through its
+    backlog, the flows behind it: the sink goes on spooling. It reports through attributes the
+    sink reads (``down``, ``refused``, ``delivered``); the sink raises what the user is shown.
+    """
+
+    def __init__(self, url: str, path: Path, interval: float) -> None:
+        super().__init__(name="flowtap-store-delivery", daemon=True)
+        self.url, self.path, self.interval = url, path, interval
+        self.courier = Courier(url)
+        self.down: str | None = None  #: why the database cannot be reached, while it cannot
+        self.delivered = 0  #: flows delivered so far
+        self._halt = threading.Event()
+        self._wake = threading.Event()
+
+    def run(self) -> None:
+        retry, leftovers = RETRY_FIRST, True
+        conn = None
+        try:
+            while not self._halt.is_set():
+                pause = self.interval
+                try:
+                    if conn is None:
+                        conn = db.connect(self.path, write=True, check=0)
+                    self.delivered += self.courier.deliver(conn, self.path)
+                    if leftovers:
+                        leftovers = False
+                        for path in spooled(self.url, skip=self.path):
+                            deliver_spool(self.courier, path)
+                    self.down, retry = None, RETRY_FIRST
+                except StoreError as exc:
+                    self.down = str(exc)
+                    pause, retry = retry, min(retry * 2, RETRY_MOST)
+                except sqlite3.Error as exc:  # the sink reports its spool's errors itself
+                    self.down = f"{self.path}: cannot read the spool ({exc})"
+                    pause = RETRY_MOST
+                self._wake.wait(pause)
+                self._wake.clear()
+        finally:
+            if conn is not None:
+                conn.close()
+            self.courier.close()
+
+    def stop(self, timeout: float) -> bool:
+        """Stop after the delivery under way; whether it stopped within ``timeout`` seconds."""
+        self._halt.set()
+        self._wake.set()
+        self.join(timeout)
+        return not self.is_alive()
+
+
 class PostgresSink(StoreSink):
     """The store sink when ``[store] url`` names a PostgreSQL database: spool, then deliver."""
 
@@ -275,13 +360,12 @@ class PostgresSink(StoreSink):
         self.url: str = options["url"]
         self.where = self.location = pg.redact(self.url)  # location: what `flowtap ctl status` shows
         self.limit: int = options["spool_limit"]
-        self.courier = Courier(self.url)
+        self.delivery: Delivery | None = None
         self._lock: contextlib.ExitStack | None = None
-        self._ship_timer: Timer | None = None
-        self._retry = RETRY_FIRST
-        self._down: str | None = None  # why the database is unreachable, while it is
-        self._spooled = 0  # bytes waiting in the spool (estimated)
-        self._leftovers = True  # other runs' spools to deliver once the database answers
+        self._tick: Timer | None = None
+        self._down: str | None = None  # the outage reported, while it lasts
+        self._refused = 0  # refusals reported so far
+        self._spooled = 0  # bytes spooled so far (estimated)
 
     def open(self, session: Session) -> None:
         try:
@@ -296,78 +380,86 @@ class PostgresSink(StoreSink):
         except BaseException:
             self._lock.close()
             raise
-        self._ship_timer = self.call_later(0, self._ship)
+        self.delivery = Delivery(self.url, self.path, max(self.interval, 0.05))
+        self.delivery.start()
+        self._tick = self.call_later(1.0, self._check)
 
     def write(self, flow: Flow) -> None:
         response = len(flow.response.body) if flow.response is not None else 0
         size = len(flow.request.body) + response + ROW_BYTES
-        if self._spooled + size > self.limit:
-            raise SinkFailed(f"{self.where}: the spool is full ({self._spooled} bytes wait in {self.path} "
+        waiting = self._spooled - self._delivered_bytes()
+        if waiting + size > self.limit:
+            raise SinkFailed(f"{self.where}: the spool is full (about {waiting} bytes wait in {self.path} "
                              "for the database, [store] spool_limit); the flow is lost", lost=1)
         super().write(flow)
         self._spooled += size
 
+    def flush(self) -> None:
+        super().flush()
+        self._report()
+
     def close(self) -> None:
-        if self._ship_timer is not None:
-            self._ship_timer.cancel()
-            self._ship_timer = None
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
         failure: SinkFailed | None = None
         try:
             super().close()
         except SinkFailed as exc:
             failure = exc
         try:
+            if self.delivery is not None:
+                self.delivery.stop(pg.STATEMENT_TIMEOUT_MS / 1000)
             if self._lock is not None:
                 self._lock.close()  # deliver_spool takes the lock again, as any other delivery
                 self._lock = None
+            courier = Courier(self.url)
             try:
-                deliver_spool(self.courier, self.path)
+                deliver_spool(courier, self.path)
             except StoreError as exc:
                 failure = failure or SinkFailed(
                     f"{exc}; the session stays in the spool {self.path}: the next run or "
                     "`flowtap store sync` delivers it")
-        finally:
-            self.courier.close()
+            finally:
+                courier.close()
+                self._refused_flows(courier.refused)
+        except SinkFailed as exc:
+            failure = failure or exc
         if failure is not None:
             raise failure
 
-    # -- delivering --------------------------------------------------------------------------
+    # -- what the delivery thread says ---------------------------------------------------------
 
-    def _ship(self) -> None:
-        """Deliver the spool (and, the first time the database answers, other runs' spools); reschedule."""
-        self._ship_timer = None
-        if self.conn is None:
+    def _delivered_bytes(self) -> int:
+        return 0 if self.delivery is None else self.delivery.courier.delivered_bytes
+
+    def _check(self) -> None:
+        """Report the delivery's news even when no flow comes (every second)."""
+        self._tick = self.call_later(1.0, self._check)
+        self._report()
+
+    def _report(self) -> None:
+        """An outage once when it begins, its end in the log; flows the database refused."""
+        delivery = self.delivery
+        if delivery is None:
             return
-        try:
-            self.courier.deliver(self.conn, self.path)
-            if self._leftovers:
-                self._leftovers = False
-                for path in leftovers(self.url, skip=self.path):
-                    deliver_spool(self.courier, path)
-        except StoreError as exc:
-            self._ship_timer = self.call_later(self._retry, self._ship)
-            self._retry = min(self._retry * 2, RETRY_MOST)
-            if self._down is None:
-                self._down = str(exc)
-                raise SinkFailed(f"{exc}; capture goes on: flows wait in the spool {self.path} and are "
-                                 "delivered when the database is back") from None
-            return
-        except sqlite3.Error as exc:
-            raise SinkFailed(f"{self.path}: cannot read the spool: {exc}") from None
-        if self._down is not None:
-            log.warning("store: %s is back; the spooled flows are delivered", self.where)
+        if delivery.courier.refused[self._refused:]:
+            self._refused_flows(delivery.courier.refused[self._refused:])
+        down = delivery.down
+        if down is not None and self._down is None:
+            self._down = down
+            raise SinkFailed(f"{down}; capture goes on: flows wait in the spool {self.path} and are "
+                             "delivered when the database is back")
+        if down is None and self._down is not None:
             self._down = None
-        self._retry = RETRY_FIRST
-        self._spooled = self._waiting()
-        self._ship_timer = self.call_later(max(self.interval, 0.05), self._ship)
+            log.warning("store: %s is back; the spooled flows are delivered", self.where)
 
-    def _waiting(self) -> int:
-        """Bytes still in the spool (new flows committed since the delivery began)."""
-        assert self.conn is not None
-        row = self.conn.execute("SELECT count(*), coalesce(sum(length(request_body)), 0) + "
-                                "coalesce(sum(length(response_body)), 0) FROM contents").fetchone()
-        return int(row[0]) * ROW_BYTES + int(row[1]) + sum(len(p[2] or b"") + len(p[3] or b"")
-                                                           for p in self._pending)
+    def _refused_flows(self, refused: list[str]) -> None:
+        if not refused:
+            return
+        self._refused += len(refused)
+        more = f"; and {len(refused) - 1} more" if len(refused) > 1 else ""
+        raise SinkFailed(f"{self.where}: a flow ({refused[0]}) not stored{more}", lost=len(refused))
 
 
 def sync(url: str, progress: Any = None) -> tuple[int, int]:
@@ -379,7 +471,7 @@ def sync(url: str, progress: Any = None) -> tuple[int, int]:
     courier = Courier(url)
     delivered = held_by_others = 0
     try:
-        for path in leftovers(url):
+        for path in spooled(url):
             count = deliver_spool(courier, path)
             if count is None:
                 held_by_others += 1
