@@ -112,6 +112,19 @@ def test_a_run_that_ends_while_the_database_is_down_leaves_its_spool_for_store_s
         assert code == 0 and "nothing waits" in out
 
 
+def test_a_clear_forgets_the_flows_delivered_before_it(pg_url):
+    with capture(config={"store": {"url": pg_url, "batch_interval": "20ms"}, "session": {"name": "c"}}) as cap:
+        cap.feed(*[make_flow(url=f"https://api.test/before/{n}") for n in range(3)])
+        wait_for(lambda: len(stored_paths(pg_url)) == 3)  # delivered before the clear
+        cap.session.clear()
+        cap.feed(*[make_flow(url=f"https://api.test/after/{n}") for n in range(2)])
+    assert stored_paths(pg_url) == ["/after/0", "/after/1"]
+    with flowtap.open_store(pg_url) as store:
+        session = store.session("c")
+        assert session.flows == store.count(session.id) == 2
+        assert [e.kind for e in store.events(session.id)] == ["clear"]
+
+
 def test_a_slow_database_holds_up_neither_the_capture_nor_the_spool(pg_url):
     """While the flows table is locked (every insert waits), flows are spooled as fast as ever; they
     arrive when the lock goes."""

@@ -599,8 +599,12 @@ def cmd_store_copy(args: argparse.Namespace) -> int:
         raise UsageError(f"flowtap store copy: --from and --to are the same store ({args.source})")
     shown = pg.redact(str(target)) if pg.is_url(target) else str(target)
     with _errors(), Progress(f"copying to {shown}") as progress:
-        sessions, flows = copy.copy(source, target, progress, args.session or None)
+        sessions, flows, refused = copy.copy(source, target, progress, args.session or None)
     print(f"copied {sessions} sessions ({flows} flows) to {shown}")
+    if refused:
+        print(f"flowtap: error: {len(refused)} flows were refused by {shown}, e.g. {refused[0]}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

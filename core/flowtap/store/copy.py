@@ -28,6 +28,7 @@ class _Target:
     """The store copied into: its connection and the few statements that differ between backends."""
 
     def __init__(self, location: str | os.PathLike) -> None:
+        self.refused: list[str] = []  # flows the database would not take: method, URL and why
         self.postgres = pg.is_url(location)
         if self.postgres:
             self.where = pg.redact(str(location))
@@ -52,8 +53,7 @@ class _Target:
     def flows(self, rows: list[tuple]) -> None:
         """Insert flows (rows as ``spool.Courier._flow`` makes them), skipping ids already there."""
         if self.postgres:
-            with self.conn.cursor() as cursor:
-                cursor.executemany(spool.INSERT_FLOW, rows)
+            spool.insert_flows(self.conn, rows, self.refused)
             return
         width = len(db.FLOW_COLUMNS) - 1
         ids = [row[0] for row in rows]
@@ -72,10 +72,11 @@ class _Target:
 
 
 def copy(source: str | os.PathLike, target: str | os.PathLike, progress: Any = None,
-         sessions: list[str] | None = None) -> tuple[int, int]:
+         sessions: list[str] | None = None) -> tuple[int, int, list[str]]:
     """Copy ``sessions`` (ids; None: all) from the store ``source`` into ``target``.
 
-    :returns: sessions and flows read (flows already in the target are counted, not copied again).
+    :returns: sessions and flows read (flows already in the target are counted, not copied again),
+        and the flows the target refused (method, URL and why).
     :raises StoreError: either store cannot be opened, or a write failed.
     """
     psycopg_error: tuple[type[BaseException], ...] = (sqlite3.Error,)
@@ -95,7 +96,7 @@ def copy(source: str | os.PathLike, target: str | os.PathLike, progress: Any = N
                              "run the same copy again to resume") from None
         finally:
             out.close()
-    return len(chosen), flows
+    return len(chosen), flows, out.refused
 
 
 def _session(store: Store, out: _Target, session: str, progress: Any) -> int:

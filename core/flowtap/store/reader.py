@@ -168,7 +168,7 @@ class Store:
         where, params = self._who(machine, user)
         tie = "rowid" if self._db.order == "rowid" else "id"
         rows = self._execute(
-            f"SELECT {_SESSION_COLUMNS}, (SELECT count(*) FROM flows WHERE session = s.id), {self._db.who} "
+            f"SELECT {_SESSION_COLUMNS}, {self._db.stored}, {self._db.who} "
             f"FROM sessions s{' WHERE ' + ' AND '.join(where) if where else ''} "
             f"ORDER BY started DESC, {tie} DESC", params)
         return [self._session(row) for row in rows]

@@ -162,9 +162,10 @@ class Courier:
             for _, session_id, when, kind, text in events:
                 if kind == "clear":  # the spool forgot the flows recorded before it: so does the database
                     conn.execute("DELETE FROM flows WHERE session = %s", (session_id,))
+                    conn.execute("UPDATE sessions SET stored = 0 WHERE id = %s", (session_id,))
                 conn.execute(INSERT_EVENT, (session_id, when, kind, text, session_id, when, kind, text))
             if rows:
-                self._insert(conn, rows)
+                insert_flows(conn, rows, self.refused)
         for session in changed:
             self._sent[session[0]] = session[:-1]
         with db.transaction(spool):
@@ -176,23 +177,6 @@ class Courier:
             _remove_files(path, json.loads(row[len(db.FLOW_COLUMNS)]))
         self.delivered_bytes += sum(len(row[-2] or b"") + len(row[-1] or b"") + ROW_BYTES for row in rows)
         return len(flows), len(flows) == BATCH
-
-    def _insert(self, conn: psycopg.Connection, rows: list[tuple]) -> None:
-        """Insert flows in one pipelined batch; if the database refuses one, the others one by one."""
-        psycopg = pg.driver()
-        refusals = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
-        try:
-            with conn.transaction(), conn.cursor() as cursor:  # a savepoint: the batch, or none of it
-                cursor.executemany(INSERT_FLOW, rows)
-            return
-        except refusals:
-            pass
-        for row in rows:
-            try:
-                with conn.transaction():
-                    conn.execute(INSERT_FLOW, row)
-            except refusals as exc:
-                self.refused.append(f"{row[3]} {row[9]}: {' '.join(str(exc).split())}")
 
     @staticmethod
     def _flow(path: Path, row: tuple) -> tuple:
@@ -216,6 +200,34 @@ class Courier:
             columns[-1] = 0
         clean = [v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in columns]
         return (*clean, data, request_body, response_body)
+
+
+def insert_flows(conn: psycopg.Connection, rows: list[tuple], refused: list[str]) -> None:
+    """Insert flows (rows as :meth:`Courier._flow` makes them), pipelined, a session's at a time;
+    flows already there are skipped, and each session's ``stored`` count grows by those inserted.
+
+    If the database refuses a flow, the batch is inserted again one flow at a time, and what it
+    refuses is added to ``refused`` (method, URL, why) instead.
+    """
+    psycopg = pg.driver()
+    refusals = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+    sessions: dict[str, list[tuple]] = {}
+    for row in rows:
+        sessions.setdefault(row[1], []).append(row)
+    for session, batch in sessions.items():
+        try:
+            with conn.transaction(), conn.cursor() as cursor:  # a savepoint: the batch, or none of it
+                cursor.executemany(INSERT_FLOW, batch)
+                inserted = cursor.rowcount
+        except refusals:
+            inserted = 0
+            for row in batch:
+                try:
+                    with conn.transaction():
+                        inserted += conn.execute(INSERT_FLOW, row).rowcount
+                except refusals as exc:
+                    refused.append(f"{row[3]} {row[9]}: {' '.join(str(exc).split())}")
+        conn.execute("UPDATE sessions SET stored = stored + %s WHERE id = %s", (inserted, session))
 
 
 def _remove_files(path: Path, data: dict[str, Any]) -> None:
