@@ -469,12 +469,10 @@ def flow_data(flow: Flow, request_file: str | None, response_file: str | None) -
     return serialize.to_json(data)
 
 
-def load_flow(db_path: Path, data: str, request_body: bytes | None, response_body: bytes | None) -> Flow:
-    """The :class:`Flow` a ``contents`` row holds (bodies read from their files if need be)."""
-    try:
-        parsed = json.loads(data)
-    except ValueError as exc:
-        raise damaged(db_path, f"a stored flow is not JSON: {exc}") from None
+def read_body_files(db_path: Path, parsed: dict[str, Any], request_body: bytes | None,
+                    response_body: bytes | None) -> list[bytes | None]:
+    """The two bodies of a stored flow, those kept in files read; the file names taken out of its JSON
+    ``parsed`` (a file that is gone: an empty body, marked truncated)."""
     bodies = []
     for part, body in (("request", request_body), ("response", response_body)):
         message = parsed.get(part) or {}
@@ -485,7 +483,18 @@ def load_flow(db_path: Path, data: str, request_body: bytes | None, response_bod
             except OSError:
                 body = b""
                 message["truncated"] = True
-        bodies.append(b"" if body is None else bytes(body))
+        bodies.append(body)
+    return bodies
+
+
+def load_flow(db_path: Path, data: str, request_body: bytes | None, response_body: bytes | None) -> Flow:
+    """The :class:`Flow` a ``contents`` row holds (bodies read from their files if need be)."""
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise damaged(db_path, f"a stored flow is not JSON: {exc}") from None
+    bodies = [b"" if body is None else bytes(body)
+              for body in read_body_files(db_path, parsed, request_body, response_body)]
     try:
         return serialize.flow_from_dict(parsed, bodies[0], bodies[1])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -185,17 +185,7 @@ class Courier:
         columns, (data, request_body, response_body) = list(row[1:width]), row[width:]
         if row[width - 1]:  # files: bodies in files beside the spool
             parsed = json.loads(data)
-            bodies = []
-            for part, body in (("request", request_body), ("response", response_body)):
-                message = parsed.get(part) or {}
-                name = message.pop("body_file", None)
-                if name is not None:
-                    try:
-                        body = (db.bodies_dir(path) / name).read_bytes()
-                    except OSError:
-                        body, message["truncated"] = b"", True
-                bodies.append(body)
-            request_body, response_body = bodies
+            request_body, response_body = db.read_body_files(path, parsed, request_body, response_body)
             data = json.dumps(parsed)
             columns[-1] = 0
         clean = [v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in columns]
