@@ -113,7 +113,8 @@ def test_a_run_that_ends_while_the_database_is_down_leaves_its_spool_for_store_s
 
 
 def test_a_clear_forgets_the_flows_delivered_before_it(pg_url):
-    with capture(config={"store": {"url": pg_url, "batch_interval": "20ms"}, "session": {"name": "c"}}) as cap:
+    config = {"store": {"url": pg_url, "batch_interval": "20ms"}, "session": {"name": "c"}}
+    with capture(config=config) as cap:
         cap.feed(*[make_flow(url=f"https://api.test/before/{n}") for n in range(3)])
         wait_for(lambda: len(stored_paths(pg_url)) == 3)  # delivered before the clear
         cap.session.clear()

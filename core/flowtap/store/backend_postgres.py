@@ -324,3 +324,81 @@ class Reader:
             yield from iterate(self.conn, sql, params)
         except psycopg.Error as exc:
             raise error(self.url, exc) from None
+
+
+# -- writing (deliveries from the spool, copies) ----------------------------------------------------
+
+_FLOW_COLUMNS = [c for c in db.FLOW_COLUMNS if c != "seq"]
+#: A flow and its contents in one statement; nothing when its id is there already (idempotent).
+INSERT_FLOW = (
+    f"WITH f AS (INSERT INTO flows ({', '.join(_FLOW_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_FLOW_COLUMNS))}) ON CONFLICT (id) DO NOTHING RETURNING seq) "
+    "INSERT INTO contents (seq, data, request_body, response_body) SELECT seq, %s, %s, %s FROM f")
+_UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in db.SESSION_COLUMNS[1:])
+UPSERT_SESSION = (f"INSERT INTO sessions ({', '.join(db.SESSION_COLUMNS)}) VALUES "
+                  f"({', '.join(['%s'] * len(db.SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
+UPDATE_SESSION = f"UPDATE sessions SET {', '.join(f'{c} = %s' for c in db.SESSION_COLUMNS[1:])} WHERE id = %s"
+INSERT_EVENT = ("INSERT INTO events (session, time, kind, text) "
+                "SELECT %s::text, %s::float8, %s::text, %s::text WHERE NOT EXISTS (SELECT 1 FROM events "
+                "WHERE session = %s AND time = %s AND kind = %s AND text IS NOT DISTINCT FROM %s::text)")
+
+
+class Writer:
+    """Writes sessions, events and flows into a PostgreSQL store, each idempotent (deliveries, copies).
+
+    Flows go in pipelined batches (one round trip a batch, not a flow), and each session's
+    ``stored`` count grows by the flows actually inserted.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.where = redact(url)
+        self.conn = connect(url, write=True)
+        self.errors: tuple[type[BaseException], ...] = (driver().Error,)
+
+    def transaction(self) -> Any:
+        return self.conn.transaction()
+
+    def session(self, values: tuple, create: bool = True) -> None:
+        """A session row (:data:`flowtap.store.db.SESSION_COLUMNS`), made or brought up to date;
+        ``create=False``: only brought up to date if it is there."""
+        if create:
+            self.conn.execute(UPSERT_SESSION, values)
+        else:
+            self.conn.execute(UPDATE_SESSION, (*values[1:], values[0]))
+
+    def event(self, session: str, when: float, kind: str, text: str | None) -> None:
+        """An event, unless the same one is there."""
+        self.conn.execute(INSERT_EVENT, (session, when, kind, text, session, when, kind, text))
+
+    def clear(self, session: str) -> None:
+        """Forget a session's flows (a clear)."""
+        self.conn.execute("DELETE FROM flows WHERE session = %s", (session,))
+        self.conn.execute("UPDATE sessions SET stored = 0 WHERE id = %s", (session,))
+
+    def flows(self, rows: list[tuple], refused: list[str]) -> None:
+        """Insert flows (``flows`` columns without ``seq``, then data and bodies); ids already there are
+        skipped. If the database refuses one, the batch goes again a flow at a time, and what it refuses
+        is added to ``refused`` (method, URL, why) instead."""
+        psycopg = driver()
+        refusals = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+        sessions: dict[str, list[tuple]] = {}
+        for row in rows:
+            sessions.setdefault(row[1], []).append(row)
+        for session, batch in sessions.items():
+            try:
+                with self.conn.transaction(), self.conn.cursor() as cursor:  # a savepoint: all or nothing
+                    cursor.executemany(INSERT_FLOW, batch)
+                    inserted = cursor.rowcount
+            except refusals:
+                inserted = 0
+                for row in batch:
+                    try:
+                        with self.conn.transaction():
+                            inserted += self.conn.execute(INSERT_FLOW, row).rowcount
+                    except refusals as exc:
+                        refused.append(f"{row[3]} {row[9]}: {' '.join(str(exc).split())}")
+            self.conn.execute("UPDATE sessions SET stored = stored + %s WHERE id = %s", (inserted, session))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()

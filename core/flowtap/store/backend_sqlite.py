@@ -4,6 +4,7 @@ through, the same as :class:`flowtap.store.backend_postgres.Reader`'s."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -59,3 +60,60 @@ class Reader:
             raise db.error(self.path, exc) from None
         finally:
             cursor.close()
+
+
+_UPDATE = ", ".join(f"{c} = excluded.{c}" for c in db.SESSION_COLUMNS[1:])
+UPSERT_SESSION = (f"INSERT INTO sessions ({', '.join(db.SESSION_COLUMNS)}) VALUES "
+                  f"({', '.join('?' * len(db.SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
+UPDATE_SESSION = f"UPDATE sessions SET {', '.join(f'{c} = ?' for c in db.SESSION_COLUMNS[1:])} WHERE id = ?"
+INSERT_EVENT = ("INSERT INTO events (session, time, kind, text) SELECT ?, ?, ?, ? WHERE NOT EXISTS ("
+                "SELECT 1 FROM events WHERE session = ? AND time = ? AND kind = ? AND text IS ?)")
+
+
+class Writer:
+    """Writes sessions, events and flows into an SQLite store, each idempotent (copies); the same
+    methods as :class:`flowtap.store.backend_postgres.Writer`. Bodies go into rows, not files."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = db.resolve_path(path)
+        self.where = str(self.path)
+        self.conn = db.connect(self.path, write=True)
+        self.errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def transaction(self) -> Any:
+        return db.transaction(self.conn)
+
+    def session(self, values: tuple, create: bool = True) -> None:
+        if create:
+            self.conn.execute(UPSERT_SESSION, values)
+        else:
+            self.conn.execute(UPDATE_SESSION, (*values[1:], values[0]))
+
+    def event(self, session: str, when: float, kind: str, text: str | None) -> None:
+        self.conn.execute(INSERT_EVENT, (session, when, kind, text, session, when, kind, text))
+
+    def clear(self, session: str) -> None:
+        self.conn.execute("DELETE FROM flows WHERE session = ?", (session,))
+
+    def flows(self, rows: list[tuple], refused: list[str]) -> None:
+        """Insert flows (``flows`` columns without ``seq``, then data and bodies); ids already there are
+        skipped (a lookup: SQLite's store keeps no index on ids, see db.SCHEMA_V2)."""
+        width = len(db.FLOW_COLUMNS) - 1
+        ids = [row[0] for row in rows]
+        there = {r[0] for r in self.conn.execute(
+            f"SELECT id FROM flows WHERE id IN ({', '.join('?' * len(ids))})", ids)} if ids else set()
+        seq = self.conn.execute("SELECT coalesce(max(seq), 0) FROM flows").fetchone()[0]
+        for row in rows:
+            if row[0] in there:
+                continue
+            seq += 1
+            try:
+                self.conn.execute(db.INSERT_FLOW, (seq, *row[:width]))
+                self.conn.execute(db.INSERT_CONTENT, (seq, *row[width:]))
+            except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError) as exc:
+                self.conn.execute("DELETE FROM flows WHERE seq = ?", (seq,))
+                refused.append(f"{row[3]} {row[9]}: {exc}")
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()

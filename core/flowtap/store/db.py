@@ -138,6 +138,9 @@ READS_FROM = 1
 FLOW_COLUMNS = ("seq", "id", "session", "time", "method", "scheme", "host", "host_header", "port", "path",
                 "url", "pretty_url", "status", "request_type", "response_type", "request_size",
                 "response_size", "duration", "source", "error", "websocket", "files")
+#: A session row, as copies and deliveries carry it.
+SESSION_COLUMNS = ("id", "name", "started", "ended", "state", "pid", "recorded", "filtered", "paused",
+                   "received", "config", "machine", "user_name")
 INSERT_FLOW = f"INSERT INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES ({', '.join('?' * len(FLOW_COLUMNS))})"
 INSERT_CONTENT = "INSERT INTO contents (seq, data, request_body, response_body) VALUES (?, ?, ?, ?)"
 

@@ -41,7 +41,6 @@ from flowtap.store.reader import pid_alive
 from flowtap.store.sink import StoreSink
 
 if TYPE_CHECKING:
-    import psycopg
 
     from flowtap.config import Config
     from flowtap.model import Flow
@@ -57,21 +56,6 @@ RETRY_FIRST, RETRY_MOST = 0.5, 10.0
 #: What one spooled flow costs beyond its bodies (its row and JSON), for the spool's bound.
 ROW_BYTES = 1024
 
-SESSION_COLUMNS = ("id", "name", "started", "ended", "state", "pid", "recorded", "filtered", "paused",
-                   "received", "config", "machine", "user_name")
-_PG_FLOW_COLUMNS = [c for c in db.FLOW_COLUMNS if c != "seq"]
-INSERT_FLOW = (
-    f"WITH f AS (INSERT INTO flows ({', '.join(_PG_FLOW_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(_PG_FLOW_COLUMNS))}) ON CONFLICT (id) DO NOTHING RETURNING seq) "
-    "INSERT INTO contents (seq, data, request_body, response_body) SELECT seq, %s, %s, %s FROM f")
-_UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in SESSION_COLUMNS[1:])
-UPSERT_SESSION = (f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES "
-                  f"({', '.join(['%s'] * len(SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
-UPDATE_SESSION = (f"UPDATE sessions SET {', '.join(f'{c} = %s' for c in SESSION_COLUMNS[1:])} WHERE id = %s")
-INSERT_EVENT = ("INSERT INTO events (session, time, kind, text) "
-                "SELECT %s::text, %s::float8, %s::text, %s::text WHERE NOT EXISTS (SELECT 1 FROM events "
-                "WHERE session = %s AND time = %s AND kind = %s AND text IS NOT DISTINCT FROM %s::text)")
-
 
 def spool_dir(url: str) -> Path:
     """Where the spools for the database ``url`` are kept (one directory per database, password aside)."""
@@ -83,26 +67,25 @@ def spool_dir(url: str) -> Path:
 
 
 class Courier:
-    """Delivers spools into the PostgreSQL store at ``url`` over one connection (made when needed)."""
+    """Delivers spools into the PostgreSQL store at ``url`` through one writer (connected when needed)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.conn: psycopg.Connection | None = None
+        self.writer: pg.Writer | None = None
         self._sent: dict[str, tuple] = {}  # each session row as last delivered
         self.refused: list[str] = []  #: flows the database would not take: method, URL and why
         self.delivered_bytes = 0  #: of the flows delivered: their bodies, and ROW_BYTES each
 
-    def connect(self) -> psycopg.Connection:
-        """The connection, made (and the schema migrated) if need be. :raises StoreError: unreachable."""
-        if self.conn is None or self.conn.closed:
-            self.conn = pg.connect(self.url, write=True)
-        return self.conn
+    def connect(self) -> pg.Writer:
+        """The writer, connected (and the schema migrated) if need be. :raises StoreError: unreachable."""
+        if self.writer is None:
+            self.writer = pg.Writer(self.url)
+        return self.writer
 
     def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.close()
-            self.conn = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def deliver(self, spool: sqlite3.Connection, path: Path) -> int:
         """Move what the spool at ``path`` holds into the database, in order; how many flows.
@@ -137,7 +120,7 @@ class Courier:
             events = spool.execute("SELECT rowid, session, time, kind, text FROM events "
                                    "ORDER BY rowid").fetchall()
             sessions = spool.execute(
-                f"SELECT {', '.join(SESSION_COLUMNS)}, "
+                f"SELECT {', '.join(db.SESSION_COLUMNS)}, "
                 "EXISTS (SELECT 1 FROM events e WHERE e.session = s.id) FROM sessions s").fetchall()
         finally:
             spool.execute("COMMIT")
@@ -151,21 +134,19 @@ class Courier:
             return 0, False
         carried = {row[2] for row in flows}
         rows = [self._flow(path, row) for row in flows]
-        conn = self.connect()
-        with conn.transaction():
+        writer = self.connect()
+        with writer.transaction():
             for session in changed:
                 values, has_events = session[:-1], session[-1]
-                if values[9] or has_events or values[0] in carried:  # received, events, flows: worth keeping
-                    conn.execute(UPSERT_SESSION, values)
-                else:  # an empty session is kept only once something happens in it
-                    conn.execute(UPDATE_SESSION, (*values[1:], values[0]))
+                # Received flows, events, flows here: a session worth keeping. An empty one is only
+                # brought up to date (it is kept once something happens in it).
+                writer.session(values, create=bool(values[9] or has_events or values[0] in carried))
             for _, session_id, when, kind, text in events:
                 if kind == "clear":  # the spool forgot the flows recorded before it: so does the database
-                    conn.execute("DELETE FROM flows WHERE session = %s", (session_id,))
-                    conn.execute("UPDATE sessions SET stored = 0 WHERE id = %s", (session_id,))
-                conn.execute(INSERT_EVENT, (session_id, when, kind, text, session_id, when, kind, text))
+                    writer.clear(session_id)
+                writer.event(session_id, when, kind, text)
             if rows:
-                insert_flows(conn, rows, self.refused)
+                writer.flows(rows, self.refused)
         for session in changed:
             self._sent[session[0]] = session[:-1]
         with db.transaction(spool):
@@ -190,34 +171,6 @@ class Courier:
             columns[-1] = 0
         clean = [v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in columns]
         return (*clean, data, request_body, response_body)
-
-
-def insert_flows(conn: psycopg.Connection, rows: list[tuple], refused: list[str]) -> None:
-    """Insert flows (rows as :meth:`Courier._flow` makes them), pipelined, a session's at a time;
-    flows already there are skipped, and each session's ``stored`` count grows by those inserted.
-
-    If the database refuses a flow, the batch is inserted again one flow at a time, and what it
-    refuses is added to ``refused`` (method, URL, why) instead.
-    """
-    psycopg = pg.driver()
-    refusals = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
-    sessions: dict[str, list[tuple]] = {}
-    for row in rows:
-        sessions.setdefault(row[1], []).append(row)
-    for session, batch in sessions.items():
-        try:
-            with conn.transaction(), conn.cursor() as cursor:  # a savepoint: the batch, or none of it
-                cursor.executemany(INSERT_FLOW, batch)
-                inserted = cursor.rowcount
-        except refusals:
-            inserted = 0
-            for row in batch:
-                try:
-                    with conn.transaction():
-                        inserted += conn.execute(INSERT_FLOW, row).rowcount
-                except refusals as exc:
-                    refused.append(f"{row[3]} {row[9]}: {' '.join(str(exc).split())}")
-        conn.execute("UPDATE sessions SET stored = stored + %s WHERE id = %s", (inserted, session))
 
 
 def _remove_files(path: Path, data: dict[str, Any]) -> None:
