@@ -79,6 +79,7 @@ class Writer:
         self.where = str(self.path)
         self.conn = db.connect(self.path, write=True)
         self.errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+        self._ids: dict[str, set[str]] = {}  # the flow ids of each session written to
 
     def transaction(self) -> Any:
         return db.transaction(self.conn)
@@ -94,16 +95,18 @@ class Writer:
 
     def clear(self, session: str) -> None:
         self.conn.execute("DELETE FROM flows WHERE session = ?", (session,))
+        self._ids.pop(session, None)
 
     def flows(self, rows: list[tuple], refused: list[str]) -> None:
         """Insert flows (``flows`` columns without ``seq``, then data and bodies); ids already there are
-        skipped (a lookup: SQLite's store keeps no index on ids, see db.SCHEMA_V2)."""
+        skipped (each session's ids read once, through its index: the store has none on ids)."""
         width = len(db.FLOW_COLUMNS) - 1
-        ids = [row[0] for row in rows]
-        there = {r[0] for r in self.conn.execute(
-            f"SELECT id FROM flows WHERE id IN ({', '.join('?' * len(ids))})", ids)} if ids else set()
         seq = self.conn.execute("SELECT coalesce(max(seq), 0) FROM flows").fetchone()[0]
         for row in rows:
+            there = self._ids.get(row[1])
+            if there is None:
+                there = self._ids[row[1]] = {r[0] for r in self.conn.execute(
+                    "SELECT id FROM flows WHERE session = ?", (row[1],))}
             if row[0] in there:
                 continue
             seq += 1
@@ -113,6 +116,8 @@ class Writer:
             except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError) as exc:
                 self.conn.execute("DELETE FROM flows WHERE seq = ?", (seq,))
                 refused.append(f"{row[3]} {row[9]}: {exc}")
+                continue
+            there.add(row[0])
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
