@@ -3,7 +3,8 @@
 Every flow is first committed to a local spool: an SQLite store of its own, one
 file per session under ``<data dir>/spool/<database>/``, written by the store
 sink's own code (:class:`flowtap.store.sink.StoreSink`), so capture never waits
-on the network. Every ``batch_interval`` a delivery on the sink's thread moves
+on the network. Every ``batch_interval`` a delivery thread (:class:`Delivery`: a
+database that is slow then holds up neither the sink nor its backlog) moves
 what the spool holds into PostgreSQL — sessions, events, flows in the order they
 were recorded, up to :data:`BATCH` flows a transaction, one pipelined
 ``INSERT … ON CONFLICT (id) DO NOTHING`` per flow (no round trip each) — and
@@ -41,7 +42,6 @@ from flowtap.store.reader import pid_alive
 from flowtap.store.sink import StoreSink
 
 if TYPE_CHECKING:
-
     from flowtap.config import Config
     from flowtap.model import Flow
     from flowtap.scheduler import Timer
@@ -154,8 +154,10 @@ class Courier:
                 spool.execute("DELETE FROM events WHERE rowid <= ?", (events[-1][0],))
             if flows:
                 spool.execute("DELETE FROM flows WHERE seq <= ?", (flows[-1][0],))
+        width = len(db.FLOW_COLUMNS)
         for row in flows:
-            _remove_files(path, json.loads(row[len(db.FLOW_COLUMNS)]))
+            if row[width - 1]:  # bodies in files: delivered, so gone
+                _remove_files(path, json.loads(row[width]))
         self.delivered_bytes += sum(len(row[-2] or b"") + len(row[-1] or b"") + ROW_BYTES for row in rows)
         return len(flows), len(flows) == BATCH
 
