@@ -8,13 +8,17 @@ The store commands on both backends are in test_store.py and test_store_cli.py (
 from __future__ import annotations
 
 import getpass
+import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from postgres import server, wait_for
@@ -24,6 +28,7 @@ from flowtap.cli import main
 from flowtap.store import StoreError, backend_postgres as pg, db, spool
 from flowtap.testing import capture, make_flow
 
+from clirun import flowtap as flowtap_cli
 from fakedist import stream_source
 
 pytestmark = pytest.mark.timeout(180)
@@ -154,15 +159,24 @@ def test_several_runs_write_into_one_database_at_once(tmp_path, pg_url, capsys):
     (tmp_path / "flowtap.toml").write_text(
         f'[store]\nurl = "{pg_url}"\n[sources.stream]\ninterval = 0.002\ncount = 300\n'
         '[session]\nduration = "4s"\n')
-    env = dict(os.environ, PYTHONPATH=str(site), FLOWTAP_DATA_DIR=str(tmp_path / "data"))
+    data = Path(tempfile.mkdtemp(prefix="ft-"))  # short: control socket paths are limited to 107 bytes
+    env = dict(os.environ, PYTHONPATH=str(site), FLOWTAP_DATA_DIR=str(data))
     runs = [subprocess.Popen([sys.executable, "-m", "flowtap", "run", "--name", f"run{i}"], cwd=tmp_path,
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              stdin=subprocess.DEVNULL) for i in range(3)]
     try:
+        # `flowtap ctl status` names the database (without its password), not the spool.
+        def status():
+            done = flowtap_cli("ctl", "status", "--json", "--pid", str(runs[0].pid), env=env)
+            assert runs[0].poll() is None, "the run ended before it answered"
+            return done.returncode == 0 and json.loads(done.stdout)
+
+        assert wait_for(status)["store"] == pg.redact(pg_url) and ":***@" in pg.redact(pg_url)
         errors = [run.communicate(timeout=60)[1] for run in runs]
     finally:
         for run in runs:
             run.kill()
+        shutil.rmtree(data, ignore_errors=True)
     assert [run.returncode for run in runs] == [0, 0, 0], errors
     with flowtap.open_store(pg_url) as store:
         sessions = store.sessions()
