@@ -131,6 +131,18 @@ def test_a_clear_forgets_the_flows_delivered_before_it(pg_url):
         assert [e.kind for e in store.events(session.id)] == ["clear"]
 
 
+def test_text_postgresql_cannot_hold_is_kept_whole_in_the_flow(pg_url):
+    """PostgreSQL's text holds no NUL: the search columns get U+FFFD, the stored flow stays exact."""
+    odd = make_flow(url="https://api.test/odd", request_headers=[("Host", "api.test\x00evil")])
+    with capture(config={"store": {"url": pg_url}}) as cap:
+        cap.feed(odd, make_flow(url="https://api.test/plain"))
+    with flowtap.open_store(pg_url) as store:
+        rows = list(store.rows())
+        assert [r.host_header for r in rows] == ["api.test\ufffdevil", "api.test"]
+        assert store.flow(odd.id) == odd
+        assert cap.capture.clean
+
+
 def test_a_slow_database_holds_up_neither_the_capture_nor_the_spool(pg_url):
     """While the flows table is locked (every insert waits), flows are spooled as fast as ever; they
     arrive when the lock goes."""

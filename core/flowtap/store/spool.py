@@ -171,8 +171,9 @@ class Courier:
             request_body, response_body = db.read_body_files(path, parsed, request_body, response_body)
             data = json.dumps(parsed)
             columns[-1] = 0
-        clean = [v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in columns]
-        return (*clean, data, request_body, response_body)
+        if "\x00" in "".join(v for v in columns if v.__class__ is str):  # PostgreSQL's text cannot hold NUL
+            columns = [v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in columns]
+        return (*columns, data, request_body, response_body)
 
 
 def _remove_files(path: Path, data: dict[str, Any]) -> None:
