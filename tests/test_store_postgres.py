@@ -298,6 +298,9 @@ def test_errors_name_the_database_and_what_to_do(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
     code, _, err = cli(capsys, "search", "--set", f"store.url={unreachable}")
     assert code == 2 and "pip install 'flowtap[postgres]'" in err
+    with pytest.raises(flowtap.StartupError, match=r"sink 'store': .*pip install 'flowtap\[postgres\]'"):
+        with capture(config={"store": {"url": unreachable}}):
+            pass
 
 
 def test_an_empty_database_has_no_sessions_yet(pg_url, capsys):
