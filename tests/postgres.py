@@ -95,9 +95,10 @@ class Server:
                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                   "-c max_connections=200", "start")
 
-    def stop(self) -> None:
-        """Stop the server at once (``-m fast``: connections are cut, as when it goes away)."""
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server at once: ``fast`` cuts the connections; ``immediate`` is a crash (every
+        process quits without a checkpoint; the next start recovers from the WAL)."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", mode, "-w", "stop")
 
     def database(self) -> str:
         """A new empty database; its URL."""

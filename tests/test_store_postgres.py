@@ -50,7 +50,7 @@ def stored_paths(url: str, session: str | None = None) -> list[str]:
         return [row.path for row in store.rows(session=session)]
 
 
-def test_the_database_stopped_and_restarted_mid_capture_gets_every_flow_once(tmp_path):
+def test_the_database_killed_and_restarted_mid_capture_gets_every_flow_once(tmp_path):
     """Real proxy, real client: flows captured while PostgreSQL is down wait in the spool, then arrive
     in order, each once; the sink says what happened while it happened."""
     httpx = pytest.importorskip("httpx")
@@ -69,7 +69,7 @@ def test_the_database_stopped_and_restarted_mid_capture_gets_every_flow_once(tmp
 
                 send(range(20))
                 wait_for(lambda: len(stored_paths(url)) == 20)
-                database.stop()
+                database.stop("immediate")  # killed, as a crash would
                 send(range(20, 60))  # the proxy does not wait for the database
                 wait_for(lambda: "capture goes on" in next(
                     h for h in cap.capture.health() if h.name == "store").last_error)
@@ -86,6 +86,32 @@ def test_the_database_stopped_and_restarted_mid_capture_gets_every_flow_once(tmp
             assert reader.session("outage").state == "ended"
             assert len({row.id for row in reader.rows()}) == 80
         assert not list(spool.spool_dir(url).glob("*.db"))  # delivered: the spool is gone
+
+
+def test_flows_streaming_in_while_the_database_is_killed_and_restarted_arrive_once_each(tmp_path):
+    """`flowtap run` recording all along; the server killed mid-delivery, then back: every flow once."""
+    site = stream_source(tmp_path / "site")
+    with server() as database:
+        url = database.database()
+        (tmp_path / "flowtap.toml").write_text(
+            f'[store]\nurl = "{url}"\nbatch_interval = "20ms"\n[sources.stream]\ninterval = 0.002\n'
+            'count = 1500\n[session]\nduration = "8s"\n')
+        env = dict(os.environ, PYTHONPATH=str(site), FLOWTAP_DATA_DIR=str(tmp_path / "data"))
+        run = subprocess.Popen([sys.executable, "-m", "flowtap", "run", "--plain", "--name", "stream"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, stdin=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: len(stored_paths(url)) >= 100)
+            database.stop("immediate")
+            time.sleep(1.0)  # flows keep coming meanwhile
+            database.start()
+            out, err = run.communicate(timeout=60)
+        finally:
+            run.kill()
+        assert run.returncode == 1 and "capture goes on" in err, (out, err)  # the outage was reported
+        assert stored_paths(url) == [f"/stream/{n}" for n in range(1500)]
+        with flowtap.open_store(url) as reader:
+            assert reader.session("stream").flows == 1500
 
 
 def test_a_run_that_ends_while_the_database_is_down_leaves_its_spool_for_store_sync(capsys):
