@@ -437,17 +437,23 @@ class Exported:
 
 
 def export_sinks(config: Config, disable: Iterable[str] = ()) -> dict[str, str]:
-    """The sinks a stored session can be exported through (those writing a file): name -> table."""
+    """The sinks a stored session can be exported through (those with a ``path`` option): each
+    name with its default path (``flowtap-{session}.har``)."""
     from flowtap.capture import Capture
 
     capture = Capture(config, disable=disable)
-    return {name: entry.table for name, entry in sorted(capture.sink_factories.items())
-            if any(option.name == "path" for option in capture.options.get(entry.table, []))}
+    found = {}
+    for name, entry in sorted(capture.sink_factories.items()):
+        for option in capture.options.get(entry.table, []):
+            if option.name == "path":
+                found[name] = str(option.default or f"{{session}}.{name}")
+    return found
 
 
 def export_session(config: Config, store: Any, session: Any, sink: str, output: str | os.PathLike, *,
                    expression: str | None = None, ids: list[str] | None = None,
-                   current_config: bool = False, disable: Iterable[str] = ()) -> Exported:
+                   current_config: bool = False, disable: Iterable[str] = (),
+                   quiet: bool = False) -> Exported:
     """Replay a stored session through sink ``sink`` into the file ``output``, as if captured now.
 
     The one export path of ``flowtap export --sink`` and of the web UI: any registered sink
@@ -457,6 +463,7 @@ def export_session(config: Config, store: Any, session: Any, sink: str, output: 
 
     :param expression: only the flows matching this filter expression.
     :param ids: only the flows with these ids.
+    :param quiet: no progress line, even on a terminal.
     :raises UsageError: no such sink, or it writes no file.
     :raises ExportFailed: the sink failed while exporting.
     """
@@ -496,7 +503,8 @@ def export_session(config: Config, store: Any, session: Any, sink: str, output: 
     count = 0
     order = {row.id: number for number, row in enumerate(store.rows(session=session))}
     cookies = _cookie_events(store.events(session.id, cookies=True), order)
-    with Progress(f"exporting {session.name!r} through {sink!r}", total=session.flows) as progress:
+    with Progress(f"exporting {session.name!r} through {sink!r}", total=session.flows,
+                  stream=io.StringIO() if quiet else None) as progress:
         try:
             for flow in session_flows(store, session, expression, ids):
                 while cookies and cookies[0][0] < order.get(flow.id, -1):
