@@ -123,30 +123,41 @@ def row_json(row: FlowRow) -> dict[str, Any]:
 
 def page(store: Store, session_id: str, filter_expression: str | None, after: int | None = None,
          before: int | None = None, newest: bool = False, limit: int = PAGE_LIMIT) -> dict[str, Any]:
-    """A page of the flow table, by keyset (see :meth:`Store.page`).
+    """A page of the flow table, by keyset (see :meth:`Store.page`): after ``after``, before
+    ``before``, the newest, or the first.
 
-    ``more``: whether the store holds more matching rows beyond the page in its direction.
+    ``more``: the store holds more matching rows beyond the page in its direction; ``top``: the
+    session's last ``seq`` when the page was read (where a live stream starts).
     """
     limit = max(1, min(limit, PAGE_LIMIT))
+    top = _top(store, session_id)
     if newest:
         rows = store.newest(session_id, filter_expression, limit + 1)
-        return {"rows": [row_json(r) for r in rows[-limit:]], "more": len(rows) > limit}
+        return {"rows": [row_json(r) for r in rows[-limit:]], "more": len(rows) > limit, "top": top}
     rows = store.page(session_id, filter_expression, after=after, before=before, limit=limit + 1)
-    if before is not None and after is None:
-        return {"rows": [row_json(r) for r in rows[-limit:]], "more": len(rows) > limit}
-    return {"rows": [row_json(r) for r in rows[:limit]], "more": len(rows) > limit}
+    shown = rows[-limit:] if before is not None and after is None else rows[:limit]
+    return {"rows": [row_json(r) for r in shown], "more": len(rows) > limit, "top": top}
+
+
+def _top(store: Store, session_id: str) -> int:
+    last = store.newest(session_id, None, 1)
+    return last[0].seq if last else 0
 
 
 def update(store: Store, session_id: str, filter_expression: str | None, cursor: int,
            limit: int = PAGE_LIMIT) -> dict[str, Any]:
-    """What a live table lacks: the rows recorded after ``cursor``, or, when more than ``limit``
-    came since (the proxy outran the page), the newest ``limit`` with ``gap`` set; the session
-    with its counts and events."""
+    """What a live table lacks: the matching rows recorded after ``cursor``, or, when more than
+    ``limit`` came since (the proxy outran the page), the newest ``limit`` with ``gap`` set; the
+    session with its counts and events; and the next ``cursor`` (past every row looked at, so that
+    a filter matching nothing does not look at the same rows again)."""
+    top = _top(store, session_id)
     rows = store.page(session_id, filter_expression, after=cursor, limit=limit + 1)
     gap = len(rows) > limit
     if gap:
         rows = store.newest(session_id, filter_expression, limit)
-    return {"rows": [row_json(r) for r in rows], "gap": gap, "session": session(store, session_id)}
+    cursor = max(top, cursor, rows[-1].seq if rows else 0)
+    return {"rows": [row_json(r) for r in rows], "gap": gap, "cursor": cursor,
+            "session": session(store, session_id)}
 
 
 # -- one flow --------------------------------------------------------------------------------------

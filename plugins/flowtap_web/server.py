@@ -303,8 +303,7 @@ class Live(Handler):
         last: Any = None
         while not self._closed:
             news = await self.read(data.update, ref, expression, cursor)
-            if news["rows"]:
-                cursor = news["rows"][-1]["seq"]
+            cursor = news.pop("cursor")
             if news["rows"] or news["session"] != last:
                 last = news["session"]
                 self.write(f"data: {json.dumps(news, separators=(',', ':'), default=str)}\n\n")
