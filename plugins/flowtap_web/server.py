@@ -354,7 +354,8 @@ class Sinks(Handler):
         from flowtap.store.commands import export_sinks
 
         sinks = await self.read(lambda store: export_sinks(self.web.config, self.web.disable))
-        self.write_json({"sinks": sorted(sinks) + ["curl"]})
+        # The store's path names a database (with a folder of bodies), not a file to download.
+        self.write_json({"sinks": [name for name in sorted(sinks) if name != "store"] + ["curl"]})
 
 
 class Export(Handler):

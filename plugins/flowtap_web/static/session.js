@@ -98,7 +98,13 @@ export class SessionPage {
       this.session = news.session;
       this.events = news.session.events;
       this.showSession();
-      if (cleared) { this.rows = []; this.moreBefore = false; this.moreAfter = false; this.selected.clear(); }
+      if (cleared) {
+        // The store forgot the flows; the next ones may take their numbers again: start afresh.
+        this.selected.clear();
+        this.updateSave();
+        this.reload();
+        return;
+      }
       if (news.gap) {
         if (this.follow) { this.rows = news.rows; this.moreBefore = true; } else this.moreAfter = true;
       } else if (!this.moreAfter && news.rows.length) {
