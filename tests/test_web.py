@@ -36,7 +36,8 @@ from upstream import Upstream, free_port
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
 
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==")
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANH"
+                       "QEDasKb6QAAAABJRU5ErkJggg==")
 SCRIPT = (b"<script>window.__pwned = 1; document.title = 'pwned'</script>"
           b"<img src=x onerror=\"window.__pwned = 2\"><b id=injected>bold</b>")
 
@@ -52,8 +53,8 @@ class Run:
                           f'[sinks.har]\npath = "{self.har}"\n[web]\nport = 0\n')
         self.env = {**os.environ, "FLOWTAP_DATA_DIR": str(data)}
         self.proc = subprocess.Popen([sys.executable, "-m", "flowtap", "-c", str(config), "run", "--plain"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     text=True, env=self.env, cwd=folder)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, text=True, env=self.env, cwd=folder)
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -227,7 +228,10 @@ def test_awkward_bodies_are_shown_for_what_they_are(page, run, upstream, shots):
     page.goto(f"{run.base}/#/s/{run.session_id()}/f/{run.flow_id('/as?type=image/png')}")
     image = page.locator("#response-body img.preview")
     expect(image).to_be_visible()
-    page.wait_for_function("document.querySelector('#response-body img').naturalWidth === 2")
+    deadline = time.monotonic() + 5
+    while image.evaluate("img => img.naturalWidth") != 2:  # decoded from the blob
+        assert time.monotonic() < deadline, "the image was not shown"
+        time.sleep(0.05)
     assert image.get_attribute("src").startswith("blob:")
 
     page.goto(f"{run.base}/#/s/{run.session_id()}/f/{run.flow_id('/as?type=application/octet')}")

@@ -138,10 +138,17 @@ class WebServer:
             (r"/api/sessions/([^/]+)/cookies", Cookies, ui),
             (r"/api/sinks", Sinks, ui),
             (r"/api/flows/([0-9a-zA-Z_-]+)", OneFlow, ui),
-        ], default_handler_class=NotFound, default_handler_args=ui, compress_response=True)
+        ], default_handler_class=NotFound, default_handler_args=ui, compress_response=True,
+           log_function=_log)
 
     def cookie_name(self) -> str:
         return f"flowtap_web_{self.port}"  # cookies are shared across ports: one per server
+
+
+def _log(handler: tornado.web.RequestHandler) -> None:
+    """Requests are logged at debug level only: inside a run, the console is the live table's."""
+    request = handler.request
+    log.debug("%d %s %.1fms", handler.get_status(), request.uri, 1000 * request.request_time())
 
 
 class Handler(tornado.web.RequestHandler):
