@@ -242,6 +242,8 @@ def setup_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no line per flow (start-up lines and the summary still print), "
                              "like mitmdump -q")
+    parser.add_argument("--web", action="store_true",
+                        help="serve the browser UI beside the capture (as [web] in the config does)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -260,6 +262,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.override("session.name", args.name, f"--name {args.name}")
     if args.duration:
         config.override("session.duration", args.duration, f"--duration {args.duration}")
+    if args.web:
+        config.override("web.enabled", True, "--web")
     capture = capture_from_args(args, config)
     capture.validate()
     if not capture.configured_sources():
