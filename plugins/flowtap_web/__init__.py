@@ -54,7 +54,7 @@ def flowtap_register_commands(register):
 
 @flowtap.hookimpl
 def flowtap_register_sources(register):
-    register(NAME, _web_source, table="web")
+    register(NAME, _web_source, table="web", captures=False)
 
 
 def _web_source(options):
