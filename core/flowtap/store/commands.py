@@ -13,9 +13,11 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+import attrs
 
 from flowtap.commandline import (
     UsageError,
@@ -46,6 +48,13 @@ def store_path(config: Config) -> Path:
     from flowtap.store import db
 
     return db.resolve_path(_store_key(config, "path"))
+
+
+def shown(location: str | Path) -> str:
+    """A store's location for people: the file, or the database's URL without its password."""
+    from flowtap.store.backend_postgres import is_url, redact
+
+    return redact(str(location)) if is_url(location) else str(location)
 
 
 def store_location(config: Config) -> str | Path:
@@ -179,28 +188,47 @@ def _writable(location: str | Path) -> Iterator[Any]:
 
 def cmd_sessions_rename(args: argparse.Namespace) -> int:
     """Give a stored session a new name."""
-    from flowtap.store import Store
-
-    if not args.name.strip():
-        raise UsageError("the new name is empty")
-    location = store_location(_config(args))
-    with _errors(), Store(location) as store:
-        session = store.session(args.session, unique=True)
-    with _writable(location) as conn:
-        conn.execute("UPDATE sessions SET name = ? WHERE id = ?", (args.name, session.id))
+    session = rename_session(store_location(_config(args)), args.session, args.name)
     print(f"session {session.id}: renamed {session.name!r} to {args.name!r}")
     return 0
 
 
+def rename_session(location: str | Path, ref: str, name: str) -> Any:
+    """Give the stored session ``ref`` names (unambiguously) a new name; its :class:`SessionInfo`
+    as it was. The one rename of ``flowtap sessions rename`` and the web UI.
+
+    :raises UsageError: an empty name, no such session, or the store cannot be written.
+    """
+    from flowtap.store import Store
+
+    if not name.strip():
+        raise UsageError("the new name is empty")
+    with _errors(), Store(location) as store:
+        session = store.session(ref, unique=True)
+    with _writable(location) as conn:
+        conn.execute("UPDATE sessions SET name = ? WHERE id = ?", (name, session.id))
+    return session
+
+
 def cmd_sessions_delete(args: argparse.Namespace) -> int:
     """Delete stored sessions with their flows and body files."""
+    for session in delete_sessions(store_location(_config(args)), args.sessions):
+        print(f"deleted session {session.name!r} ({session.id}) and its {session.flows} flows")
+    return 0
+
+
+def delete_sessions(location: str | Path, refs: list[str]) -> list[Any]:
+    """Delete the stored sessions ``refs`` name, with their flows and body files; their
+    :class:`SessionInfo`. The one delete of ``flowtap sessions delete`` and the web UI.
+
+    :raises UsageError: no such session, one is being recorded, or the store cannot be written.
+    """
     import shutil
 
     from flowtap.store import Store, db
 
-    location = store_location(_config(args))
     with _errors(), Store(location) as store:
-        sessions = [store.session(ref, unique=True) for ref in args.sessions]
+        sessions = [store.session(ref, unique=True) for ref in refs]
     for s in sessions:
         if s.live:
             where = f" on {s.machine}" if s.machine else ""
@@ -209,10 +237,9 @@ def cmd_sessions_delete(args: argparse.Namespace) -> int:
     with _writable(location) as conn:
         for s in sessions:
             conn.execute("DELETE FROM sessions WHERE id = ?", (s.id,))  # one statement: its own transaction
-            if isinstance(location, Path):
+            if isinstance(location, Path):  # PostgreSQL keeps bodies in its rows
                 shutil.rmtree(db.bodies_dir(location) / s.id, ignore_errors=True)
-            print(f"deleted session {s.name!r} ({s.id}) and its {s.flows} flows")
-    return 0
+    return sessions
 
 
 # -- search and show ----------------------------------------------------------------------------
@@ -313,20 +340,41 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_curl(args: argparse.Namespace) -> int:
-    from flowtap.store import render
-
     with _store(args) as store:
         session = store.session(args.session)
         with _output(args.output) as out, Progress(f"exporting {session.name!r} as curl",
                                                    total=session.flows) as progress:
             count = 0
-            for flow in store.flows(args.filter, session=session):
-                progress.print(render.curl(_for_replay(flow)), file=out)
+            for command in curl_commands(store, session, args.filter):
+                progress.print(command, file=out)
                 count += 1
                 progress.advance()
     if args.output:
         print(f"wrote {count} curl commands from session {session.name!r} to {args.output}")
     return 0
+
+
+def session_flows(store: Any, session: Any, expression: str | None = None,
+                  ids: list[str] | None = None) -> Iterator[Any]:
+    """The flows of a stored session an export takes: those matching ``expression`` (and, when
+    ``ids`` is given, only those), in recording order."""
+    if ids is None:
+        return store.flows(expression, session=session)
+    return store.selected(session, ids, expression)
+
+
+def curl_commands(store: Any, session: Any, expression: str | None = None,
+                  ids: list[str] | None = None) -> Iterator[str]:
+    """A curl command for each flow of a stored session an export takes (see :func:`session_flows`)."""
+    for flow in session_flows(store, session, expression, ids):
+        yield curl_command(flow)
+
+
+def curl_command(flow: Any) -> str:
+    """The curl command line that sends the flow's request again (without its hop-by-hop headers)."""
+    from flowtap.store import render
+
+    return render.curl(_for_replay(flow))
 
 
 #: Hop-by-hop headers (RFC 9110 7.6.1) and those meant for the proxy: a replay must not send them
@@ -412,71 +460,125 @@ def _table(raw: dict[str, Any], dotted: str) -> dict[str, Any]:
 
 
 def _export_sink(args: argparse.Namespace, config: Config) -> int:
-    from flowtap.capture import Capture
-
-    capture = Capture(config, disable=_disabled(args))
-    entry = capture.sink_factories.get(args.sink)
-    if entry is None:
-        names = ", ".join(sorted(capture.sink_factories)) or "none"
-        raise UsageError(f"no sink named {args.sink!r} (available: {names}; `flowtap plugins` lists plugins)")
-    if not any(option.name == "path" for option in capture.options.get(entry.table, [])):
-        raise UsageError(f"sink {args.sink!r} has no path option in [{entry.table}]: "
-                         "it does not write a file to export to")
     with _store(args) as store:
         session = store.session(args.session)
-        raw = config.raw
-        recorded = _recorded_options(session.config, entry.table, capture.options.get(entry.table, []))
-        if recorded is not None and not args.current_config:  # the options the session was captured with
-            table = _table(raw, entry.table)
-            table.clear()
-            table.update(recorded)
-        for name, other in capture.sink_factories.items():
-            _table(raw, other.table)["enabled"] = name == args.sink
-        # -o names the file to write: an existing one is replaced once the export is done (a live
-        # session never overwrites another's file, so the sink writes beside it first).
-        from flowtap.paths import expand_path
+        try:
+            done = export_session(config, store, session, args.sink, args.output, expression=args.filter,
+                                  current_config=args.current_config, disable=_disabled(args))
+        except ExportFailed as exc:
+            print(f"flowtap: error: {exc}", file=sys.stderr)
+            return 1
+    how = ("with the options it was recorded with" if done.recorded
+           else "with this config's options")
+    print(f"exported {done.count} flows of session {session.name!r} ({session.id}) through {args.sink!r} "
+          f"to {done.target} ({how} for [{done.table}])")
+    return 0
 
-        target = expand_path(args.output, session)
-        scratch = target.with_name(f".{target.name}.export-{os.getpid()}") if target.is_file() else target
-        if scratch != target:
-            scratch = scratch.with_name(scratch.name + "".join(target.suffixes[-2:]))
-        _table(raw, entry.table)["path"] = str(scratch)
-        for other in capture.source_factories.values():
-            _table(raw, other.table)["enabled"] = False
-        raw.pop("filters", None)  # the stored flows passed the capture's filters already
-        _table(raw, "session").update(name=session.name, duration="")
-        capture.start(started=session.started)
-        count = 0
-        order = {row.id: number for number, row in enumerate(store.rows(session=session))}
-        cookies = _cookie_events(store.events(session.id, cookies=True), order)
-        with Progress(f"exporting {session.name!r} through {args.sink!r}", total=session.flows) as progress:
-            try:
-                for flow in store.flows(args.filter, session=session):
-                    while cookies and cookies[0][0] < order.get(flow.id, -1):
-                        capture.dispatcher.cookies(*cookies.pop(0)[1:])
-                    capture.emit(flow)
-                    count += 1
-                    progress.advance()
-                for _, found, source in cookies:
-                    capture.dispatcher.cookies(found, source)
-                progress.note = f"finishing {args.output}"
-            finally:
-                capture.stop()
+
+class ExportFailed(Exception):
+    """The sink failed while exporting (it reported why); its output may be incomplete."""
+
+
+@attrs.define
+class Exported:
+    """What :func:`export_session` wrote."""
+
+    count: int  # flows
+    target: Path
+    table: str  # the sink's config table
+    recorded: bool  # with the sink options the session was recorded with (else the config's)
+
+
+def export_sinks(config: Config, disable: Iterable[str] = ()) -> dict[str, str]:
+    """The sinks a stored session can be exported through (those with a ``path`` option): each
+    name with its default path (``flowtap-{session}.har``)."""
+    from flowtap.capture import Capture
+
+    capture = Capture(config, disable=disable)
+    found = {}
+    for name, entry in sorted(capture.sink_factories.items()):
+        for option in capture.options.get(entry.table, []):
+            if option.name == "path":
+                found[name] = str(option.default or f"{{session}}.{name}")
+    return found
+
+
+def export_session(config: Config, store: Any, session: Any, sink: str, output: str | os.PathLike, *,
+                   expression: str | None = None, ids: list[str] | None = None,
+                   current_config: bool = False, disable: Iterable[str] = (),
+                   quiet: bool = False) -> Exported:
+    """Replay a stored session through sink ``sink`` into the file ``output``, as if captured now.
+
+    The one export path of ``flowtap export --sink`` and of the web UI: any registered sink
+    with a ``path`` option can export. The sink gets the options the session was recorded
+    with (``current_config``: those of ``config``); an existing ``output`` is replaced once
+    the export is complete. ``config`` itself is not changed.
+
+    :param expression: only the flows matching this filter expression.
+    :param ids: only the flows with these ids.
+    :param quiet: no progress line, even on a terminal.
+    :raises UsageError: no such sink, or it writes no file.
+    :raises ExportFailed: the sink failed while exporting.
+    """
+    from flowtap.capture import Capture
+
+    config = Config.from_dict(config.raw, config.path)
+    capture = Capture(config, disable=disable)
+    entry = capture.sink_factories.get(sink)
+    if entry is None:
+        names = ", ".join(sorted(capture.sink_factories)) or "none"
+        raise UsageError(f"no sink named {sink!r} (available: {names}; `flowtap plugins` lists plugins)")
+    if not any(option.name == "path" for option in capture.options.get(entry.table, [])):
+        raise UsageError(f"sink {sink!r} has no path option in [{entry.table}]: "
+                         "it does not write a file to export to")
+    raw = config.raw
+    recorded = _recorded_options(session.config, entry.table, capture.options.get(entry.table, []))
+    if recorded is not None and not current_config:  # the options the session was captured with
+        table = _table(raw, entry.table)
+        table.clear()
+        table.update(recorded)
+    for name, other in capture.sink_factories.items():
+        _table(raw, other.table)["enabled"] = name == sink
+    # The file to write: an existing one is replaced once the export is done (a live
+    # session never overwrites another's file, so the sink writes beside it first).
+    from flowtap.paths import expand_path
+
+    target = expand_path(str(output), session)
+    scratch = target.with_name(f".{target.name}.export-{os.getpid()}") if target.is_file() else target
+    if scratch != target:
+        scratch = scratch.with_name(scratch.name + "".join(target.suffixes[-2:]))
+    _table(raw, entry.table)["path"] = str(scratch)
+    for other in capture.source_factories.values():
+        _table(raw, other.table)["enabled"] = False
+    raw.pop("filters", None)  # the stored flows passed the capture's filters already
+    _table(raw, "session").update(name=session.name, duration="")
+    capture.start(started=session.started)
+    count = 0
+    order = {row.id: number for number, row in enumerate(store.rows(session=session))}
+    cookies = _cookie_events(store.events(session.id, cookies=True), order)
+    with Progress(f"exporting {session.name!r} through {sink!r}", total=session.flows,
+                  stream=io.StringIO() if quiet else None) as progress:
+        try:
+            for flow in session_flows(store, session, expression, ids):
+                while cookies and cookies[0][0] < order.get(flow.id, -1):
+                    capture.dispatcher.cookies(*cookies.pop(0)[1:])
+                capture.emit(flow)
+                count += 1
+                progress.advance()
+            for _, found, source in cookies:
+                capture.dispatcher.cookies(found, source)
+            progress.note = f"finishing {output}"
+        finally:
+            capture.stop()
     if capture.host.error_count:
-        print(f"flowtap: error: sink {args.sink!r} failed while exporting (see above); "
-              f"{scratch} may be incomplete", file=sys.stderr)
-        return 1
+        raise ExportFailed(f"sink {sink!r} failed while exporting (see above); {scratch} may be incomplete")
     if scratch != target and scratch.is_file():
         try:
             os.replace(scratch, target)
         except OSError as exc:
             raise UsageError(f"{target}: cannot replace it with the export in {scratch}: "
                              f"{exc.strerror or exc}") from None
-    how = ("with the options it was recorded with" if recorded is not None and not args.current_config
-           else "with this config's options")
-    print(f"exported {count} flows of session {session.name!r} ({session.id}) through {args.sink!r} "
-          f"to {target} ({how} for [{entry.table}])")
-    return 0
+    return Exported(count, target, entry.table, recorded is not None and not current_config)
 
 
 # -- wiring: the setup of each command's arguments (flowtap.coreplugin registers the commands) --------

@@ -254,15 +254,51 @@ class Store:
         :param user: only flows of sessions recorded by this user.
         :raises FilterError: the expression is invalid.
         """
-        for row, _ in self._select(expression, session, limit, newest_first, machine, user):
+        for row, _ in self._select(expression, session, limit, newest_first, machine=machine, user=user):
             yield row
+
+    def page(self, session: str | SessionInfo, expression: str | None = None, after: int | None = None,
+             before: int | None = None, limit: int = 100) -> list[FlowRow]:
+        """One page of a session's flows matching ``expression``, by recording order (keyset on
+        :attr:`FlowRow.seq`, never an offset: any page of a large session costs the same).
+
+        :param after: the first ``limit`` flows recorded after the flow with this ``seq``
+            (None: from the first).
+        :param before: else, the last ``limit`` flows recorded before this ``seq``. Neither: the
+            first ``limit`` flows. Either way the page is in recording order.
+        :raises FilterError: the expression is invalid.
+        """
+        if after is not None or before is None:
+            bound = None if after is None else ("f.seq > ?", [after])
+            found = self._select(expression, session, limit, False, load=False, bound=bound)
+            return [row for row, _ in found]
+        found = self._select(expression, session, limit, True, load=False, bound=("f.seq < ?", [before]))
+        return [row for row, _ in found][::-1]
+
+    def newest(self, session: str | SessionInfo, expression: str | None = None,
+               limit: int = 100) -> list[FlowRow]:
+        """The last ``limit`` flows of a session matching ``expression``, in recording order."""
+        return [row for row, _ in self._select(expression, session, limit, True, load=False)][::-1]
 
     def flows(self, expression: str | None = None, session: str | SessionInfo | None = None,
               limit: int | None = None, newest_first: bool = False, machine: str | None = None,
               user: str | None = None) -> Iterator[Flow]:
         """The :class:`flowtap.Flow` objects matching ``expression`` (arguments as for :meth:`rows`)."""
-        for row, flow in self._select(expression, session, limit, newest_first, machine, user):
+        for row, flow in self._select(expression, session, limit, newest_first, load=True, machine=machine,
+                                      user=user):
             yield flow if flow is not None else self._load(row.seq)
+
+    def selected(self, session: str | SessionInfo, ids: list[str], expression: str | None = None
+                 ) -> Iterator[Flow]:
+        """The flows of a session with these ids (and matching ``expression``), in recording order."""
+        rows: list[FlowRow] = []
+        for start in range(0, len(ids), 500):  # SQLite allows 999 parameters (before 3.32)
+            part = list(ids[start:start + 500])
+            where = ("f.id IN (" + ", ".join("?" * len(part)) + ")", part)
+            rows.extend(row for row, _ in self._select(expression, session, None, False, load=False,
+                                                       bound=where))
+        for row in sorted(rows, key=lambda row: row.seq):
+            yield self._load(row.seq)
 
     def flow(self, ref: str) -> Flow:
         """The stored flow with this id (or unique id prefix)."""
@@ -299,8 +335,8 @@ class Store:
         return db.load_flow(self.path, *row)
 
     def _select(self, expression: str | None, session: str | SessionInfo | None, limit: int | None,
-                newest_first: bool, machine: str | None = None,
-                user: str | None = None) -> Iterator[tuple[FlowRow, Flow | None]]:
+                newest_first: bool, load: bool = False, bound: tuple[str, list[Any]] | None = None,
+                machine: str | None = None, user: str | None = None) -> Iterator[tuple[FlowRow, Flow | None]]:
         plan = query.plan(expression, self._db.dialect)
         if session is not None:
             session = session.id if isinstance(session, SessionInfo) else self.session(session).id
@@ -315,6 +351,9 @@ class Store:
         if session is not None:
             where.append("f.session = ?")
             params.append(session)
+        if bound is not None:  # a condition of the caller's: "f.seq > ?", [cursor]
+            where.append(bound[0])
+            params.extend(bound[1])
         who, names = self._who(machine, user)
         if who:
             where.append(f"f.session IN (SELECT id FROM sessions WHERE {' AND '.join(who)})")
