@@ -332,3 +332,41 @@ def test_errors_name_the_database_and_what_to_do(tmp_path, capsys, monkeypatch):
 def test_an_empty_database_has_no_sessions_yet(pg_url, capsys):
     code, out, _ = cli(capsys, "sessions", "--set", f"store.url={pg_url}")
     assert code == 0 and "no sessions recorded yet" in out and "app:app" not in out
+
+
+def test_the_web_ui_reads_and_manages_a_postgresql_store(pg_url):
+    """The web UI's API over a team store: sessions (none yet, then one), filtered keyset pages, a
+    flow, rename, delete; the database's password never reaches the page."""
+    httpx = pytest.importorskip("httpx")
+    from flowtap.config import Config
+    from flowtap_web import service
+
+    server = service.make_server({"host": "127.0.0.1", "port": 0, "allowed_hosts": []},
+                                 Config.from_dict({"store": {"url": pg_url}}))
+    url = server.start()
+    base = url.split("/?", 1)[0]
+    try:
+        with httpx.Client(base_url=base, trust_env=False, timeout=10, headers={"Origin": base}) as web:
+            assert web.get("/", params={"token": url.split("token=")[1]}).status_code == 302
+            listing = web.get("/api/sessions").json()
+            assert listing == {"sessions": [], "store": pg.redact(pg_url)} and "app:app" not in str(listing)
+            with capture(config={"store": {"url": pg_url}, "session": {"name": "web-pg"}}) as cap:
+                cap.feed(make_flow(url="https://api.test/a"),
+                         make_flow(url="https://api.test/b", method="POST"), make_flow(url="https://api.test/c"))
+            (session,) = web.get("/api/sessions").json()["sessions"]
+            assert session["name"] == "web-pg" and session["flows"] == 3
+            sid = session["id"]
+            posts = web.get(f"/api/sessions/{sid}/flows", params={"filter": "~m POST"}).json()["rows"]
+            assert [row["path"] for row in posts] == ["/b"]
+            first = web.get(f"/api/sessions/{sid}/flows", params={"methods": "GET", "limit": "1"}).json()
+            assert [row["path"] for row in first["rows"]] == ["/a"] and first["more"]
+            after = web.get(f"/api/sessions/{sid}/flows",
+                            params={"methods": "GET", "after": str(first["rows"][0]["seq"])}).json()
+            assert [row["path"] for row in after["rows"]] == ["/c"] and not after["more"]
+            assert web.get(f"/api/flows/{posts[0]['id']}").status_code == 200
+            assert web.patch(f"/api/sessions/{sid}", json={"name": "renamed"}).status_code == 200
+            assert web.get("/api/sessions").json()["sessions"][0]["name"] == "renamed"
+            assert web.delete(f"/api/sessions/{sid}").status_code == 200
+            assert web.get("/api/sessions").json()["sessions"] == []
+    finally:
+        server.stop()
