@@ -10,15 +10,12 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from postgres import server, wait_for
@@ -191,14 +188,13 @@ def test_a_slow_database_holds_up_neither_the_capture_nor_the_spool(pg_url):
     assert cap.capture.clean  # slow is not down: nothing to report
 
 
-def test_several_runs_write_into_one_database_at_once(tmp_path, pg_url, capsys):
+def test_several_runs_write_into_one_database_at_once(tmp_path, pg_url, capsys, data_dir):
     """Three `flowtap run` processes at once: every flow of each, in order, no id collides."""
     site = stream_source(tmp_path / "site")
     (tmp_path / "flowtap.toml").write_text(
         f'[store]\nurl = "{pg_url}"\n[sources.stream]\ninterval = 0.002\ncount = 300\n'
         '[session]\nduration = "4s"\n')
-    data = Path(tempfile.mkdtemp(prefix="ft-"))  # short: control socket paths are limited to 107 bytes
-    env = dict(os.environ, PYTHONPATH=str(site), FLOWTAP_DATA_DIR=str(data))
+    env = dict(os.environ, PYTHONPATH=str(site))  # FLOWTAP_DATA_DIR: data_dir, short for the sockets
     runs = [subprocess.Popen([sys.executable, "-m", "flowtap", "run", "--name", f"run{i}"], cwd=tmp_path,
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              stdin=subprocess.DEVNULL) for i in range(3)]
@@ -214,7 +210,6 @@ def test_several_runs_write_into_one_database_at_once(tmp_path, pg_url, capsys):
     finally:
         for run in runs:
             run.kill()
-        shutil.rmtree(data, ignore_errors=True)
     assert [run.returncode for run in runs] == [0, 0, 0], errors
     with flowtap.open_store(pg_url) as store:
         sessions = store.sessions()
