@@ -88,7 +88,8 @@ def error(url: str, exc: BaseException, doing: str = "read") -> StoreError:
 
 
 def connect(url: str, write: bool = False) -> psycopg.Connection:
-    """Connect to the store at ``url`` (autocommit); ``write``: create or upgrade its schema.
+    """Connect to the store at ``url`` (autocommit); ``write``: create or upgrade its schema, else a
+    read-only session.
 
     The password comes from the URL, ``PGPASSWORD`` or ``~/.pgpass`` (libpq's
     rules); ``sslmode`` and the other TLS parameters pass through the URL.
@@ -107,7 +108,10 @@ def connect(url: str, write: bool = False) -> psycopg.Connection:
     params.setdefault("tcp_user_timeout", CONNECT_TIMEOUT * 2000)  # ms: a host that vanished, not refused
     options = str(params.get("options") or "")
     if "statement_timeout" not in options:
-        params["options"] = f"{options} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()
+        options += f" -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    if not write:  # a reader never changes the store, whatever it runs
+        options += " -c default_transaction_read_only=on"
+    params["options"] = options.strip()
     try:
         conn = psycopg.connect(autocommit=True, **params)
     except psycopg.Error as exc:

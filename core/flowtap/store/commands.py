@@ -168,7 +168,7 @@ def _writable(location: str | Path) -> Iterator[Any]:
     with _errors():
         Store(location).close()  # the checks of a read: exists, is a store, not newer, not damaged
         if pg.is_url(location):
-            remote = pg.connect(str(location), write=False)
+            remote = pg.connect(str(location), write=True)
             try:
                 yield _Writer(remote)
             except pg.driver().Error as exc:
