@@ -221,6 +221,8 @@ def test_several_runs_write_into_one_database_at_once(tmp_path, pg_url, capsys, 
         assert store.count() == len({r.id for r in store.rows()}) == 900
     code, out, _ = cli(capsys, "sessions", "--machine", socket.gethostname(), "--set", f"store.url={pg_url}")
     assert code == 0 and len(out.splitlines()) == 4  # a header and the three runs
+    code, out, _ = cli(capsys, "sessions", "show", "run0", "--set", f"store.url={pg_url}")
+    assert code == 0 and f"  recorded: on {socket.gethostname()} by {getpass.getuser()}\n" in out
     code, out, _ = cli(capsys, "sessions", "--machine", "elsewhere", "--set", f"store.url={pg_url}")
     assert code == 0 and out.strip() == "no sessions recorded on 'elsewhere'"
     code, out, _ = cli(capsys, "search", "--json", "--user", getpass.getuser(), "--session", "run1",

@@ -74,6 +74,8 @@ def session_details(s: SessionInfo, events: list[Event], hosts: list[tuple[str, 
         f"  flows:    {s.flows} stored; {s.received} received: {s.recorded} recorded, "
         f"{s.filtered} filtered out, {s.paused} while paused",
     ]
+    if s.machine or s.user:  # recorded since flowtap kept who did
+        lines.append(f"  recorded: on {terminal_safe(s.machine or '?')} by {terminal_safe(s.user or '?')}")
     config_file = (s.config or {}).get("file")
     lines.append(f"  config:   {config_file or '(none: defaults and --set)'}")
     if hosts:
