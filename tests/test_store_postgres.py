@@ -140,6 +140,18 @@ def test_a_run_that_ends_while_the_database_is_down_leaves_its_spool_for_store_s
         assert code == 0 and "nothing waits" in out
 
 
+def test_a_damaged_leftover_spool_is_named_in_the_log_and_left_alone(pg_url, caplog):
+    bad = spool.spool_dir(pg_url) / "0123456789ab.db"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"not a database" * 100)
+    with capture(config={"store": {"url": pg_url}}) as cap:
+        cap.feed(make_flow(url="https://api.test/ok"))
+        wait_for(lambda: stored_paths(pg_url) == ["/ok"])
+        wait_for(lambda: f"cannot deliver the spool {bad}" in caplog.text)
+    assert bad.read_bytes() == b"not a database" * 100
+    assert cap.capture.clean  # the run's own flows were not held up
+
+
 def test_a_clear_forgets_the_flows_delivered_before_it(pg_url):
     config = {"store": {"url": pg_url, "batch_interval": "20ms"}, "session": {"name": "c"}}
     with capture(config=config) as cap:

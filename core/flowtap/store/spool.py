@@ -57,6 +57,10 @@ RETRY_FIRST, RETRY_MOST = 0.5, 10.0
 ROW_BYTES = 1024
 
 
+class Unreachable(StoreError):
+    """The database cannot be reached, or did not answer in time: the spool waits."""
+
+
 def spool_dir(url: str) -> Path:
     """Where the spools for the database ``url`` are kept (one directory per database, password aside)."""
     key = hashlib.sha256(pg.redact(url).encode()).hexdigest()[:16]
@@ -77,9 +81,12 @@ class Courier:
         self.delivered_bytes = 0  #: of the flows delivered: their bodies, and ROW_BYTES each
 
     def connect(self) -> pg.Writer:
-        """The writer, connected (and the schema migrated) if need be. :raises StoreError: unreachable."""
+        """The writer, connected (and the schema migrated) if need be. :raises Unreachable: it is not."""
         if self.writer is None:
-            self.writer = pg.Writer(self.url)
+            try:
+                self.writer = pg.Writer(self.url)
+            except StoreError as exc:
+                raise Unreachable(str(exc)) from None
         return self.writer
 
     def close(self) -> None:
@@ -94,7 +101,7 @@ class Courier:
         database refuses (bad data: rare, flowtap cleans what it knows of) are left out,
         not retried for ever; :attr:`refused` lists them.
 
-        :raises StoreError: the database is unreachable or too slow (what was delivered
+        :raises Unreachable: the database is unreachable or too slow (what was delivered
             before stays delivered; the rest stays in the spool).
         """
         psycopg = pg.driver()
@@ -107,7 +114,7 @@ class Courier:
                     return total
         except psycopg.Error as exc:
             self.close()  # a new connection next time: this one may be broken
-            raise pg.error(self.url, exc, "write") from None
+            raise Unreachable(str(pg.error(self.url, exc, "write"))) from None
 
     def _read(self, spool: sqlite3.Connection) -> tuple[list, list, list]:
         """Flows, events and sessions to deliver, as of one moment (a clear between reads would mix)."""
@@ -286,14 +293,13 @@ class Delivery(threading.Thread):
                     self.delivered += self.courier.deliver(conn, self.path)
                     if leftovers:
                         leftovers = False
-                        for path in spooled(self.url, skip=self.path):
-                            deliver_spool(self.courier, path)
+                        self._leftovers()
                     self.down, retry = None, RETRY_FIRST
-                except StoreError as exc:
+                except Unreachable as exc:
                     self.down = str(exc)
                     pause, retry = retry, min(retry * 2, RETRY_MOST)
-                except sqlite3.Error as exc:  # the sink reports its spool's errors itself
-                    self.down = f"{self.path}: cannot read the spool ({exc})"
+                except (StoreError, sqlite3.Error) as exc:  # the spool itself
+                    self.down = f"{self.path}: cannot read the spool ({' '.join(str(exc).split())})"
                     pause = RETRY_MOST
                 self._wake.wait(pause)
                 self._wake.clear()
@@ -301,6 +307,17 @@ class Delivery(threading.Thread):
             if conn is not None:
                 conn.close()
             self.courier.close()
+
+    def _leftovers(self) -> None:
+        """Deliver the spools other runs left; one that cannot be read is named in the log and left."""
+        for path in spooled(self.url, skip=self.path):
+            try:
+                deliver_spool(self.courier, path)
+            except Unreachable:
+                raise
+            except (StoreError, sqlite3.Error, OSError) as exc:
+                log.warning("store: cannot deliver the spool %s (%s); `flowtap store sync` says more", path,
+                            " ".join(str(exc).split()))
 
     def stop(self, timeout: float) -> bool:
         """Stop after the delivery under way; whether it stopped within ``timeout`` seconds."""
