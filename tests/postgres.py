@@ -68,13 +68,17 @@ class Server:
         self.root = os.geteuid() == 0
         if self.root:
             shutil.chown(self.dir, "postgres")
-        (self.dir / "pw").write_text(PASSWORD + "\n")
-        if self.root:
-            shutil.chown(self.dir / "pw", "postgres")
-        self._run("initdb", "-D", str(self.dir / "data"), "-U", "app", f"--pwfile={self.dir / 'pw'}",
-                  "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--locale=C.UTF-8",
-                  "--no-sync")
-        self.start()
+        try:
+            (self.dir / "pw").write_text(PASSWORD + "\n")
+            if self.root:
+                shutil.chown(self.dir / "pw", "postgres")
+            self._run("initdb", "-D", str(self.dir / "data"), "-U", "app", f"--pwfile={self.dir / 'pw'}",
+                      "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--locale=C.UTF-8",
+                      "--no-sync")
+            self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def _run(self, tool: str, *args: str) -> None:
         command = [os.path.join(str(self.bin), tool), *args]
