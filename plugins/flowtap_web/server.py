@@ -305,6 +305,7 @@ class Live(Handler):
     async def get(self, ref: str) -> None:
         params = self.params()
         expression = await self.read(lambda store: data.expression(params))
+        ref = (await self.read(lambda store: store.session(ref, unique=True))).id  # polled by id
         cursor = _int(params.get("after")) or 0
         self.set_header("Content-Type", "text/event-stream")
         last: Any = None
