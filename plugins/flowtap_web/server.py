@@ -46,7 +46,7 @@ STATIC = Path(__file__).parent / "static"
 CSP = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
        "form-action 'none'; frame-ancestors 'none'")
 #: Seconds between two looks at the store for a live table's new rows.
-POLL_INTERVAL = 0.25
+POLL_INTERVAL = 0.5
 
 
 def is_loopback(host: str) -> bool:
@@ -138,7 +138,7 @@ class WebServer:
             (r"/api/sessions/([^/]+)/cookies", Cookies, ui),
             (r"/api/sinks", Sinks, ui),
             (r"/api/flows/([0-9a-zA-Z_-]+)", OneFlow, ui),
-        ], default_handler_class=NotFound, default_handler_args=ui, compress_response=True,
+        ], default_handler_class=NotFound, default_handler_args=ui, compress_response=False,
            log_function=_log)
 
     def cookie_name(self) -> str:
