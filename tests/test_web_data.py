@@ -17,8 +17,8 @@ def stored(tmp_path):
     path = tmp_path / "flowtap.db"
     for name, count in (("one", 30), ("two", 5)):
         with capture(config={"store": {"path": str(path)}, "session": {"name": name}}, record=False) as cap:
-            cap.feed(*[make_flow(url=f"https://{name}.example/item/{i}", method="POST" if i % 3 == 0 else "GET")
-                       for i in range(count)])
+            cap.feed(*[make_flow(url=f"https://{name}.example/item/{i}",
+                                 method="POST" if i % 3 == 0 else "GET") for i in range(count)])
     with flowtap.open_store(path) as store:
         yield store
 
