@@ -30,6 +30,7 @@ import pytest
 import flowtap
 
 from chromium import chromium_binary
+from clirun import flowtap as run_cli
 from npmtools import POSTMAN, Judge, npm_install
 from upstream import Upstream, free_port
 
@@ -169,6 +170,9 @@ def test_the_token_the_host_and_the_origin_guard_every_request(run):
         assert web.get("/", params={"token": "wrong"}).status_code == 403
         assert web.get("/static/app.js").status_code == 403
         token = run.web.split("token=")[1]
+        port = run.base.rsplit(":", 1)[1]
+        rebound = web.get("/", params={"token": token}, headers={"Host": f"evil.example:{port}"})
+        assert rebound.status_code == 403 and "set-cookie" not in rebound.headers
         entry = web.get("/", params={"token": token})
         assert entry.status_code == 302 and entry.headers["location"] == "/"
         cookie = entry.headers["set-cookie"]
@@ -177,7 +181,6 @@ def test_the_token_the_host_and_the_origin_guard_every_request(run):
         assert listing.status_code == 200 and listing.json()["sessions"][0]["name"] == "webtest"
         assert "default-src 'self'" in listing.headers["content-security-policy"]
         assert not any(name.lower().startswith("access-control-") for name in listing.headers)
-        port = run.base.rsplit(":", 1)[1]
         rebinding = web.get("/api/sessions", headers={"Host": f"evil.example:{port}"})
         assert rebinding.status_code == 403 and "Host" in rebinding.text
         assert web.get("/api/sessions", headers={"Host": f"localhost:{port}"}).status_code == 200
@@ -396,3 +399,12 @@ def test_flowtap_web_lists_renames_and_deletes_stored_sessions(browser, run, sho
             assert proc.wait(10) == 0
         finally:
             proc.kill()
+
+
+def test_a_run_with_the_ui_and_no_source_is_refused(tmp_path):
+    config = tmp_path / "web-only.toml"  # not ./flowtap.toml, which `run --web` would read
+    config.write_text("[web]\nport = 0\n")
+    done = run_cli("-c", str(config), "run")
+    assert done.returncode == 2
+    assert "[web]: serves the UI beside a capture, but the config starts no source" in done.stderr
+    assert run_cli("run", "--web").stderr.startswith("flowtap: error: --web: [web]: ")

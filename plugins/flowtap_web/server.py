@@ -177,8 +177,12 @@ class Handler(tornado.web.RequestHandler):
         if origin is not None and urlsplit(origin)._replace(path="").geturl().lower() != f"http://{host}":
             self.refuse(403, f"cross-site request from {origin!r} refused")
             return
-        if not self.authorized():
+        if not self.admit() and not self.authorized():
             self.refuse(403, "open the URL `flowtap web` printed (with its token), not this one")
+
+    def admit(self) -> bool:
+        """Whether this request is let in without the cookie (and answered already)."""
+        return False
 
     def authorized(self) -> bool:
         given = self.get_cookie(self.web.cookie_name()) or ""
@@ -226,14 +230,14 @@ class NotFound(Handler):
 
 
 class Page(Handler):
-    def prepare(self) -> None:
+    def admit(self) -> bool:
         token = self.get_argument("token", None)
-        if token is not None and hmac.compare_digest(token.encode(), self.web.token.encode()):
-            # Traded for a cookie, then out of the address bar (and of the history).
-            self.set_cookie(self.web.cookie_name(), token, httponly=True, samesite="Strict", path="/")
-            self.redirect("/")
-            return
-        super().prepare()
+        if token is None or not hmac.compare_digest(token.encode(), self.web.token.encode()):
+            return False
+        # Traded for a cookie, then out of the address bar (and of the history).
+        self.set_cookie(self.web.cookie_name(), token, httponly=True, samesite="Strict", path="/")
+        self.redirect("/")
+        return True
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
