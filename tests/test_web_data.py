@@ -86,3 +86,19 @@ def test_a_truncated_body_carries_its_real_size():
     flow.response.truncated, flow.response.body_size = True, 5_000_000
     shown = data.body_json(flow.response)
     assert (shown["captured"], shown["size"], shown["truncated"]) == (10, 5_000_000, True)
+
+
+def test_the_cookie_jar_is_the_sessions_last_word_per_domain(tmp_path):
+    path = tmp_path / "flowtap.db"
+    set_cookies = [
+        [("Content-Type", "text/plain"), ("Set-Cookie", "sid=1; Path=/"), ("Set-Cookie", "gone=x; Path=/")],
+        [("Set-Cookie", "sid=2; Path=/; HttpOnly"), ("Set-Cookie", "gone=; Path=/; Max-Age=0")],
+        [("Content-Type", "text/plain"), ("Set-Cookie", "lang=fr; Domain=example.org; Path=/")],
+    ]
+    with capture(config={"store": {"path": str(path)}, "session": {"name": "jar"}}, record=False) as cap:
+        cap.feed(*[make_flow(url=f"https://{host}/", response_headers=headers) for host, headers in
+                   zip(("a.example.com", "a.example.com", "www.example.org"), set_cookies, strict=True)])
+    with flowtap.open_store(path) as store:
+        jar = data.cookies(store, store.session("jar").id)
+    shown = {domain: [(c["name"], c["value"], c["http_only"]) for c in cookies] for domain, cookies in jar.items()}
+    assert shown == {"a.example.com": [("sid", "2", True)], "example.org": [("lang", "fr", False)]}
