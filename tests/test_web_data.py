@@ -100,5 +100,6 @@ def test_the_cookie_jar_is_the_sessions_last_word_per_domain(tmp_path):
                    zip(("a.example.com", "a.example.com", "www.example.org"), set_cookies, strict=True)])
     with flowtap.open_store(path) as store:
         jar = data.cookies(store, store.session("jar").id)
-    shown = {domain: [(c["name"], c["value"], c["http_only"]) for c in cookies] for domain, cookies in jar.items()}
+    shown = {domain: [(c["name"], c["value"], c["http_only"]) for c in cookies]
+             for domain, cookies in jar.items()}
     assert shown == {"a.example.com": [("sid", "2", True)], "example.org": [("lang", "fr", False)]}
