@@ -115,6 +115,11 @@ export class SessionPage {
       if (this.follow) this.scroller.scrollTop = this.scroller.scrollHeight;
       if (!news.session.live) { source.close(); this.source = null; this.showSession(); }
     };
+    source.onerror = () => {
+      if (source === this.source && source.readyState === EventSource.CONNECTING) {
+        toast("lost the connection to flowtap (did the run end?); retrying", true);
+      }
+    };
   }
 
   trimFront() {
@@ -266,12 +271,12 @@ export class SessionPage {
     }
     const text = h("input", { type: "text", id: "mark-text", placeholder: "marker text", onkeydown: (e) => { if (e.key === "Enter") this.control("mark", text.value); } });
     clear(this.controls,
-      h("button", { id: "pause", onclick: () => this.control("pause"), disabled: s.state === "paused" }, "⏸ Pause"),
-      h("button", { id: "resume", onclick: () => this.control("resume"), disabled: s.state !== "paused" }, "▶ Resume"),
+      h("button", { id: "pause", onclick: () => this.control("pause"), disabled: s.state === "paused" }, "Pause"),
+      h("button", { id: "resume", onclick: () => this.control("resume"), disabled: s.state !== "paused" }, "Resume"),
       h("button", { id: "clear", onclick: () => { if (confirm("Forget every flow captured so far in this session?")) this.control("clear"); } }, "Clear"),
       text,
       h("button", { id: "mark", onclick: () => this.control("mark", text.value) }, "Mark"),
-      h("button", { id: "stop", class: "danger", onclick: () => { if (confirm("End this capture (the run stops)?")) this.control("stop"); } }, "■ Stop"));
+      h("button", { id: "stop", class: "danger", onclick: () => { if (confirm("End this capture (the run stops)?")) this.control("stop"); } }, "Stop"));
   }
 
   async control(op, text) {
