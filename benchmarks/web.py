@@ -196,6 +196,8 @@ def bench_live(tmp: Path, requests: int, reps: int, browser) -> None:
                      f"page holds {max(r['rows'] for r in runs):.0f} rows, JS heap "
                      f"{max(r['heap'] for r in runs):.1f} MB")
         print(f"live, {label:9}: {rps:7.0f} req/s  {cpu:5.2f} ms CPU/request{extra}")
+        each = ", ".join(f"{r['rps']:.0f} req/s {r['cpu']:.2f} ms" for r in runs)
+        print(f"  each run: {each}")
     ratio = statistics.median(r["rps"] for r in results["page open"]) / statistics.median(
         r["rps"] for r in results["no page"])
     print(f"live, page open / no page: {ratio:.3f}x req/s (target: >= 0.95)")

@@ -32,7 +32,7 @@ import flowtap
 from chromium import chromium_binary
 from clirun import flowtap as run_cli
 from npmtools import POSTMAN, Judge, npm_install
-from upstream import Upstream, free_port
+from upstream import Upstream, free_port, websocket_exchange
 
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
@@ -226,6 +226,11 @@ def test_awkward_bodies_are_shown_for_what_they_are(page, run, upstream, shots):
     page.locator("#detail table.headers th", has_text="X-Dup").first.wait_for()
     dup = page.locator("#detail table.headers tr", has_text="X-Dup").all_inner_texts()
     assert [line.split()[-1] for line in dup] == ["one", "two"]  # duplicates kept, in order
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=run.base)
+    page.click("#copy-curl")
+    expect(page.locator("#toast")).to_have_text("curl command copied")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith("curl ") and "/json?n=5" in copied
     page.screenshot(path=shots / "json.png")
 
     page.goto(f"{run.base}/#/s/{run.session_id()}/f/{run.flow_id('/as?type=image/png')}")
@@ -245,6 +250,15 @@ def test_awkward_bodies_are_shown_for_what_they_are(page, run, upstream, shots):
     page.goto(f"{run.base}/#/s/{run.session_id()}/f/{run.flow_id('/down')}")
     expect(page.locator("#flow-error")).to_contain_text("Failed: ")
     page.screenshot(path=shots / "failed.png")
+
+    proxy_port = int(run.proxy.rsplit(":", 1)[1])
+    assert websocket_exchange(proxy_port, "127.0.0.1", upstream.server_port, ["hello", b"\x01\x02"]) == [
+        "hello", b"\x01\x02"]
+    page.goto(f"{run.base}/#/s/{run.session_id()}/f/{run.flow_id('/ws')}")
+    messages = page.locator("#detail .ws .message")
+    expect(messages).to_have_count(4)
+    expect(messages.nth(0)).to_contain_text("hello")
+    expect(messages.nth(2)).to_contain_text("00000000  01 02")  # binary, as hex
 
 
 def test_a_captured_script_is_shown_as_text_and_never_runs(page, run, shots):

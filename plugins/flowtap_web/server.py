@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import orjson
 import tornado.httpserver
 import tornado.iostream
 import tornado.netutil
@@ -145,6 +146,11 @@ class WebServer:
         return f"flowtap_web_{self.port}"  # cookies are shared across ports: one per server
 
 
+def _json(value: Any) -> bytes:
+    """``value`` as compact JSON (orjson: the live stream encodes every new row)."""
+    return orjson.dumps(value, default=str)
+
+
 def _log(handler: tornado.web.RequestHandler) -> None:
     """Requests are logged at debug level only: inside a run, the console is the live table's."""
     request = handler.request
@@ -196,7 +202,7 @@ class Handler(tornado.web.RequestHandler):
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(value, separators=(",", ":"), default=str))
+        self.finish(_json(value))
 
     def body_json(self) -> dict[str, Any]:
         try:
@@ -318,7 +324,7 @@ class Live(Handler):
             cursor = news.pop("cursor")
             if news["rows"] or news["session"] != last:
                 last = news["session"]
-                self.write(f"data: {json.dumps(news, separators=(',', ':'), default=str)}\n\n")
+                self.write(b"data: " + _json(news) + b"\n\n")
                 try:
                     await self.flush()
                 except tornado.iostream.StreamClosedError:
