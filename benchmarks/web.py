@@ -9,7 +9,8 @@ Needs Debian's Chromium and Playwright (the test extra), and ``hey`` and ``nginx
 
 1. A stored session of ``--flows`` flows (written through the store sink, as a capture does):
    the time from opening its page to its first rows on screen, in Chromium; the store side of
-   the first page, the newest page, a page in the middle and filtered first pages; then 30
+   the first page, the newest page, a page in the middle and filtered first pages, and the CPU
+   of one poll of a live page (what serving a page costs the process, twice a second); then 30
    scrolls to the bottom of the table: the rows the page holds (at most its window, never the
    whole session), the table lines in the DOM, and the page's JS heap.
 2. ``flowtap run --web --quiet`` with the proxy, ``hey -c 20`` through it to nginx, with no page
@@ -31,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
 from playwright.sync_api import sync_playwright
 from store import fill  # benchmarks/store.py, beside this script
 
@@ -76,6 +78,13 @@ def bench_stored(tmp: Path, n: int, browser) -> None:
             expression = kwargs.pop("expression", None)
             ms = best_ms(lambda e=expression, k=kwargs: data.page(store, sid, e, **k))
             print(f"  store, {label:30} {ms:7.1f} ms (500 rows)")
+        top = middle * 2
+        for new in (0, 300):  # a live page's poll, as the server makes it twice a second
+            cpu = time.process_time()
+            for _ in range(20):
+                orjson.dumps(data.update(store, sid, None, top - new), default=str)
+            print(f"  server, one live poll finding {new:3} new rows: "
+                  f"{(time.process_time() - cpu) / 20 * 1000:.1f} ms CPU (encoded)")
     server = WebServer(db, Config())
     url = server.start()
     base = url.split("/?")[0]

@@ -57,26 +57,31 @@ export class SessionPage {
   // -- loading -------------------------------------------------------------------------
 
   async start() {
+    // A stored session opens at its first rows: ask for them along with the session.
+    const first = this.fetchPage(false).catch((e) => e);
     try {
       this.session = await getJSON(`/api/sessions/${encodeURIComponent(this.id)}`);
     } catch (e) { toast(e.message, true); this.crumb.textContent = "(not found)"; return; }
     this.events = this.session.events;
     this.showSession();
-    this.reload();
+    await this.reload(this.session.live ? null : first);
+    this.loadSinks();
+  }
+
+  fetchPage(newest) {
+    return getJSON(`/api/sessions/${encodeURIComponent(this.id)}/flows${query({ ...this.filters(), limit: PAGE, newest: newest ? "1" : "" })}`);
   }
 
   filters() {
     return { ...this.filterValues };
   }
 
-  async reload() {
+  async reload(prefetched = null) {
     if (this.source) { this.source.close(); this.source = null; }
     const live = this.session.live;
-    let page;
-    try {
-      page = await getJSON(`/api/sessions/${encodeURIComponent(this.id)}/flows${query({ ...this.filters(), limit: PAGE, newest: live ? "1" : "" })}`);
-      this.filterError.textContent = "";
-    } catch (e) { this.filterError.textContent = e.message; return; }
+    const page = await (prefetched || this.fetchPage(live)).catch((e) => e);
+    if (page instanceof Error) { this.filterError.textContent = page.message; return; }
+    this.filterError.textContent = "";
     this.rows = page.rows;
     this.moreBefore = live ? page.more : false;
     this.moreAfter = live ? false : page.more;
@@ -323,11 +328,14 @@ export class SessionPage {
   buildSave() {
     this.sink = h("select", { id: "sink" });
     this.scope = h("select", { id: "scope" }, h("option", { value: "all" }, "every flow matching the filter"), h("option", { value: "selected" }, "the selected flows"));
-    getJSON("/api/sinks").then((reply) => clear(this.sink, reply.sinks.map((s) => h("option", { value: s }, s === "curl" ? "curl script" : s))))
-      .catch((e) => toast(e.message, true));
     return h("div", { class: "save" }, "Save ", this.scope, " as ", this.sink,
       h("button", { id: "download", onclick: () => this.download() }, "⤓ Download"),
       h("button", { id: "cookies", onclick: () => this.cookies() }, "Cookies"));
+  }
+
+  loadSinks() {
+    getJSON("/api/sinks").then((reply) => clear(this.sink, reply.sinks.map((s) => h("option", { value: s }, s === "curl" ? "curl script" : s))))
+      .catch((e) => toast(e.message, true));
   }
 
   updateSave() {
