@@ -130,7 +130,8 @@ def no_source_fix(capture: Capture) -> str:
     if config.path is None and "proxy" in capture.source_factories:
         return ("`flowtap init` writes ./flowtap.toml with a proxy on 127.0.0.1:5555 "
                 "(or run: flowtap run --set sources.proxy.enabled=true)")
-    available = ", ".join(f"[sources.{n}]" for n in capture.source_factories) or "none installed"
+    available = ", ".join(f"[{entry.table}]" for entry in capture.source_factories.values()
+                          if entry.table.startswith("sources.")) or "none installed"
     if "proxy" in capture.source_factories:
         return (f"add a source table to {config.origin} (available: {available}), "
                 "or run: flowtap run --set sources.proxy.enabled=true")
