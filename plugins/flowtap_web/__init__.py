@@ -9,13 +9,16 @@ the store, controls a live session through the run's control socket (as
 
 from __future__ import annotations
 
+import weakref
+
 import flowtap
-from flowtap import Option
+from flowtap import Config, Option
 
 NAME = "web"
 
-#: The config of the run being validated: its store is the one the UI serves (see WebSource).
-_config: list = []
+#: Each validated config, by the identity of its [web] table: the source's factory gets only that
+#: table, and needs the whole config (the store it serves, the sinks it exports through).
+_configs: weakref.WeakValueDictionary[int, Config] = weakref.WeakValueDictionary()
 
 
 def _port(value: int) -> int:
@@ -41,7 +44,7 @@ def flowtap_config_options(declare):
 
 @flowtap.hookimpl
 def flowtap_config_validate(config):
-    _config[:] = [config]
+    _configs[id(config.table("web"))] = config
     sources = config.raw.get("sources")
     if config.enabled("web") and not any(
             config.enabled(f"sources.{name}") for name in (sources if isinstance(sources, dict) else {})):
@@ -68,4 +71,4 @@ def flowtap_register_sources(register):
 def _web_source(options):
     from flowtap_web.service import WebSource
 
-    return WebSource(options, _config[0] if _config else None)
+    return WebSource(options, _configs.get(id(options)))
