@@ -422,3 +422,49 @@ def test_a_run_with_the_ui_and_no_source_is_refused(tmp_path):
     assert done.returncode == 2
     assert "[web]: serves the UI beside a capture, but the config starts no source" in done.stderr
     assert run_cli("run", "--web").stderr.startswith("flowtap: error: --web: [web]: ")
+
+
+# -- a large stored session: keyset pages as the table scrolls, never every row -------------------
+
+
+def scroll_until(page, how: str, done, timeout: float = 30) -> None:
+    """Scroll the table (``how``: a function of the scroller) again and again until ``done()``."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, page.locator(".tfoot").inner_text()
+        page.locator("#flows").evaluate(how)
+        page.wait_for_timeout(100)
+
+
+def test_a_large_session_scrolls_both_ways_holding_a_window_of_rows(browser, tmp_path):
+    from flowtap.config import Config
+    from flowtap.testing import capture, make_flow
+    from flowtap_web.server import WebServer
+
+    path = tmp_path / "flowtap.db"
+    with capture(config={"store": {"path": str(path)}, "session": {"name": "large"}}, record=False) as cap:
+        cap.feed(*[make_flow(url=f"https://api.example.com/items/{i}") for i in range(3500)], timeout=60)
+    with flowtap.open_store(path) as store:
+        sid = store.session("large").id
+    server = WebServer(path, Config())
+    url = server.start()
+    context = browser.new_context(viewport={"width": 1200, "height": 700})
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.goto(f"{url.split('/?')[0]}/#/s/{sid}")
+        footer = page.locator(".tfoot")
+        expect(footer).to_have_text("200 flows loaded · more below")
+        assert paths(page)[0] == "/items/0"
+        lines = page.locator("#flows .row.flow")
+        scroll_until(page, "el => { el.scrollTop = el.scrollHeight; }",
+                     lambda: "more below" not in footer.inner_text())
+        expect(footer).to_have_text("2000 flows loaded · earlier ones above")  # a window, not 3500
+        assert paths(page)[-1] == "/items/3499" and lines.count() < 100  # only what is on screen
+        scroll_until(page, "el => { el.scrollTop = 0; }",
+                     lambda: "earlier ones above" not in footer.inner_text())
+        expect(footer).to_contain_text("2000 flows loaded · more below")
+        assert paths(page)[0] == "/items/0"
+    finally:
+        context.close()
+        server.stop()

@@ -148,7 +148,8 @@ export class SessionPage {
       this.trimFront();
       if (!page.more && this.session.live && !this.source) this.listen(this.rows.length ? this.rows[this.rows.length - 1].seq : 0);
       this.draw();
-    } catch (e) { toast(e.message, true); } finally { this.loading = false; }
+    } catch (e) { toast(e.message, true); return; } finally { this.loading = false; }
+    this.nearEdges();
   }
 
   async loadBefore() {
@@ -163,7 +164,8 @@ export class SessionPage {
       this.merge();
       this.scroller.scrollTop += (this.items.length - before) * ROW;
       this.draw();
-    } catch (e) { toast(e.message, true); } finally { this.loading = false; }
+    } catch (e) { toast(e.message, true); return; } finally { this.loading = false; }
+    this.nearEdges();
   }
 
   // -- drawing the table ------------------------------------------------------------------
@@ -233,8 +235,15 @@ export class SessionPage {
     const atBottom = s.scrollTop + s.clientHeight >= s.scrollHeight - ROW * 2;
     this.follow = atBottom && !this.moreAfter && this.session && this.session.live;
     this.paint();
+    this.nearEdges();
+  }
+
+  // Within 20 lines of an end of the window: fetch the next page that way (again after each
+  // page, as long as the view stays there).
+  nearEdges() {
+    const s = this.scroller;
     if (s.scrollTop < ROW * 20) this.loadBefore();
-    if (s.scrollTop + s.clientHeight > s.scrollHeight - ROW * 20) this.loadAfter();
+    else if (s.scrollTop + s.clientHeight > s.scrollHeight - ROW * 20) this.loadAfter();
   }
 
   select(id, on) {
