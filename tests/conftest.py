@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,16 @@ for var in ("FLOWTAP_LOAD_PLUGINS", "FLOWTAP_DISABLE_PLUGINS", "FLOWTAP_STRICT_P
 def _in_tmp_dir(tmp_path, monkeypatch):
     """Each test runs in its own empty working directory (no stray ./flowtap.toml)."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def data_dir(monkeypatch):
+    """A short data dir of the test's own (a control socket's path is limited to 107 bytes), for this
+    process and the runs it starts."""
+    path = tempfile.mkdtemp(prefix="ft-")
+    monkeypatch.setenv("FLOWTAP_DATA_DIR", path)  # where runs.socket_path looks
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_unconfigure(config):

@@ -30,7 +30,6 @@ import pytest
 import flowtap
 
 from chromium import chromium_binary
-from clirun import flowtap as run_cli
 from npmtools import POSTMAN, Judge, npm_install
 from upstream import Upstream, free_port, websocket_exchange
 
@@ -413,15 +412,6 @@ def test_flowtap_web_lists_renames_and_deletes_stored_sessions(browser, run, sho
             assert proc.wait(10) == 0
         finally:
             proc.kill()
-
-
-def test_a_run_with_the_ui_and_no_source_is_refused(tmp_path):
-    config = tmp_path / "web-only.toml"  # not ./flowtap.toml, which `run --web` would read
-    config.write_text("[web]\nport = 0\n")
-    done = run_cli("-c", str(config), "run")
-    assert done.returncode == 2
-    assert "[web]: serves the UI beside a capture, but the config starts no source" in done.stderr
-    assert run_cli("run", "--web").stderr.startswith("flowtap: error: --web: [web]: ")
 
 
 # -- a large stored session: keyset pages as the table scrolls, never every row -------------------

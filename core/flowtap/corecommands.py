@@ -130,8 +130,8 @@ def no_source_fix(capture: Capture) -> str:
     if config.path is None and "proxy" in capture.source_factories:
         return ("`flowtap init` writes ./flowtap.toml with a proxy on 127.0.0.1:5555 "
                 "(or run: flowtap run --set sources.proxy.enabled=true)")
-    available = ", ".join(f"[{entry.table}]" for entry in capture.source_factories.values()
-                          if entry.table.startswith("sources.")) or "none installed"
+    capturing = [f"[{entry.table}]" for entry in capture.source_factories.values() if entry.captures]
+    available = ", ".join(capturing) or "none installed"
     if "proxy" in capture.source_factories:
         return (f"add a source table to {config.origin} (available: {available}), "
                 "or run: flowtap run --set sources.proxy.enabled=true")
@@ -267,7 +267,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.override("web.enabled", True, "--web")
     capture = capture_from_args(args, config)
     capture.validate()
-    if not capture.configured_sources():
+    if not capture.configured_sources(capturing=True):
         if config.path is None:
             raise UsageError(f"no config file (looked for {shown(config.searched)}), so no source to start: "
                              f"{no_source_fix(capture)}")

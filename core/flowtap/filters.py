@@ -254,7 +254,7 @@ def compile_expression(expression: str) -> Predicate:
     from mitmproxy import flowfilter
 
     try:
-        tree = flowfilter.bnf.parseString(expression, parseAll=True)[0]
+        tree = flowfilter.bnf.parse_string(expression, parse_all=True)[0]
     except pyparsing.ParseBaseException as e:
         column, detail = _first_mistake(expression, flowfilter) or (e.loc, _EXPECTED)
         raise FilterError(expression, detail, column) from None

@@ -45,14 +45,6 @@ def flowtap_config_options(declare):
 @flowtap.hookimpl
 def flowtap_config_validate(config):
     _configs[id(config.table("web"))] = config
-    sources = config.raw.get("sources")
-    if config.enabled("web") and not any(
-            config.enabled(f"sources.{name}") for name in (sources if isinstance(sources, dict) else {})):
-        # The UI is served as a source that captures nothing: without a real one, the run would
-        # start, capture nothing, and say nothing about it.
-        raise flowtap.ConfigError(
-            f"{config.where('web')}: serves the UI beside a capture, but the config starts no source "
-            "(add one, e.g. [sources.proxy]); `flowtap web` serves the stored sessions without a capture")
 
 
 @flowtap.hookimpl
@@ -65,7 +57,7 @@ def flowtap_register_commands(register):
 
 @flowtap.hookimpl
 def flowtap_register_sources(register):
-    register(NAME, _web_source, table="web")
+    register(NAME, _web_source, table="web", captures=False)
 
 
 def _web_source(options):

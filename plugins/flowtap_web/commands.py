@@ -29,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
         config.override("web.host", args.host, f"--host {args.host}")
     if args.port is not None:
         config.override("web.port", args.port, f"--port {args.port}")
-    config.override("web.enabled", False, "flowtap web")  # the table's options, not a run's UI
     capture = capture_from_args(args, config)
     capture.validate()
     options = config.table("web")

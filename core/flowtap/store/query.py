@@ -69,7 +69,7 @@ def plan(expression: str | None) -> Plan:
     predicate = compile_expression(expression)
     from mitmproxy import flowfilter
 
-    tree = flowfilter.bnf.parseString(expression, parseAll=True)[0]
+    tree = flowfilter.bnf.parse_string(expression, parse_all=True)[0]
     builder = _Builder(flowfilter)
     sure, maybe = builder.node(tree)
     return Plan(sure, maybe, builder.functions, predicate, builder.contents)

@@ -38,6 +38,7 @@ def duration(seconds: float | None) -> str:
 
 
 def size(n: int | None) -> str:
+    """A byte count for a table cell: ``512B``, ``1.5KB``, ``-`` for none."""
     if n is None:
         return "-"
     value = float(n)
