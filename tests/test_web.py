@@ -458,3 +458,38 @@ def test_a_large_session_scrolls_both_ways_holding_a_window_of_rows(browser, tmp
     finally:
         context.close()
         server.stop()
+
+
+def test_a_live_table_that_falls_behind_jumps_to_the_newest_rows(browser, tmp_path):
+    """More new flows than one push carries (the proxy outran the page): the table shows the newest,
+    and the ones it skipped are there when scrolling up."""
+    from flowtap.config import Config
+    from flowtap.testing import capture, make_flow
+    from flowtap_web.server import WebServer
+
+    path = tmp_path / "flowtap.db"
+    with capture(config={"store": {"path": str(path)}, "session": {"name": "busy"}}, record=False) as cap:
+        cap.feed(make_flow(url="https://api.example.com/items/first"))
+        with flowtap.open_store(path) as store:
+            sid = store.session("busy").id
+        server = WebServer(path, Config())
+        url = server.start()
+        context = browser.new_context(viewport={"width": 1200, "height": 700})
+        try:
+            page = context.new_page()
+            page.goto(url)
+            page.goto(f"{url.split('/?')[0]}/#/s/{sid}")
+            expect(page.locator("#state")).to_have_text("running")
+            expect(page.locator("#flows .row.flow .path")).to_have_text(["/items/first"])
+            cap.feed(*[make_flow(url=f"https://api.example.com/items/{i}") for i in range(1200)], timeout=60)
+            footer = page.locator(".tfoot")
+            expect(footer).to_have_text("500 flows loaded · earlier ones above", timeout=10_000)
+            assert paths(page)[-1] == "/items/1199"  # following the end
+            scroll_until(page, "el => { el.scrollTop = 0; }",
+                         lambda: "earlier ones above" not in footer.inner_text())
+            page.locator("#flows").evaluate("el => { el.scrollTop = 0; }")
+            expect(page.locator("#flows .row.flow .path").first).to_have_text("/items/first")
+            expect(footer).to_have_text("1201 flows loaded")
+        finally:
+            context.close()
+            server.stop()

@@ -82,7 +82,8 @@ class WebServer:
         self.reader = data.Reader(store)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._stopped: asyncio.Event | None = None
+        #: Set when the server stops (on its loop): live streams end at once.
+        self.stopping: asyncio.Event | None = None
 
     @property
     def url(self) -> str:
@@ -110,18 +111,18 @@ class WebServer:
 
     async def _serve(self, sockets: list[Any], ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
+        self.stopping = asyncio.Event()
         server = tornado.httpserver.HTTPServer(self.application(), xheaders=False)
         server.add_sockets(sockets)
         ready.set()
-        await self._stopped.wait()
+        await self.stopping.wait()
         server.stop()
         await asyncio.wait_for(server.close_all_connections(), 5)
 
     def stop(self) -> None:
         """Stop serving: close every connection, end the thread."""
-        if self._loop is not None and self._stopped is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._loop is not None and self.stopping is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self.stopping.set)
             self._thread.join(10)
         self.reader.close()
 
@@ -331,7 +332,12 @@ class Live(Handler):
                     return
             if not last["live"]:
                 break
-            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                assert self.web.stopping is not None
+                await asyncio.wait_for(self.web.stopping.wait(), POLL_INTERVAL)
+                break  # the server stops
+            except asyncio.TimeoutError:
+                pass
         self.finish()
 
 
