@@ -9,17 +9,10 @@ the store, controls a live session through the run's control socket (as
 
 from __future__ import annotations
 
-import weakref
-
 import flowtap
-from flowtap import Config, Option
+from flowtap import Option
 
 NAME = "web"
-
-#: Each validated config, by the identity of its [web] table: the source's factory gets only that
-#: table, and needs the whole config (the store it serves, the sinks it exports through).
-_configs: weakref.WeakValueDictionary[int, Config] = weakref.WeakValueDictionary()
-
 
 def _port(value: int) -> int:
     if not 0 <= value <= 65535:
@@ -43,11 +36,6 @@ def flowtap_config_options(declare):
 
 
 @flowtap.hookimpl
-def flowtap_config_validate(config):
-    _configs[id(config.table("web"))] = config
-
-
-@flowtap.hookimpl
 def flowtap_register_commands(register):
     from flowtap_web import commands
 
@@ -63,4 +51,4 @@ def flowtap_register_sources(register):
 def _web_source(options):
     from flowtap_web.service import WebSource
 
-    return WebSource(options, _configs.get(id(options)))
+    return WebSource(options)
