@@ -39,6 +39,13 @@ def record(data: Path) -> None:
     from flowtap.testing import make_flow
 
     os.environ["FLOWTAP_DATA_DIR"] = str(data)
+    for name, host, count in (("login-flow", "auth.shop.example", 14),
+                              ("nightly-sync", "sync.shop.example", 240)):
+        earlier = flowtap.Capture({"session": {"name": name}}, load_entrypoints=False)
+        earlier.start()
+        for n in range(count):
+            earlier.emit(make_flow(url=f"https://{host}/v2/items/{n}", method="POST" if n % 4 else "GET"))
+        earlier.stop()
     capture = flowtap.Capture({"session": {"name": "checkout-bug"}}, load_entrypoints=False)
     capture.start()
     emit = capture.emit
@@ -105,8 +112,9 @@ def main() -> int:
                 browser = p.chromium.launch(executable_path=chromium_binary())
                 page = browser.new_page(viewport={"width": 1360, "height": 720})
                 page.goto(url)
-                page.wait_for_selector("#sessions a.open")
-                page.screenshot(path=images / "web-sessions.png")
+                page.wait_for_selector("#sessions a.open >> nth=2")
+                page.screenshot(path=images / "web-sessions.png",
+                                clip={"x": 0, "y": 0, "width": 1360, "height": 260})
                 page.goto(f"{base}/#/s/{session.id}/f/{rows['/v1/cart']}")
                 page.wait_for_selector("#response-body .json")
                 page.screenshot(path=images / "web-session.png")

@@ -31,7 +31,7 @@ import flowtap
 
 from chromium import chromium_binary
 from npmtools import POSTMAN, Judge, npm_install
-from upstream import Upstream, free_port
+from upstream import Upstream, free_port, websocket_exchange
 
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
@@ -169,6 +169,9 @@ def test_the_token_the_host_and_the_origin_guard_every_request(run):
         assert web.get("/", params={"token": "wrong"}).status_code == 403
         assert web.get("/static/app.js").status_code == 403
         token = run.web.split("token=")[1]
+        port = run.base.rsplit(":", 1)[1]
+        rebound = web.get("/", params={"token": token}, headers={"Host": f"evil.example:{port}"})
+        assert rebound.status_code == 403 and "set-cookie" not in rebound.headers
         entry = web.get("/", params={"token": token})
         assert entry.status_code == 302 and entry.headers["location"] == "/"
         cookie = entry.headers["set-cookie"]
@@ -177,7 +180,6 @@ def test_the_token_the_host_and_the_origin_guard_every_request(run):
         assert listing.status_code == 200 and listing.json()["sessions"][0]["name"] == "webtest"
         assert "default-src 'self'" in listing.headers["content-security-policy"]
         assert not any(name.lower().startswith("access-control-") for name in listing.headers)
-        port = run.base.rsplit(":", 1)[1]
         rebinding = web.get("/api/sessions", headers={"Host": f"evil.example:{port}"})
         assert rebinding.status_code == 403 and "Host" in rebinding.text
         assert web.get("/api/sessions", headers={"Host": f"localhost:{port}"}).status_code == 200
@@ -223,6 +225,11 @@ def test_awkward_bodies_are_shown_for_what_they_are(page, run, upstream, shots):
     page.locator("#detail table.headers th", has_text="X-Dup").first.wait_for()
     dup = page.locator("#detail table.headers tr", has_text="X-Dup").all_inner_texts()
     assert [line.split()[-1] for line in dup] == ["one", "two"]  # duplicates kept, in order
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=run.base)
+    page.click("#copy-curl")
+    expect(page.locator("#toast")).to_have_text("curl command copied")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith("curl ") and "/json?n=5" in copied
     page.screenshot(path=shots / "json.png")
 
     page.goto(f"{run.base}/#/s/{run.session_id()}/f/{run.flow_id('/as?type=image/png')}")
@@ -242,6 +249,15 @@ def test_awkward_bodies_are_shown_for_what_they_are(page, run, upstream, shots):
     page.goto(f"{run.base}/#/s/{run.session_id()}/f/{run.flow_id('/down')}")
     expect(page.locator("#flow-error")).to_contain_text("Failed: ")
     page.screenshot(path=shots / "failed.png")
+
+    proxy_port = int(run.proxy.rsplit(":", 1)[1])
+    assert websocket_exchange(proxy_port, "127.0.0.1", upstream.server_port, ["hello", b"\x01\x02"]) == [
+        "hello", b"\x01\x02"]
+    page.goto(f"{run.base}/#/s/{run.session_id()}/f/{run.flow_id('/ws')}")
+    messages = page.locator("#detail .ws .message")
+    expect(messages).to_have_count(4)
+    expect(messages.nth(0)).to_contain_text("hello")
+    expect(messages.nth(2)).to_contain_text("00000000  01 02")  # binary, as hex
 
 
 def test_a_captured_script_is_shown_as_text_and_never_runs(page, run, shots):
@@ -396,3 +412,84 @@ def test_flowtap_web_lists_renames_and_deletes_stored_sessions(browser, run, sho
             assert proc.wait(10) == 0
         finally:
             proc.kill()
+
+
+# -- a large stored session: keyset pages as the table scrolls, never every row -------------------
+
+
+def scroll_until(page, how: str, done, timeout: float = 30) -> None:
+    """Scroll the table (``how``: a function of the scroller) again and again until ``done()``."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, page.locator(".tfoot").inner_text()
+        page.locator("#flows").evaluate(how)
+        page.wait_for_timeout(100)
+
+
+def test_a_large_session_scrolls_both_ways_holding_a_window_of_rows(browser, tmp_path):
+    from flowtap.config import Config
+    from flowtap.testing import capture, make_flow
+    from flowtap_web.server import WebServer
+
+    path = tmp_path / "flowtap.db"
+    with capture(config={"store": {"path": str(path)}, "session": {"name": "large"}}, record=False) as cap:
+        cap.feed(*[make_flow(url=f"https://api.example.com/items/{i}") for i in range(3500)], timeout=60)
+    with flowtap.open_store(path) as store:
+        sid = store.session("large").id
+    server = WebServer(path, Config())
+    url = server.start()
+    context = browser.new_context(viewport={"width": 1200, "height": 700})
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.goto(f"{url.split('/?')[0]}/#/s/{sid}")
+        footer = page.locator(".tfoot")
+        expect(footer).to_have_text("200 flows loaded · more below")
+        assert paths(page)[0] == "/items/0"
+        lines = page.locator("#flows .row.flow")
+        scroll_until(page, "el => { el.scrollTop = el.scrollHeight; }",
+                     lambda: "more below" not in footer.inner_text())
+        expect(footer).to_have_text("2000 flows loaded · earlier ones above")  # a window, not 3500
+        assert paths(page)[-1] == "/items/3499" and lines.count() < 100  # only what is on screen
+        scroll_until(page, "el => { el.scrollTop = 0; }",
+                     lambda: "earlier ones above" not in footer.inner_text())
+        expect(footer).to_contain_text("2000 flows loaded · more below")
+        assert paths(page)[0] == "/items/0"
+    finally:
+        context.close()
+        server.stop()
+
+
+def test_a_live_table_that_falls_behind_jumps_to_the_newest_rows(browser, tmp_path):
+    """More new flows than one push carries (the proxy outran the page): the table shows the newest,
+    and the ones it skipped are there when scrolling up."""
+    from flowtap.config import Config
+    from flowtap.testing import capture, make_flow
+    from flowtap_web.server import WebServer
+
+    path = tmp_path / "flowtap.db"
+    with capture(config={"store": {"path": str(path)}, "session": {"name": "busy"}}, record=False) as cap:
+        cap.feed(make_flow(url="https://api.example.com/items/first"))
+        with flowtap.open_store(path) as store:
+            sid = store.session("busy").id
+        server = WebServer(path, Config())
+        url = server.start()
+        context = browser.new_context(viewport={"width": 1200, "height": 700})
+        try:
+            page = context.new_page()
+            page.goto(url)
+            page.goto(f"{url.split('/?')[0]}/#/s/{sid}")
+            expect(page.locator("#state")).to_have_text("running")
+            expect(page.locator("#flows .row.flow .path")).to_have_text(["/items/first"])
+            cap.feed(*[make_flow(url=f"https://api.example.com/items/{i}") for i in range(1200)], timeout=60)
+            footer = page.locator(".tfoot")
+            expect(footer).to_have_text("500 flows loaded · earlier ones above", timeout=10_000)
+            assert paths(page)[-1] == "/items/1199"  # following the end
+            scroll_until(page, "el => { el.scrollTop = 0; }",
+                         lambda: "earlier ones above" not in footer.inner_text())
+            page.locator("#flows").evaluate("el => { el.scrollTop = 0; }")
+            expect(page.locator("#flows .row.flow .path").first).to_have_text("/items/first")
+            expect(footer).to_have_text("1201 flows loaded")
+        finally:
+            context.close()
+            server.stop()

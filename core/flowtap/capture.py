@@ -57,6 +57,7 @@ class _Emitter:
         self._dispatcher = capture.dispatcher
         self.name = name
         self.log = logging.getLogger(f"flowtap.{name}")
+        self.config = capture.config
 
     @property
     def recording(self) -> bool:

@@ -14,10 +14,6 @@ from flowtap import Option
 
 NAME = "web"
 
-#: The config of the run being validated: its store is the one the UI serves (see WebSource).
-_config: list = []
-
-
 def _port(value: int) -> int:
     if not 0 <= value <= 65535:
         raise ValueError(f"{value} is not a port number (0-65535; 0: any free port)")
@@ -40,11 +36,6 @@ def flowtap_config_options(declare):
 
 
 @flowtap.hookimpl
-def flowtap_config_validate(config):
-    _config[:] = [config]
-
-
-@flowtap.hookimpl
 def flowtap_register_commands(register):
     from flowtap_web import commands
 
@@ -60,4 +51,4 @@ def flowtap_register_sources(register):
 def _web_source(options):
     from flowtap_web.service import WebSource
 
-    return WebSource(options, _config[0] if _config else None)
+    return WebSource(options)

@@ -97,10 +97,12 @@ def sessions(store: Store) -> list[dict[str, Any]]:
     return [session_json(s, store.hosts(s.id, limit=3)) for s in store.sessions()]
 
 
-def session(store: Store, ref: str) -> dict[str, Any]:
-    """One session with its events."""
-    found = store.session(ref, unique=True)
-    return {**session_json(found, store.hosts(found.id, limit=3)), "events": events(store, found.id)}
+def session(store: Store, ref: str | SessionInfo, hosts: bool = True) -> dict[str, Any]:
+    """One session with its events (and the hosts it saw most, unless ``hosts`` is false: they
+    cost a pass over its flows)."""
+    found = ref if isinstance(ref, SessionInfo) else store.session(ref, unique=True)
+    return {**session_json(found, store.hosts(found.id, limit=3) if hosts else None),
+            "events": events(store, found.id)}
 
 
 def events(store: Store, session_id: str) -> list[dict[str, Any]]:
@@ -130,17 +132,18 @@ def page(store: Store, session_id: str, filter_expression: str | None, after: in
     session's last ``seq`` when the page was read (where a live stream starts).
     """
     limit = max(1, min(limit, PAGE_LIMIT))
-    top = _top(store, session_id)
+    found = store.session(session_id, unique=True)
+    top = _top(store, found)
     if newest:
-        rows = store.newest(session_id, filter_expression, limit + 1)
+        rows = store.newest(found, filter_expression, limit + 1)
         return {"rows": [row_json(r) for r in rows[-limit:]], "more": len(rows) > limit, "top": top}
-    rows = store.page(session_id, filter_expression, after=after, before=before, limit=limit + 1)
+    rows = store.page(found, filter_expression, after=after, before=before, limit=limit + 1)
     shown = rows[-limit:] if before is not None and after is None else rows[:limit]
     return {"rows": [row_json(r) for r in shown], "more": len(rows) > limit, "top": top}
 
 
-def _top(store: Store, session_id: str) -> int:
-    last = store.newest(session_id, None, 1)
+def _top(store: Store, found: SessionInfo) -> int:
+    last = store.newest(found, None, 1)
     return last[0].seq if last else 0
 
 
@@ -150,14 +153,15 @@ def update(store: Store, session_id: str, filter_expression: str | None, cursor:
     ``limit`` came since (the proxy outran the page), the newest ``limit`` with ``gap`` set; the
     session with its counts and events; and the next ``cursor`` (past every row looked at, so that
     a filter matching nothing does not look at the same rows again)."""
-    top = _top(store, session_id)
-    rows = store.page(session_id, filter_expression, after=cursor, limit=limit + 1)
+    found = store.session_by_id(session_id)
+    top = _top(store, found)
+    rows = store.page(found, filter_expression, after=cursor, limit=limit + 1)
     gap = len(rows) > limit
     if gap:
-        rows = store.newest(session_id, filter_expression, limit)
+        rows = store.newest(found, filter_expression, limit)
     cursor = max(top, cursor, rows[-1].seq if rows else 0)
     return {"rows": [row_json(r) for r in rows], "gap": gap, "cursor": cursor,
-            "session": session(store, session_id)}
+            "session": session(store, found, hosts=False)}
 
 
 # -- one flow --------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import orjson
 import tornado.httpserver
 import tornado.iostream
 import tornado.netutil
@@ -47,7 +48,7 @@ STATIC = Path(__file__).parent / "static"
 CSP = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
        "form-action 'none'; frame-ancestors 'none'")
 #: Seconds between two looks at the store for a live table's new rows.
-POLL_INTERVAL = 0.25
+POLL_INTERVAL = 0.5
 
 
 def is_loopback(host: str) -> bool:
@@ -82,7 +83,8 @@ class WebServer:
         self.reader = data.Reader(store)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._stopped: asyncio.Event | None = None
+        #: Set when the server stops (on its loop): live streams end at once.
+        self.stopping: asyncio.Event | None = None
 
     @property
     def url(self) -> str:
@@ -110,18 +112,18 @@ class WebServer:
 
     async def _serve(self, sockets: list[Any], ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
+        self.stopping = asyncio.Event()
         server = tornado.httpserver.HTTPServer(self.application(), xheaders=False)
         server.add_sockets(sockets)
         ready.set()
-        await self._stopped.wait()
+        await self.stopping.wait()
         server.stop()
         await asyncio.wait_for(server.close_all_connections(), 5)
 
     def stop(self) -> None:
         """Stop serving: close every connection, end the thread."""
-        if self._loop is not None and self._stopped is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._loop is not None and self.stopping is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self.stopping.set)
             self._thread.join(10)
         self.reader.close()
 
@@ -139,11 +141,16 @@ class WebServer:
             (r"/api/sessions/([^/]+)/cookies", Cookies, ui),
             (r"/api/sinks", Sinks, ui),
             (r"/api/flows/([0-9a-zA-Z_-]+)", OneFlow, ui),
-        ], default_handler_class=NotFound, default_handler_args=ui, compress_response=True,
+        ], default_handler_class=NotFound, default_handler_args=ui, compress_response=False,
            log_function=_log)
 
     def cookie_name(self) -> str:
         return f"flowtap_web_{self.port}"  # cookies are shared across ports: one per server
+
+
+def _json(value: Any) -> bytes:
+    """``value`` as compact JSON (orjson: the live stream encodes every new row)."""
+    return orjson.dumps(value, default=str)
 
 
 def _log(handler: tornado.web.RequestHandler) -> None:
@@ -178,8 +185,12 @@ class Handler(tornado.web.RequestHandler):
         if origin is not None and urlsplit(origin)._replace(path="").geturl().lower() != f"http://{host}":
             self.refuse(403, f"cross-site request from {origin!r} refused")
             return
-        if not self.authorized():
+        if not self.admit() and not self.authorized():
             self.refuse(403, "open the URL `flowtap web` printed (with its token), not this one")
+
+    def admit(self) -> bool:
+        """Whether this request is let in without the cookie (and answered already)."""
+        return False
 
     def authorized(self) -> bool:
         given = self.get_cookie(self.web.cookie_name()) or ""
@@ -193,7 +204,7 @@ class Handler(tornado.web.RequestHandler):
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(value, separators=(",", ":"), default=str))
+        self.finish(_json(value))
 
     def body_json(self) -> dict[str, Any]:
         try:
@@ -227,14 +238,14 @@ class NotFound(Handler):
 
 
 class Page(Handler):
-    def prepare(self) -> None:
+    def admit(self) -> bool:
         token = self.get_argument("token", None)
-        if token is not None and hmac.compare_digest(token.encode(), self.web.token.encode()):
-            # Traded for a cookie, then out of the address bar (and of the history).
-            self.set_cookie(self.web.cookie_name(), token, httponly=True, samesite="Strict", path="/")
-            self.redirect("/")
-            return
-        super().prepare()
+        if token is None or not hmac.compare_digest(token.encode(), self.web.token.encode()):
+            return False
+        # Traded for a cookie, then out of the address bar (and of the history).
+        self.set_cookie(self.web.cookie_name(), token, httponly=True, samesite="Strict", path="/")
+        self.redirect("/")
+        return True
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -311,6 +322,7 @@ class Live(Handler):
     async def get(self, ref: str) -> None:
         params = self.params()
         expression = await self.read(lambda store: data.expression(params))
+        ref = (await self.read(lambda store: store.session(ref, unique=True))).id  # polled by id
         cursor = _int(params.get("after")) or 0
         self.set_header("Content-Type", "text/event-stream")
         last: Any = None
@@ -319,14 +331,19 @@ class Live(Handler):
             cursor = news.pop("cursor")
             if news["rows"] or news["session"] != last:
                 last = news["session"]
-                self.write(f"data: {json.dumps(news, separators=(',', ':'), default=str)}\n\n")
+                self.write(b"data: " + _json(news) + b"\n\n")
                 try:
                     await self.flush()
                 except tornado.iostream.StreamClosedError:
                     return
             if not last["live"]:
                 break
-            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                assert self.web.stopping is not None
+                await asyncio.wait_for(self.web.stopping.wait(), POLL_INTERVAL)
+                break  # the server stops
+            except asyncio.TimeoutError:
+                pass
         self.finish()
 
 

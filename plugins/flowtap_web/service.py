@@ -45,11 +45,13 @@ class WebSource(Source):
     and their :meth:`describe` lines are where the run says where to go.
     """
 
-    def __init__(self, options: dict[str, Any], config: Config | None) -> None:
+    def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
-        self.server = make_server(options, config or Config())
+        self.server: WebServer | None = None
 
     def start(self, emitter: Emitter) -> None:
+        """Serve the store of the run's config (``emitter.config``) until :meth:`stop`."""
+        self.server = make_server(self.options, emitter.config)
         try:
             start(self.server, self.options["open_browser"])
         except OSError as exc:
@@ -58,8 +60,10 @@ class WebSource(Source):
                               "([web] port chooses another; 0: any free port)") from None
 
     def stop(self) -> None:
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()
 
     def describe(self) -> list[str]:
         warning = exposure(self.options["host"])
-        return [f"web UI: {self.server.url}", *([warning] if warning else [])]
+        url = self.server.url if self.server is not None else "not started"
+        return [f"web UI: {url}", *([warning] if warning else [])]

@@ -221,6 +221,18 @@ class Store:
                                  "use an id")
         raise StoreError(f"no session {ref!r} in {self.path} (`flowtap sessions` lists them)")
 
+    def session_by_id(self, session_id: str) -> SessionInfo:
+        """The session with exactly this id: one row, where :meth:`session` reads them all.
+
+        :raises StoreError: no such session.
+        """
+        rows = self._execute(
+            f"SELECT {_SESSION_COLUMNS}, (SELECT count(*) FROM flows WHERE session = s.id) "
+            "FROM sessions s WHERE id = ?", (session_id,))
+        if not rows:
+            raise StoreError(f"no session {session_id!r} in {self.path} (`flowtap sessions` lists them)")
+        return self._session(rows[0])
+
     def events(self, session: str, cookies: bool = False) -> list[Event]:
         """Pauses, resumes, clears and markers of a session, in order.
 

@@ -57,26 +57,31 @@ export class SessionPage {
   // -- loading -------------------------------------------------------------------------
 
   async start() {
+    // A stored session opens at its first rows: ask for them along with the session.
+    const first = this.fetchPage(false).catch((e) => e);
     try {
       this.session = await getJSON(`/api/sessions/${encodeURIComponent(this.id)}`);
     } catch (e) { toast(e.message, true); this.crumb.textContent = "(not found)"; return; }
     this.events = this.session.events;
     this.showSession();
-    this.reload();
+    await this.reload(this.session.live ? null : first);
+    this.loadSinks();
+  }
+
+  fetchPage(newest) {
+    return getJSON(`/api/sessions/${encodeURIComponent(this.id)}/flows${query({ ...this.filters(), limit: PAGE, newest: newest ? "1" : "" })}`);
   }
 
   filters() {
     return { ...this.filterValues };
   }
 
-  async reload() {
+  async reload(prefetched = null) {
     if (this.source) { this.source.close(); this.source = null; }
     const live = this.session.live;
-    let page;
-    try {
-      page = await getJSON(`/api/sessions/${encodeURIComponent(this.id)}/flows${query({ ...this.filters(), limit: PAGE, newest: live ? "1" : "" })}`);
-      this.filterError.textContent = "";
-    } catch (e) { this.filterError.textContent = e.message; return; }
+    const page = await (prefetched || this.fetchPage(live)).catch((e) => e);
+    if (page instanceof Error) { this.filterError.textContent = page.message; return; }
+    this.filterError.textContent = "";
     this.rows = page.rows;
     this.moreBefore = live ? page.more : false;
     this.moreAfter = live ? false : page.more;
@@ -115,6 +120,11 @@ export class SessionPage {
       if (this.follow) this.scroller.scrollTop = this.scroller.scrollHeight;
       if (!news.session.live) { source.close(); this.source = null; this.showSession(); }
     };
+    source.onerror = () => {
+      if (source === this.source && source.readyState === EventSource.CONNECTING) {
+        toast("lost the connection to flowtap (did the run end?); retrying", true);
+      }
+    };
   }
 
   trimFront() {
@@ -138,7 +148,8 @@ export class SessionPage {
       this.trimFront();
       if (!page.more && this.session.live && !this.source) this.listen(this.rows.length ? this.rows[this.rows.length - 1].seq : 0);
       this.draw();
-    } catch (e) { toast(e.message, true); } finally { this.loading = false; }
+    } catch (e) { toast(e.message, true); return; } finally { this.loading = false; }
+    this.nearEdges();
   }
 
   async loadBefore() {
@@ -153,7 +164,8 @@ export class SessionPage {
       this.merge();
       this.scroller.scrollTop += (this.items.length - before) * ROW;
       this.draw();
-    } catch (e) { toast(e.message, true); } finally { this.loading = false; }
+    } catch (e) { toast(e.message, true); return; } finally { this.loading = false; }
+    this.nearEdges();
   }
 
   // -- drawing the table ------------------------------------------------------------------
@@ -223,8 +235,15 @@ export class SessionPage {
     const atBottom = s.scrollTop + s.clientHeight >= s.scrollHeight - ROW * 2;
     this.follow = atBottom && !this.moreAfter && this.session && this.session.live;
     this.paint();
+    this.nearEdges();
+  }
+
+  // Within 20 lines of an end of the window: fetch the next page that way (again after each
+  // page, as long as the view stays there).
+  nearEdges() {
+    const s = this.scroller;
     if (s.scrollTop < ROW * 20) this.loadBefore();
-    if (s.scrollTop + s.clientHeight > s.scrollHeight - ROW * 20) this.loadAfter();
+    else if (s.scrollTop + s.clientHeight > s.scrollHeight - ROW * 20) this.loadAfter();
   }
 
   select(id, on) {
@@ -266,12 +285,12 @@ export class SessionPage {
     }
     const text = h("input", { type: "text", id: "mark-text", placeholder: "marker text", onkeydown: (e) => { if (e.key === "Enter") this.control("mark", text.value); } });
     clear(this.controls,
-      h("button", { id: "pause", onclick: () => this.control("pause"), disabled: s.state === "paused" }, "⏸ Pause"),
-      h("button", { id: "resume", onclick: () => this.control("resume"), disabled: s.state !== "paused" }, "▶ Resume"),
+      h("button", { id: "pause", onclick: () => this.control("pause"), disabled: s.state === "paused" }, "Pause"),
+      h("button", { id: "resume", onclick: () => this.control("resume"), disabled: s.state !== "paused" }, "Resume"),
       h("button", { id: "clear", onclick: () => { if (confirm("Forget every flow captured so far in this session?")) this.control("clear"); } }, "Clear"),
       text,
       h("button", { id: "mark", onclick: () => this.control("mark", text.value) }, "Mark"),
-      h("button", { id: "stop", class: "danger", onclick: () => { if (confirm("End this capture (the run stops)?")) this.control("stop"); } }, "■ Stop"));
+      h("button", { id: "stop", class: "danger", onclick: () => { if (confirm("End this capture (the run stops)?")) this.control("stop"); } }, "Stop"));
   }
 
   async control(op, text) {
@@ -318,11 +337,14 @@ export class SessionPage {
   buildSave() {
     this.sink = h("select", { id: "sink" });
     this.scope = h("select", { id: "scope" }, h("option", { value: "all" }, "every flow matching the filter"), h("option", { value: "selected" }, "the selected flows"));
-    getJSON("/api/sinks").then((reply) => clear(this.sink, reply.sinks.map((s) => h("option", { value: s }, s === "curl" ? "curl script" : s))))
-      .catch((e) => toast(e.message, true));
     return h("div", { class: "save" }, "Save ", this.scope, " as ", this.sink,
       h("button", { id: "download", onclick: () => this.download() }, "⤓ Download"),
       h("button", { id: "cookies", onclick: () => this.cookies() }, "Cookies"));
+  }
+
+  loadSinks() {
+    getJSON("/api/sinks").then((reply) => clear(this.sink, reply.sinks.map((s) => h("option", { value: s }, s === "curl" ? "curl script" : s))))
+      .catch((e) => toast(e.message, true));
   }
 
   updateSave() {
