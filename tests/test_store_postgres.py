@@ -373,6 +373,9 @@ def test_the_web_ui_reads_and_manages_a_postgresql_store(pg_url):
                             params={"methods": "GET", "after": str(first["rows"][0]["seq"])}).json()
             assert [row["path"] for row in after["rows"]] == ["/c"] and not after["more"]
             assert web.get(f"/api/flows/{posts[0]['id']}").status_code == 200
+            live = web.get(f"/api/sessions/{sid}/live", params={"after": "0"})  # ended: one event, then done
+            news = [json.loads(line[6:]) for line in live.text.splitlines() if line.startswith("data: ")]
+            assert [row["path"] for row in news[0]["rows"]] == ["/a", "/b", "/c"]
             assert web.patch(f"/api/sessions/{sid}", json={"name": "renamed"}).status_code == 200
             assert web.get("/api/sessions").json()["sessions"][0]["name"] == "renamed"
             assert web.delete(f"/api/sessions/{sid}").status_code == 200

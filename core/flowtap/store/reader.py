@@ -167,10 +167,13 @@ class Store:
         """Every stored session, newest first (only those recorded on ``machine``, by ``user``, if given)."""
         where, params = self._who(machine, user)
         tie = "rowid" if self._db.order == "rowid" else "id"
+        return self._sessions(where, params, f" ORDER BY started DESC, {tie} DESC")
+
+    def _sessions(self, where: list[str], params: list[str], order: str = "") -> list[SessionInfo]:
+        """The sessions meeting the conditions ``where`` (none: all)."""
         rows = self._execute(
             f"SELECT {_SESSION_COLUMNS}, {self._db.stored}, {self._db.who} "
-            f"FROM sessions s{' WHERE ' + ' AND '.join(where) if where else ''} "
-            f"ORDER BY started DESC, {tie} DESC", params)
+            f"FROM sessions s{' WHERE ' + ' AND '.join(where) if where else ''}{order}", params)
         return [self._session(row) for row in rows]
 
     @staticmethod
@@ -226,12 +229,10 @@ class Store:
 
         :raises StoreError: no such session.
         """
-        rows = self._execute(
-            f"SELECT {_SESSION_COLUMNS}, (SELECT count(*) FROM flows WHERE session = s.id) "
-            "FROM sessions s WHERE id = ?", (session_id,))
-        if not rows:
+        found = self._sessions(["id = ?"], [session_id])
+        if not found:
             raise StoreError(f"no session {session_id!r} in {self.path} (`flowtap sessions` lists them)")
-        return self._session(rows[0])
+        return found[0]
 
     def events(self, session: str, cookies: bool = False) -> list[Event]:
         """Pauses, resumes, clears and markers of a session, in order.
