@@ -100,6 +100,15 @@ class Browser:
                   and t["url"].startswith("chrome-extension://")}
         return url.split("/")[2]
 
+    def stop_service_worker(self) -> None:
+        """Stop the extension's service worker, as Chromium does to an idle one (the next event starts it
+        again)."""
+        (target,) = [t["id"] for t in self.targets() if t["type"] == "service_worker"
+                     and t["url"].startswith("chrome-extension://")]
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.devtools_port()}/json/close/{target}",
+                                    timeout=10) as response:
+            response.read()
+
     def open(self, url: str) -> str:
         """Open ``url`` in a new tab; returns the tab's DevTools WebSocket URL."""
         request = urllib.request.Request(f"http://127.0.0.1:{self.devtools_port()}/json/new?{url}",

@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -22,5 +23,38 @@ def _in_tmp_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture
+def data_dir(monkeypatch):
+    """A short data dir of the test's own (a control socket's path is limited to 107 bytes), for this
+    process and the runs it starts."""
+    path = tempfile.mkdtemp(prefix="ft-")
+    monkeypatch.setenv("FLOWTAP_DATA_DIR", path)  # where runs.socket_path looks
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def pytest_unconfigure(config):
     shutil.rmtree(_home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for the whole test session (tests/postgres.py); skips where none can start."""
+    from postgres import server
+
+    with server() as running:
+        yield running
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL of a new, empty database on :func:`pg_server`, for one test."""
+    return pg_server.database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_at(request, tmp_path):
+    """A store on each backend in turn (tests/postgres.py's ``StoreAt``): one test, both backends."""
+    from postgres import store_at
+
+    return store_at(request, tmp_path)

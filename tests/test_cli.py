@@ -27,7 +27,7 @@ def test_help_does_not_import_mitmproxy():
     assert "usage: flowtap" in result.stdout and "run" in result.stdout and "plugins" in result.stdout
 
 
-CORE_COMMANDS = ["init", "run", "plugins", "config", "sessions", "search", "show", "export", "ctl"]
+CORE_COMMANDS = ["init", "run", "plugins", "config", "sessions", "search", "show", "export", "store", "ctl"]
 
 
 def test_help_lists_the_core_commands_and_the_plugins_commands():

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,15 +20,6 @@ from flowtap.testing import capture, make_flow
 
 from clirun import flowtap as run_cli
 from fakedist import stream_source
-
-
-@pytest.fixture
-def data_dir(monkeypatch):
-    """A short data dir (socket paths are limited to 107 bytes), used by this process and its children."""
-    path = Path(tempfile.mkdtemp(prefix="ft-"))
-    monkeypatch.setenv("FLOWTAP_DATA_DIR", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:

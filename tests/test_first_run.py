@@ -52,8 +52,10 @@ def test_run_without_a_config_says_the_command_that_fixes_it(tmp_path):
         "(or run: flowtap run --set sources.proxy.enabled=true)\n")
 
 
-def test_run_with_a_config_without_a_source_says_what_to_add(tmp_path):
-    (tmp_path / "flowtap.toml").write_text("[sinks.har]\npath = 'x.har'\n")
+@pytest.mark.parametrize("tables", ["[sinks.har]\npath = 'x.har'\n", "[web]\nport = 0\n"],
+                         ids=["a sink only", "the web UI only (it serves, it does not capture)"])
+def test_run_with_a_config_without_a_source_says_what_to_add(tmp_path, tables):
+    (tmp_path / "flowtap.toml").write_text(tables)
     result = run_cli("run", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (

@@ -23,7 +23,14 @@ from websockets.sync.client import connect
 import flowtap
 import flowtap.testing
 import flowtap_interceptor
-from flowtap_interceptor import bridge as bridge_module, commands, convert, pairing, protocol
+from flowtap_interceptor import (
+    bridge as bridge_module,
+    commands,
+    convert,
+    pairing,
+    protocol,
+    source as interceptor_source,
+)
 from flowtap_interceptor.bridge import RefusalLog
 from flowtap_interceptor.protocol import ProtocolError
 
@@ -58,7 +65,7 @@ class Client:
     hello (``hello=False``: not even that). What the bridge sends next is left for :meth:`recv`.
     """
 
-    def __init__(self, port, key=None, origin=ORIGIN, proof=None, hello=True, nonce=None):
+    def __init__(self, port, key=None, origin=ORIGIN, proof=None, hello=True, nonce=None, instance=None):
         # Entered like a context manager (websockets' direct use is deprecated); closed by close().
         self.ws = connect(f"ws://127.0.0.1:{port}", origin=origin, open_timeout=5,
                           close_timeout=2).__enter__()
@@ -80,7 +87,7 @@ class Client:
             expected = pairing.bridge_proof(key, self.nonce, reply["nonce"])
             self.bridge_proved = pairing.matches(expected, reply["proof"])
         self.auth = msg("auth", proof=proof or pairing.extension_proof(key, reply["nonce"], self.nonce),
-                        client="test")
+                        client="test", **({"instance": instance} if instance else {}))
         self.send(self.auth)
 
     def send(self, message):
@@ -604,6 +611,57 @@ def test_unfinished_requests_are_recorded_when_the_extension_disconnects(bridge)
     client.send(event("request", rid="9", url="http://127.0.0.1:1/slow"))
     client.ask(msg("ping"))
     client.close()
+    (flow,) = wait_flows(harness, 1)
+    assert flow.response is None and "disconnected before the request finished" in flow.error
+
+
+def test_a_request_in_flight_across_a_worker_restart_is_one_flow(bridge):
+    """The extension's service worker restarted mid-request: it began on one connection, ends on the next."""
+    harness, port, _ = bridge()
+    instance = "0123456789abcdef0123456789abcdef"
+    url = "http://127.0.0.1:8000/api/slow"
+    before = Client(port, key="s3cret-test-key", instance=instance)
+    before.recv()
+    before.send(event("request", rid="77", url=url, t=1_700_000_000_000.0))
+    before.send(event("headers", rid="77", url=url, t=1_700_000_000_005.0,
+                      requestHeaders=[{"name": "Accept", "value": "application/json"}]))
+    before.ask(msg("ping"))
+    before.close()
+    time.sleep(1.5)  # past a tick of the bridge: nothing may be recorded while the browser can come back
+    harness.capture.dispatcher.sync(5)
+    assert harness.recorded.flows == []
+    after = Client(port, key="s3cret-test-key", instance=instance)
+    after.recv()
+    after.send(event("completed", rid="77", url=url, t=1_700_000_002_000.0, statusCode=200,
+                     statusLine="HTTP/1.1 200 OK", responseHeaders=[]))
+    (flow,) = wait_flows(harness, 1)
+    assert flow.error is None and flow.response.status_code == 200
+    assert flow.request.headers.get("accept") == "application/json"
+    assert (flow.timings.start, flow.timings.end) == (1_700_000_000.0, 1_700_000_002.0)
+    after.close()
+
+
+def test_a_browser_that_does_not_come_back_has_its_requests_recorded_unfinished(bridge, monkeypatch):
+    monkeypatch.setattr(interceptor_source, "RECONNECT_WAIT", 0.5)
+    harness, port, _ = bridge()
+    client = Client(port, key="s3cret-test-key", instance="fedcba9876543210fedcba9876543210")
+    client.recv()
+    client.send(event("request", rid="5", url="http://127.0.0.1:1/slow"))
+    client.ask(msg("ping"))
+    client.close()
+    (flow,) = wait_flows(harness, 1, timeout=5)
+    assert flow.response is None and "disconnected before the request finished" in flow.error
+
+
+def test_requests_waiting_for_their_browser_are_recorded_when_the_capture_stops(bridge):
+    harness, port, _ = bridge()
+    client = Client(port, key="s3cret-test-key", instance="00000000000000000000000000000001")
+    client.recv()
+    client.send(event("request", rid="6", url="http://127.0.0.1:1/slow"))
+    client.ask(msg("ping"))
+    client.close()
+    time.sleep(0.3)
+    harness.capture.sources["interceptor"].stop()
     (flow,) = wait_flows(harness, 1)
     assert flow.response is None and "disconnected before the request finished" in flow.error
 

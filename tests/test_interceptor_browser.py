@@ -56,6 +56,10 @@ BODIES_PAGE = b"""<!doctype html><html><body><script>
 })();
 </script></body></html>"""
 
+RESTART_PAGE = b"""<!doctype html><html><body><script>
+fetch("/api/slow").then(() => fetch("/api/done?after=slow"));
+</script></body></html>"""
+
 
 class Site(http.server.ThreadingHTTPServer):
     """Our page and its API on 127.0.0.1; remembers the request bodies it received."""
@@ -65,6 +69,7 @@ class Site(http.server.ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.bodies: dict[str, bytes] = {}
+        self.slow_started = threading.Event()
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
 
@@ -88,6 +93,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(BODIES_PAGE, "text/html")
         if self.path == "/pixel.png":
             return self._send(b"\x89PNG\r\n", "image/png")
+        if self.path == "/api/slow":  # long enough to restart the extension's worker meanwhile
+            self.server.slow_started.set()
+            time.sleep(3)
+            return self._send(b'{"slow": true}', "application/json")
+        if self.path == "/restart":
+            return self._send(RESTART_PAGE, "text/html")
         if self.path == "/remember":
             return self._send(b"ok", "text/plain",
                               headers=[("Set-Cookie", "pref=kept; Path=/; Max-Age=3600")])
@@ -267,3 +278,24 @@ def test_the_extension_reconnects_and_reads_response_bodies_when_asked(browser, 
     assert jar.events and ("pref", "kept") in [(c.name, c.value) for c in jar.events[0]]
     pref = next(c for c in jar.events[0] if c.name == "pref")
     assert pref.expires and pref.expires > time.time() + 3000
+
+
+def test_a_request_in_flight_while_the_worker_restarts_is_one_whole_flow(browser, site, start_capture):
+    harness, _ = start_capture()
+    wait_until(lambda: connected(harness), 30, "the extension to connect", browser)
+    source = harness.capture.sources["interceptor"]
+    (before,) = source.bridge.clients
+    site.slow_started.clear()
+    browser.open(site.url + "/restart")
+    assert site.slow_started.wait(10), "the page did not ask for /api/slow"
+    browser.stop_service_worker()
+    wait_until(lambda: before not in source.bridge.clients, 10, "the worker's connection to end", browser)
+    flows = flows_until(harness, "/api/done?after=slow", browser)
+    (after,) = source.bridge.clients
+    assert after is not before and after.instance == before.instance != ""
+    slow = [f for f in harness.recorded.flows if f.request.path == "/api/slow"]
+    assert len(slow) == 1, [(f.request.path, f.error) for f in slow]
+    assert slow[0].error is None and slow[0].response.status_code == 200
+    assert slow[0].request.headers.get("user-agent"), "the request's half, sent before the restart"
+    assert slow[0].timings.end - slow[0].timings.start >= 2.5
+    assert ("GET", "/restart") in flows

@@ -4,9 +4,7 @@ the paused count, and that it redraws only what changed, also after a resize."""
 from __future__ import annotations
 
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -71,14 +69,6 @@ def site(tmp_path) -> Path:
     return make_distribution(root, "flowtap-scripted", {"scripted": "flowtap_scripted"},
                              {"flowtap_scripted": SCRIPTED_SOURCE})
 
-
-@pytest.fixture
-def data_dir(monkeypatch):
-    """A short data dir (socket paths are limited to 107 bytes), for this process and its children."""
-    path = Path(tempfile.mkdtemp(prefix="ft-"))
-    monkeypatch.setenv("FLOWTAP_DATA_DIR", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def live_view(tmp_path: Path, site: Path, data_dir: Path, config: str, name: str = "live") -> Terminal:

@@ -67,14 +67,6 @@ def site(tmp_path) -> Path:
                              {"flowtap_faulty": FAULTY_SINK})
 
 
-@pytest.fixture
-def data_dir(monkeypatch):
-    """A short data dir (socket paths are limited to 107 bytes), for this process and its children."""
-    path = Path(tempfile.mkdtemp(prefix="ft-"))
-    monkeypatch.setenv("FLOWTAP_DATA_DIR", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
 
 def iter_queue(lines: queue.Queue[str | None], timeout: float = 5):
     """What a reader thread put in ``lines`` until the stream ended (None)."""

@@ -37,10 +37,10 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def recorded(tmp_path):
-    """Two sessions, "morning" (with a marker, a big body in a file) and "evening", in a store."""
-    path = tmp_path / "store.db"
-    config = {"store": {"path": str(path), "body_file_threshold": "1kb"}, "session": {"name": "morning"},
+def recorded(tmp_path, store_at):
+    """Two sessions, "morning" (with a marker, a big body in a file) and "evening", in a store on each
+    backend (tests/postgres.py's StoreAt)."""
+    config = {"store": store_at.table(body_file_threshold="1kb"), "session": {"name": "morning"},
               "sinks": {"har": {"path": str(tmp_path / "live-{session}.har")}}}
     with capture("har", config=config) as cap:
         cap.feed(make_flow(url="https://api.example.com/users", method="POST", status=201,
@@ -56,27 +56,27 @@ def recorded(tmp_path):
         cap.capture.begin(name="evening")
         cap.feed(make_flow(url="https://shop.test/cart", method="DELETE", status=404))
         evening = cap.session.id
-    return path, morning, evening
+    return store_at, morning, evening
 
 
 def test_sessions_lists_newest_first_and_shows_one(recorded, capsys):
-    path, morning, evening = recorded
-    code, out, _ = cli(capsys, "--set", f"store.path={path}", "sessions")
+    where, morning, evening = recorded
+    code, out, _ = cli(capsys, *where.args, "sessions")
     lines = out.splitlines()
     assert code == 0 and lines[0].split() == ["ID", "NAME", "STARTED", "DURATION", "STATE", "FLOWS"]
     assert [line.split()[:2] for line in lines[1:]] == [[evening, "evening"], [morning, "morning"]]
     assert lines[1].split()[-2:] == ["ended", "1"] and lines[2].split()[-2:] == ["ended", "5"]
-    code, out, _ = cli(capsys, "sessions", "show", "morning", "--set", f"store.path={path}")
+    code, out, _ = cli(capsys, "sessions", "show", "morning", *where.args)
     assert code == 0 and f"session 'morning' ({morning})" in out
     assert "5 stored; 5 received: 5 recorded, 0 filtered out, 0 while paused" in out
     assert "api.example.com (4), cdn.example.com (1)" in out and "mark  'logged in'" in out
-    code, out, _ = cli(capsys, "sessions", "show", "last", "--json", "--set", f"store.path={path}")
+    code, out, _ = cli(capsys, "sessions", "show", "last", "--json", *where.args)
     assert json.loads(out)["id"] == evening
 
 
 def test_search_prints_a_table_or_json_lines(recorded, capsys):
-    path, morning, _ = recorded
-    store = ("--set", f"store.path={path}")
+    where, morning, _ = recorded
+    store = where.args
     code, out, _ = cli(capsys, "search", "~d api.example.com & !~e", "--session", "morning", *store)
     lines = out.splitlines()
     assert code == 0 and lines[0].split() == ["ID", "TIME", "METHOD", "STATUS", "SIZE", "DURATION", "HOST",
@@ -105,8 +105,8 @@ def test_search_shows_the_port_where_it_is_not_the_default(tmp_path, capsys):
 
 
 def test_show_pretty_prints_text_and_keeps_raw_bytes(recorded, capsys):
-    path, morning, _ = recorded
-    store = ("--set", f"store.path={path}")
+    where, morning, _ = recorded
+    store, path = where.args, where.location
     with flowtap.open_store(path) as s:
         post, png = next(s.rows("~m POST")), next(s.rows("~t png"))
     code, out, _ = cli(capsys, "show", post.id[:10], *store)
@@ -126,10 +126,9 @@ def test_show_pretty_prints_text_and_keeps_raw_bytes(recorded, capsys):
 
 
 def test_export_through_a_bundled_sink_is_what_live_capture_wrote(recorded, tmp_path, capsys):
-    path, morning, _ = recorded
+    where, morning, _ = recorded
     out_path = tmp_path / "exported.har"
-    code, out, err = cli(capsys, "export", "morning", "--sink", "har", "-o", str(out_path),
-                         "--set", f"store.path={path}")
+    code, out, err = cli(capsys, "export", "morning", "--sink", "har", "-o", str(out_path), *where.args)
     assert code == 0, err
     assert f"exported 5 flows of session 'morning' ({morning}) through 'har' to {out_path}" in out
     live, exported = (json.loads((tmp_path / name).read_text())
@@ -137,22 +136,21 @@ def test_export_through_a_bundled_sink_is_what_live_capture_wrote(recorded, tmp_
     assert len(exported["log"]["entries"]) == 5
     assert exported["log"]["entries"] == live["log"]["entries"]
     code, out, _ = cli(capsys, "export", morning, "--sink", "har", "-o", str(out_path), "--filter", "~t png",
-                       "--set", f"store.path={path}")
+                       *where.args)
     entries = json.loads(out_path.read_text())["log"]["entries"]
     assert code == 0 and [e["request"]["url"] for e in entries] == ["https://cdn.example.com/logo.png"]
-    with flowtap.open_store(path) as s:  # the export did not record itself into the store
+    with flowtap.open_store(where.location) as s:  # the export did not record itself into the store
         assert len(s.sessions()) == 2
 
 
 def test_export_keeps_the_session_start_for_date_placeholders(recorded, tmp_path, capsys):
-    path, morning, _ = recorded
-    with sqlite3.connect(path) as conn:  # a session captured yesterday
-        conn.execute("UPDATE sessions SET started = started - 86400 WHERE id = ?", (morning,))
+    where, morning, _ = recorded
+    path = where.location
+    where.execute("UPDATE sessions SET started = started - 86400 WHERE id = ?", (morning,))  # yesterday
     with flowtap.open_store(path) as store:
         started = store.session(morning).started
     code, _, err = cli(capsys, "export", morning, "--sink", "har", "-o",
-                       str(tmp_path / "{session}-{date}.har"),
-                       "--set", f"store.path={path}")
+                       str(tmp_path / "{session}-{date}.har"), *where.args)
     assert code == 0, err
     stamp = time.strftime(DATE_FORMAT, time.localtime(started))
     assert (tmp_path / f"morning-{stamp}.har").is_file()
@@ -200,20 +198,19 @@ def flowtap_register_sinks(register):
 
 
 def test_export_through_a_third_party_sink(recorded, tmp_path, capsys, monkeypatch):
-    path, morning, _ = recorded
+    where, morning, _ = recorded
+    path = where.location
     site = make_distribution(tmp_path / "site", "flowtap-jsonl", {"jsonl": "flowtap_jsonl"},
                              {"flowtap_jsonl": JSONL_SINK})
     monkeypatch.syspath_prepend(str(site))
     out_path = tmp_path / "x.jsonl"
-    code, _, err = cli(capsys, "export", "morning", "--sink", "jsonl", "-o", str(out_path),
-                       "--set", f"store.path={path}")
+    code, _, err = cli(capsys, "export", "morning", "--sink", "jsonl", "-o", str(out_path), *where.args)
     assert code == 0, err
     name, *lines = out_path.read_text().splitlines()
     with flowtap.open_store(path) as s:
         assert name == "morning"
         assert [serialize.loads(line) for line in lines] == list(s.flows(session=morning))
-    code, _, err = cli(capsys, "export", "morning", "--sink", "pathless", "-o", "x", "--set",
-                       f"store.path={path}")
+    code, _, err = cli(capsys, "export", "morning", "--sink", "pathless", "-o", "x", *where.args)
     assert code == 2 and err.strip() == (
         "flowtap: error: sink 'pathless' has no path option in [sinks.pathless]: "
         "it does not write a file to export to")
@@ -268,18 +265,18 @@ def test_export_as_curl_sends_the_same_requests(tmp_path, capsys):
 
 
 def test_rename_and_delete(recorded, capsys):
-    path, morning, evening = recorded
-    store = ("--set", f"store.path={path}")
-    assert db.bodies_dir(path).joinpath(morning).is_dir()
+    where, morning, evening = recorded
+    store, path = where.args, where.location
+    assert where.url or db.bodies_dir(path).joinpath(morning).is_dir()
     code, out, _ = cli(capsys, "sessions", "rename", "morning", "breakfast", *store)
     assert code == 0 and f"session {morning}: renamed 'morning' to 'breakfast'" in out
     code, out, _ = cli(capsys, "sessions", "delete", "breakfast", *store)
     assert code == 0 and f"deleted session 'breakfast' ({morning}) and its 5 flows" in out
     with flowtap.open_store(path) as s:
         assert [x.id for x in s.sessions()] == [evening] and s.count() == 1
-        assert s._conn.execute("SELECT count(*) FROM contents").fetchone()[0] == 1
-        assert s._conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
-    assert not db.bodies_dir(path).joinpath(morning).exists()
+    assert where.execute("SELECT count(*) FROM contents") == [(1,)]
+    assert where.execute("SELECT count(*) FROM events") == [(0,)]
+    assert where.url or not db.bodies_dir(path).joinpath(morning).exists()
 
 
 def test_a_session_being_recorded_cannot_be_deleted(tmp_path, capsys):
@@ -291,9 +288,16 @@ def test_a_session_being_recorded_cannot_be_deleted(tmp_path, capsys):
 
 
 def test_errors_are_one_line_exit_2_and_reads_change_nothing(recorded, tmp_path, capsys):
-    path, morning, _ = recorded
-    store = ("--set", f"store.path={path}")
-    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    where, morning, _ = recorded
+    store = where.args
+
+    def state():
+        if where.url:  # the rows, for PostgreSQL
+            return where.execute("SELECT f.id, c.data FROM flows f JOIN contents c ON c.seq = f.seq "
+                                 "ORDER BY 1")
+        return hashlib.sha256(where.path.read_bytes()).hexdigest()
+
+    before = state()
     for args, message in [
         (("sessions", "show", "nope"), "no session 'nope'"),
         (("show", "0123456789"), "no flow '0123456789'"),
@@ -311,7 +315,7 @@ def test_errors_are_one_line_exit_2_and_reads_change_nothing(recorded, tmp_path,
     for args in (("sessions",), ("sessions", "show", "last"), ("search", "~b ann"), ("show", "0"),
                  ("export", "last", "--format", "curl")):
         cli(capsys, *args, *store)
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert state() == before
 
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"not sqlite" * 500)
@@ -348,7 +352,7 @@ def test_kill_9_keeps_every_flow_recorded_a_second_before(tmp_path):
         proc.kill()
     path = data / "flowtap.db"
     with flowtap.open_store(path) as store:
-        assert store._conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert store._db.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         session = store.session("doomed")
         assert session.state == "interrupted"  # its process is gone
         stored = list(store.rows(session=session))

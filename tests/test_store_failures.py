@@ -355,7 +355,7 @@ def store_lines(stderr: str, path: Path, problem: str) -> list[str]:
 def stored_numbers(path: Path) -> list[int]:
     """The numbers of the stream source's flows in the store, each loaded whole."""
     with flowtap.open_store(path) as store:
-        assert store._conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+        assert store._db.conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
         return [int(flow.request.path.rsplit("/", 1)[1]) for flow in store.flows()]
 
 

@@ -18,10 +18,8 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -196,14 +194,6 @@ def headers_of(head: bytes) -> dict[bytes, bytes]:
         fields[name.lower()] = value.strip(b" ")
     return fields
 
-
-@pytest.fixture
-def data_dir(monkeypatch):
-    """A short data dir (the control socket's path is limited), for this process and its children."""
-    path = Path(tempfile.mkdtemp(prefix="ft-"))
-    monkeypatch.setenv("FLOWTAP_DATA_DIR", str(path))  # where runs.socket_path looks
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_control_bytes_never_reach_the_terminal_and_curl_sends_them_back(tmp_path, data_dir):

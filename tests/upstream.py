@@ -3,7 +3,7 @@
 Runs on 127.0.0.1 in threads of its own. Routes (HTTP/1.1 and HTTP/2 alike):
 
 - ``/json``: a small JSON body with Content-Length, duplicate headers and two Set-Cookie
-- ``/echo``: the request body back (any method)
+- ``/echo``: the request body back (any method); ``/as?type=T``: the same, as Content-Type T
 - ``/gzip``: a gzip-encoded JSON body
 - ``/big?n=N``: N bytes with a Content-Length; ``/chunked?n=N``: N bytes, chunked;
   ``/bigjson?n=N``: N bytes of JSON, with a Set-Cookie
@@ -54,6 +54,8 @@ def route(method: str, target: str, body: bytes) -> tuple[int, list[tuple[str, s
         return 200, list(JSON_HEADERS), JSON_BODY, False
     if url.path == "/echo":
         return 200, [("Content-Type", "application/octet-stream")], body, False
+    if url.path == "/as":
+        return 200, [("Content-Type", query.get("type", "application/octet-stream"))], body, False
     if url.path == "/gzip":
         data = json.dumps({"message": "hello " * 50}).encode()
         return 200, [("Content-Type", "application/json"),

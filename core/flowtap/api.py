@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from flowtap.config import Config
     from flowtap.cookies import Cookie
     from flowtap.model import Flow
     from flowtap.scheduler import Timer
@@ -17,6 +18,9 @@ class Emitter(Protocol):
     """What a running source is given to feed the session."""
 
     log: logging.Logger
+    #: The run's whole config, for a source that needs more than its own table (the web UI serves
+    #: the store that ``[store]`` names).
+    config: Config
 
     @property
     def recording(self) -> bool:

@@ -44,6 +44,7 @@ class _Factory:
     factory: Callable[[dict], Any]
     default: bool  # runs even when the config has no table for it
     table: str  # its config table, e.g. "sinks.har"
+    captures: bool = True  # a source that emits flows (False: one that runs beside them, e.g. a UI)
 
     def enabled(self, config: Config) -> bool:
         return config.enabled(self.table, self.default)
@@ -56,6 +57,7 @@ class _Emitter:
         self._dispatcher = capture.dispatcher
         self.name = name
         self.log = logging.getLogger(f"flowtap.{name}")
+        self.config = capture.config
 
     @property
     def recording(self) -> bool:
@@ -144,13 +146,13 @@ class Capture:
         factories = self.source_factories if kind == "sources" else self.sink_factories
 
         def register(name: str, factory: Callable[[dict], Any], default: bool = False,
-                     table: str | None = None) -> None:
+                     table: str | None = None, captures: bool = True) -> None:
             """Register a source or sink factory; its table is ``[KIND.NAME]`` unless ``table`` says."""
             owner = self.host.calling or ""
             if name in factories and factories[name].owner != owner:
                 raise ValueError(
                     f"{kind[:-1]} {name!r} is already registered by plugin {factories[name].owner!r}")
-            factories[name] = _Factory(owner, factory, default, table or f"{kind}.{name}")
+            factories[name] = _Factory(owner, factory, default, table or f"{kind}.{name}", captures)
             self.options.setdefault(factories[name].table, [])
 
         return register
@@ -266,11 +268,11 @@ class Capture:
         obj.name = name
         return obj
 
-    def configured_sources(self) -> list[str]:
-        """Names of the sources this config runs."""
+    def configured_sources(self, capturing: bool = False) -> list[str]:
+        """Names of the sources this config runs (``capturing``: only those that emit flows)."""
         return [
             name for name, entry in self.source_factories.items()
-            if entry.enabled(self.config)
+            if entry.enabled(self.config) and (entry.captures or not capturing)
         ]
 
     def _start_sources(self) -> None:

@@ -130,7 +130,8 @@ def no_source_fix(capture: Capture) -> str:
     if config.path is None and "proxy" in capture.source_factories:
         return ("`flowtap init` writes ./flowtap.toml with a proxy on 127.0.0.1:5555 "
                 "(or run: flowtap run --set sources.proxy.enabled=true)")
-    available = ", ".join(f"[sources.{n}]" for n in capture.source_factories) or "none installed"
+    capturing = [f"[{entry.table}]" for entry in capture.source_factories.values() if entry.captures]
+    available = ", ".join(capturing) or "none installed"
     if "proxy" in capture.source_factories:
         return (f"add a source table to {config.origin} (available: {available}), "
                 "or run: flowtap run --set sources.proxy.enabled=true")
@@ -242,6 +243,8 @@ def setup_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no line per flow (start-up lines and the summary still print), "
                              "like mitmdump -q")
+    parser.add_argument("--web", action="store_true",
+                        help="serve the browser UI beside the capture (as [web] in the config does)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -260,9 +263,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.override("session.name", args.name, f"--name {args.name}")
     if args.duration:
         config.override("session.duration", args.duration, f"--duration {args.duration}")
+    if args.web:
+        config.override("web.enabled", True, "--web")
     capture = capture_from_args(args, config)
     capture.validate()
-    if not capture.configured_sources():
+    if not capture.configured_sources(capturing=True):
         if config.path is None:
             raise UsageError(f"no config file (looked for {shown(config.searched)}), so no source to start: "
                              f"{no_source_fix(capture)}")

@@ -77,6 +77,17 @@ class CorePlugin:
                    "Bodies larger than this are kept in files beside the database (in <name>-bodies/), "
                    "not in its rows.",
                    convert=parse_size),
+            Option("url", str, "",
+                   "A PostgreSQL database to keep sessions in instead (a team's shared store), as a libpq "
+                   "URL: "
+                   "\"postgresql://user@host/db?sslmode=verify-full\"; the password from PGPASSWORD or "
+                   "~/.pgpass. Needs pip install 'flowtap[postgres]'. Flows wait in a local spool until "
+                   "the database has them.",
+                   convert=_store_url),
+            Option("spool_limit", (str, int), "1gb",
+                   "With url: bytes of flows that may wait in the local spool while the database is "
+                   "unreachable; past it, flows are lost (and counted).",
+                   convert=parse_size),
             Option("batch_interval", (str, int, float), "100ms",
                    "Recorded flows are committed together at most this often (\"100ms\", \"1s\"); a crash "
                    "loses at most the last such interval. 0: commit whenever the dispatcher flushes.",
@@ -104,6 +115,8 @@ class CorePlugin:
         register("show", "a stored flow in full: request, response, bodies", store.setup_show, store.cmd_show)
         register("export", "a stored session through a sink (HAR, collection, ...) or as curl",
                  store.setup_export, store.cmd_export)
+        register("store", "the store itself: sync a PostgreSQL store's spool, copy sessions between stores",
+                 store.setup_store, store.cmd_store)
         register("ctl", "control a running capture: status, pause, resume, clear, stop, mark",
                  client.setup_ctl, client.cmd_ctl)
         register("completion", "print a shell completion script: bash, zsh or fish",
@@ -114,6 +127,10 @@ class CorePlugin:
         register("store", self._store, default=True, table="store")
 
     def _store(self, options):
+        if options["url"]:
+            from flowtap.store.spool import PostgresSink
+
+            return PostgresSink(options, self._config)
         from flowtap.store.sink import StoreSink
 
         return StoreSink(options, self._config)
@@ -150,3 +167,11 @@ class CorePlugin:
             if not keep(flow):
                 return False
         return None
+
+
+def _store_url(value: str) -> str:
+    """``[store] url``: empty, or a PostgreSQL URL."""
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("expected a PostgreSQL URL such as \"postgresql://user@db.example.com/flowtap\" "
+                         "(or nothing: the SQLite store at [store] path)")
+    return value

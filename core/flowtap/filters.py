@@ -15,8 +15,8 @@ from flowtap.model import Flow, Request, _Message
 
 Predicate = Callable[[Flow], bool]
 __all__ = [
-    "ASSET_TYPES", "FilterError", "as_bytes", "compile_expression", "parse_authority", "pretty_url",
-    "simple_filter",
+    "ASSET_TYPES", "FilterError", "as_bytes", "compile_expression", "parse_authority", "pretty_url", "quote",
+    "simple_expression", "simple_filter",
 ]
 
 
@@ -254,7 +254,7 @@ def compile_expression(expression: str) -> Predicate:
     from mitmproxy import flowfilter
 
     try:
-        tree = flowfilter.bnf.parseString(expression, parseAll=True)[0]
+        tree = flowfilter.bnf.parse_string(expression, parse_all=True)[0]
     except pyparsing.ParseBaseException as e:
         column, detail = _first_mistake(expression, flowfilter) or (e.loc, _EXPECTED)
         raise FilterError(expression, detail, column) from None
@@ -276,28 +276,57 @@ def compile_expression(expression: str) -> Predicate:
 
 # --- Postman's simple session filters -----------------------------------------
 
-_RESOURCE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".ico", ".bmp",
-                        ".avif", ".css", ".js", ".mjs", ".map")  # fmt: skip
+_RESOURCE_EXTENSIONS = ("png", "jpg", "jpeg", "gif", "webp", "svg", "ico", "bmp", "avif", "css", "js", "mjs",
+                        "map")  # fmt: skip
+def quote(text: str) -> str:
+    """``text`` as one quoted argument of a filter expression (``~u``, ``~h``...), taken literally
+    by the expression parser (the argument is still a regex: see :func:`re.escape`)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _is_resource(flow: Flow) -> bool:
-    """An image, stylesheet or script, by response Content-Type or URL path extension."""
-    if flow.response is not None:
-        ct = flow.response.content_type
-        if ct.startswith("image/") or ct == "text/css" or "javascript" in ct or "ecmascript" in ct:
-            return True
-    return urlsplit(flow.request.url).path.lower().endswith(_RESOURCE_EXTENSIONS)
+#: Images, stylesheets and scripts: by response Content-Type, or by the URL path's extension.
+_RESOURCES = (f"~ts {quote('(?i)^image/|^text/css|javascript|ecmascript')} | "
+              f"~u {quote(r'^[^?#]*[.](' + '|'.join(_RESOURCE_EXTENSIONS) + r')([?#]|$)')}")
 
 
-def _url_matcher(pattern: str, regex: bool, option: str) -> Callable[[str], bool]:
+def _url_regex(pattern: str, regex: bool, option: str) -> str:
     if not regex:
-        needle = pattern.lower()
-        return lambda url: needle in url.lower()
+        return re.escape(pattern)
     try:
-        rx = re.compile(pattern, re.IGNORECASE)
+        re.compile(pattern)
     except re.error as e:
         raise FilterError(pattern, f"{option} is not a valid regex: {e.msg}", e.pos) from e
-    return lambda url: rx.search(url) is not None
+    return pattern
+
+
+def simple_expression(
+    url_contains: str = "",
+    url_not_contains: str = "",
+    url_regex: bool = False,
+    methods: Iterable[str] = (),
+    skip_resources: bool = False,
+) -> str | None:
+    """Postman-style session filters as one filter expression, or None when no option is set.
+
+    URL tests are case-insensitive substring checks on the URL (``~u``), or regex
+    searches when ``url_regex`` is true; ``methods`` keeps only those methods
+    (empty: all); ``skip_resources`` drops images, JavaScript and CSS (by
+    response Content-Type or URL extension). The session store evaluates the
+    expression in SQL where it can (:mod:`flowtap.store.query`).
+
+    :raises FilterError: ``url_regex`` and a pattern that is not a valid regex.
+    """
+    parts = []
+    if url_contains:
+        parts.append("~u " + quote(_url_regex(url_contains, url_regex, "url_contains")))
+    if url_not_contains:
+        parts.append("!~u " + quote(_url_regex(url_not_contains, url_regex, "url_not_contains")))
+    wanted = sorted({m.strip().upper() for m in methods if m and m.strip()})
+    if wanted:
+        parts.append("(" + " | ".join(f"~m {quote('^' + re.escape(m) + '$')}" for m in wanted) + ")")
+    if skip_resources:
+        parts.append(f"!({_RESOURCES})")
+    return " & ".join(parts) or None
 
 
 def simple_filter(
@@ -307,24 +336,6 @@ def simple_filter(
     methods: Iterable[str] = (),
     skip_resources: bool = False,
 ) -> Predicate | None:
-    """Postman-style session filter, or None when no option is set.
-
-    URL tests are case-insensitive substring checks on the full URL, or regex
-    searches when ``url_regex`` is true; ``methods`` keeps only those methods
-    (empty: all); ``skip_resources`` drops images, JavaScript and CSS.
-    """
-    checks: list[Predicate] = []
-    if url_contains:
-        contains = _url_matcher(url_contains, url_regex, "url_contains")
-        checks.append(lambda f: contains(f.request.url))
-    if url_not_contains:
-        excluded = _url_matcher(url_not_contains, url_regex, "url_not_contains")
-        checks.append(lambda f: not excluded(f.request.url))
-    wanted = {m.strip().upper() for m in methods if m and m.strip()}
-    if wanted:
-        checks.append(lambda f: f.request.method.upper() in wanted)
-    if skip_resources:
-        checks.append(lambda f: not _is_resource(f))
-    if not checks:
-        return None
-    return lambda f: all(check(f) for check in checks)
+    """Postman-style session filter (see :func:`simple_expression`), or None when no option is set."""
+    expression = simple_expression(url_contains, url_not_contains, url_regex, methods, skip_resources)
+    return None if expression is None else compile_expression(expression)

@@ -81,12 +81,14 @@ def flowtap_register_sources(register: Callable[..., None]) -> None:
 
     Called once when the plugin is registered.
 
-    :param register: ``register(name, factory, default=False, table=None)``.
+    :param register: ``register(name, factory, default=False, table=None, captures=True)``.
         ``name`` names the source, whose config table is ``[sources.NAME]``
         (or ``table``); the source runs when that table is in the config (or,
         with ``default=True``, unless the table sets ``enabled = false``).
         ``factory(options)`` gets the table's validated values and returns a
-        :class:`flowtap.Source`.
+        :class:`flowtap.Source`. ``captures=False``: it emits no flows but runs
+        beside them for the run's life (the web UI); ``flowtap run`` does not
+        count it as a source to capture from.
     """
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple, TextIO
 from flowtap.api import Sink
 from flowtap.plugins import hookimpl
 from flowtap.session import State
-from flowtap.store.render import duration, host_port
+from flowtap.store.render import duration, host_port, size
 from flowtap.terminal import terminal_safe
 
 if TYPE_CHECKING:
@@ -52,17 +52,6 @@ MESSAGE_LINES = 5
 HELD_CHARS = 1_000_000
 #: The plugin name ``flowtap run`` registers the view under (its console sink is not one of the user's).
 VIEW_PLUGIN = "flowtap-view"
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return str(n)
 
 
 class Row(NamedTuple):
@@ -97,7 +86,7 @@ def flow_row(flow: Flow) -> Row:
         status,
         terminal_safe(host_port(request.host, request.port, request.scheme)),
         terminal_safe(request.path),
-        _size(response.body_size if response else None),
+        size(response.body_size if response else None),
         "-" if duration is None else f"{duration:.0f}ms",
         terminal_safe(flow.error or ""),
     )

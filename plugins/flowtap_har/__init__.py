@@ -16,7 +16,7 @@ NAME = "har"
 def flowtap_config_options(declare):
     declare(
         "sinks.har",
-        Option("path", str, "flowtap-{session}-{date}.har",
+        Option("path", str, "flowtap-{session}.har",
                "Where to write the HAR; {session} is replaced by the session name (made safe for a file "
                "name) and {date} by the session's start (YYYY-MM-DD_HHMMSS). Entries are appended to "
                "PATH.journal while the session runs; when it ends the journal is closed and renamed "

@@ -80,12 +80,15 @@ class Handler(Protocol):
 class Client:
     """One paired extension connection."""
 
-    def __init__(self, ws: Any, peer: str, origin: str, agent: str, key: str) -> None:
+    def __init__(self, ws: Any, peer: str, origin: str, agent: str, key: str, instance: str = "") -> None:
         self.ws = ws
         self.peer = peer
         self.origin = origin
         self.agent = agent
         self.key = key  # the key it proved: a connection outlives no key change
+        #: The browser session it speaks for, the same across the extension worker's restarts ("" if
+        #: it does not say): the requests in flight outlive one connection.
+        self.instance = instance
         self.state: Any = None  # the handler's per-connection state
 
     def __repr__(self) -> str:
@@ -397,7 +400,7 @@ class Bridge:
         self.pending.discard(ws)
         _set_max_size(ws, 4 * self.max_message_size)
         agent = " ".join(filter(None, (auth.get("client"), _browser(auth.get("browser", "")))))
-        client = Client(ws, peer, origin, agent, key)
+        client = Client(ws, peer, origin, agent, key, auth.get("instance", ""))
         self.clients.add(client)  # from now on it gets every broadcast, sent after the welcome
         try:
             await ws.send(protocol.make("welcome", server=f"flowtap {flowtap.__version__}",

@@ -2,7 +2,7 @@
 
 The extension sends each ``chrome.webRequest`` event as it happens (its
 service worker may stop at any time and keeps nothing); an
-:class:`Assembler` per connection merges them into :class:`flowtap.Flow`
+:class:`Assembler` per browser session merges them into :class:`flowtap.Flow`
 objects and marks what the browser did not show.
 """
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any
 
 import flowtap
 from flowtap_interceptor import convert, pairing
 from flowtap_interceptor.bridge import Bridge, Client
+
+#: How long the requests in flight of a browser whose extension disconnected wait for it to come
+#: back (its service worker restarted) before they are recorded as unfinished.
+RECONNECT_WAIT = 30.0
 
 
 class InterceptorSource(flowtap.Source):
@@ -24,6 +29,9 @@ class InterceptorSource(flowtap.Source):
         self.bridge: Bridge | None = None
         self._emitter: flowtap.Emitter | None = None
         self._paused = False
+        #: Browser sessions that disconnected (instance id -> their requests in flight, and until when
+        #: they wait for the extension to reconnect). Touched on the bridge's thread only.
+        self._parked: dict[str, tuple[convert.Assembler, float]] = {}
 
     # -- flowtap.Source -----------------------------------------------------------------
 
@@ -50,6 +58,9 @@ class InterceptorSource(flowtap.Source):
         if self.bridge is not None:
             self.bridge.stop()
             self.bridge = None
+        for assembler, _ in self._parked.values():
+            self._emit(assembler.close())
+        self._parked.clear()
 
     def describe(self) -> list[str]:
         return [
@@ -99,7 +110,15 @@ class InterceptorSource(flowtap.Source):
         }
 
     def connected(self, client: Client) -> None:
-        client.state = convert.Assembler(self.name or "interceptor")
+        """One assembler per browser session: a connection after a restart of the extension's service
+        worker, or beside another one of the same browser, takes over its requests in flight."""
+        same = self._same_browser(client)
+        if same is not None:
+            client.state = same.state
+        elif client.instance in self._parked:
+            client.state = self._parked.pop(client.instance)[0]
+        else:
+            client.state = convert.Assembler(self.name or "interceptor")
 
     def message(self, client: Client, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -118,14 +137,33 @@ class InterceptorSource(flowtap.Source):
 
     def disconnected(self, client: Client) -> None:
         self._log(20, "extension disconnected: %s", client)
-        if client.state is not None:
+        if client.state is None or self._same_browser(client) is not None:
+            return
+        if client.instance:
+            self._parked[client.instance] = (client.state, time.monotonic() + RECONNECT_WAIT)
+        else:
             self._emit(client.state.close())
 
     def tick(self) -> None:
+        assemblers = [assembler for assembler, _ in self._parked.values()]
         if self.bridge is not None:
-            for client in list(self.bridge.clients):
-                if client.state is not None:
-                    self._emit(client.state.expire())
+            assemblers += [client.state for client in list(self.bridge.clients) if client.state is not None]
+        for assembler in {id(a): a for a in assemblers}.values():
+            self._emit(assembler.expire())
+        now = time.monotonic()
+        for instance, (assembler, deadline) in list(self._parked.items()):
+            if now >= deadline:
+                del self._parked[instance]
+                self._emit(assembler.close())
+
+    def _same_browser(self, client: Client) -> Client | None:
+        """Another paired connection speaking for the same browser session as ``client``, if any."""
+        if not client.instance or self.bridge is None:
+            return None
+        for other in list(self.bridge.clients):
+            if other is not client and other.state is not None and other.instance == client.instance:
+                return other
+        return None
 
     def _emit(self, flows: list[flowtap.Flow]) -> None:
         if self._emitter is not None:

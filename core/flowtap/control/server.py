@@ -120,7 +120,9 @@ class ControlServer:
             }  # fmt: skip
         info["sources"] = {name: source.describe() for name, source in list(self.capture.sources.items())}
         info["listening"] = listening(os.getpid())
-        stores = [getattr(w.sink, "path", None) for w in self.capture.workers if w.sink.name == "store"]
+        # A PostgreSQL store names its database (``location``), not the spool it writes first.
+        stores = [getattr(w.sink, "location", None) or getattr(w.sink, "path", None)
+                  for w in self.capture.workers if w.sink.name == "store"]
         info["store"] = str(stores[0]) if stores and stores[0] else None
         info["sinks"] = [health.as_dict() for health in self.capture.health()]
         info["clean"] = self.capture.clean

@@ -13,9 +13,11 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+import attrs
 
 from flowtap.commandline import (
     UsageError,
@@ -30,17 +32,38 @@ if TYPE_CHECKING:
     from flowtap.cookies import Cookie
 
 
-def store_path(config: Config) -> Path:
-    """The store ``[store] path`` names (not validated with the plugins: only this key)."""
-    from flowtap.store import db
-
+def _store_key(config: Config, key: str) -> str:
+    """``[store] KEY`` as a string (not validated with the plugins: only this key)."""
     table = config.raw.get("store")
-    value: Any = table.get("path", "") if isinstance(table, dict) else ""
+    value: Any = table.get(key, "") if isinstance(table, dict) else ""
     if isinstance(value, dict) and set(value) == {"env"}:
         value = os.environ.get(str(value["env"]), "")
     if not isinstance(value, str):
-        raise ConfigError(f"{config.where('store', 'path')}: expected a string, got {value!r}")
-    return db.resolve_path(value)
+        raise ConfigError(f"{config.where('store', key)}: expected a string, got {value!r}")
+    return value
+
+
+def store_path(config: Config) -> Path:
+    """The SQLite store ``[store] path`` names."""
+    from flowtap.store import db
+
+    return db.resolve_path(_store_key(config, "path"))
+
+
+def shown(location: str | Path) -> str:
+    """A store's location for people: the file, or the database's URL without its password."""
+    from flowtap.store.backend_postgres import is_url, redact
+
+    return redact(str(location)) if is_url(location) else str(location)
+
+
+def store_location(config: Config) -> str | Path:
+    """The store the commands read: ``[store] url`` (a PostgreSQL URL) if set, else ``[store] path``."""
+    url = _store_key(config, "url")
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{config.where('store', 'url')}: expected a PostgreSQL URL "
+                          f"(postgresql://user@host/db), got {url!r}")
+    return url or store_path(config)
 
 
 @contextlib.contextmanager
@@ -59,9 +82,9 @@ def _errors() -> Iterator[None]:
 def _store(args: argparse.Namespace) -> Iterator[Any]:
     from flowtap.store import Store
 
-    path = store_path(_config(args))
+    location = store_location(_config(args))
     with _errors():
-        store = Store(path)
+        store = Store(location)
         try:
             yield store
         finally:
@@ -73,28 +96,36 @@ def _store(args: argparse.Namespace) -> Iterator[Any]:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """List the stored sessions, newest first."""
-    from flowtap.store import render
+    from flowtap.store import Store, render
+    from flowtap.store.db import EmptyStore
 
-    path = store_path(_config(args))
-    if not path.is_file():
-        print(f"no sessions recorded yet ({path})")
-        return 0
-    with _store(args) as store:
-        sessions = store.sessions()
-        if args.json:
-            for s in sessions:
-                print(json.dumps(_session_dict(s)))
-        elif not sessions:
-            print(f"no sessions recorded yet ({path})")
-        else:
-            for line in render.sessions_table(sessions):
-                print(line)
+    location = store_location(_config(args))
+    with _errors():
+        try:
+            store = Store(location)
+        except EmptyStore as exc:
+            print(f"no sessions recorded yet ({exc.where})")
+            return 0
+        try:
+            sessions = store.sessions(machine=args.machine, user=args.user)
+        finally:
+            store.close()
+    if args.json:
+        for s in sessions:
+            print(json.dumps(_session_dict(s)))
+    elif not sessions:
+        print(f"no sessions recorded yet ({store.path})" if args.machine is None and args.user is None
+              else "no sessions recorded " + " ".join(
+                  f"{what} {value!r}" for what, value in (("on", args.machine), ("by", args.user)) if value))
+    else:
+        for line in render.sessions_table(sessions):
+            print(line)
     return 0
 
 
 def _session_dict(s: Any) -> dict[str, Any]:
     keys = ("id", "name", "started", "ended", "state", "pid", "flows", "recorded", "filtered", "paused",
-            "received", "config")
+            "received", "config", "machine", "user")
     return {k: getattr(s, k) for k in keys}
 
 
@@ -115,15 +146,37 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Writer:
+    """A PostgreSQL connection that takes the shared SQL (``?`` placeholders), as sqlite3's does."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: tuple = ()) -> Any:
+        from flowtap.store.backend_postgres import placeholders
+
+        return self.conn.execute(placeholders(sql), params)
+
+
 @contextlib.contextmanager
-def _writable(path: Path) -> Iterator[Any]:
-    """The store opened for writing (rename, delete); SQLite's errors as one line."""
+def _writable(location: str | Path) -> Iterator[Any]:
+    """The store opened for writing (rename, delete); the database's errors as one line."""
     import sqlite3
 
-    from flowtap.store import Store, db
+    from flowtap.store import Store, backend_postgres as pg, db
 
     with _errors():
-        Store(path).close()  # the checks of a read: exists, is a store, not newer, not damaged
+        Store(location).close()  # the checks of a read: exists, is a store, not newer, not damaged
+        if pg.is_url(location):
+            remote = pg.connect(str(location), write=True)
+            try:
+                yield _Writer(remote)
+            except pg.driver().Error as exc:
+                raise pg.error(str(location), exc, "write") from None
+            finally:
+                remote.close()
+            return
+        path = Path(location)
         conn = db.connect(path, write=True, check=0)
         try:
             yield conn
@@ -135,38 +188,58 @@ def _writable(path: Path) -> Iterator[Any]:
 
 def cmd_sessions_rename(args: argparse.Namespace) -> int:
     """Give a stored session a new name."""
-    from flowtap.store import Store
-
-    if not args.name.strip():
-        raise UsageError("the new name is empty")
-    path = store_path(_config(args))
-    with _errors(), Store(path) as store:
-        session = store.session(args.session, unique=True)
-    with _writable(path) as conn:
-        conn.execute("UPDATE sessions SET name = ? WHERE id = ?", (args.name, session.id))
+    session = rename_session(store_location(_config(args)), args.session, args.name)
     print(f"session {session.id}: renamed {session.name!r} to {args.name!r}")
     return 0
 
 
+def rename_session(location: str | Path, ref: str, name: str) -> Any:
+    """Give the stored session ``ref`` names (unambiguously) a new name; its :class:`SessionInfo`
+    as it was. The one rename of ``flowtap sessions rename`` and the web UI.
+
+    :raises UsageError: an empty name, no such session, or the store cannot be written.
+    """
+    from flowtap.store import Store
+
+    if not name.strip():
+        raise UsageError("the new name is empty")
+    with _errors(), Store(location) as store:
+        session = store.session(ref, unique=True)
+    with _writable(location) as conn:
+        conn.execute("UPDATE sessions SET name = ? WHERE id = ?", (name, session.id))
+    return session
+
+
 def cmd_sessions_delete(args: argparse.Namespace) -> int:
     """Delete stored sessions with their flows and body files."""
+    for session in delete_sessions(store_location(_config(args)), args.sessions):
+        print(f"deleted session {session.name!r} ({session.id}) and its {session.flows} flows")
+    return 0
+
+
+def delete_sessions(location: str | Path, refs: list[str]) -> list[Any]:
+    """Delete the stored sessions ``refs`` name, with their flows and body files; their
+    :class:`SessionInfo`. The one delete of ``flowtap sessions delete`` and the web UI.
+
+    :raises UsageError: no such session, one is being recorded, or the store cannot be written.
+    """
     import shutil
 
     from flowtap.store import Store, db
 
-    path = store_path(_config(args))
-    with _errors(), Store(path) as store:
-        sessions = [store.session(ref, unique=True) for ref in args.sessions]
+    with _errors(), Store(location) as store:
+        sessions = [store.session(ref, unique=True) for ref in refs]
     for s in sessions:
         if s.live:
-            raise UsageError(f"session {s.name!r} ({s.id}) is being recorded by pid {s.pid}; "
+            where = f" on {s.machine}" if s.machine else ""
+            raise UsageError(f"session {s.name!r} ({s.id}) is being recorded by pid {s.pid}{where}; "
                              "end that run first (`flowtap ctl stop`)")
-    with _writable(path) as conn:
+    with _writable(location) as conn:
         for s in sessions:
             conn.execute("DELETE FROM sessions WHERE id = ?", (s.id,))  # one statement: its own transaction
-            shutil.rmtree(db.bodies_dir(path) / s.id, ignore_errors=True)
-            print(f"deleted session {s.name!r} ({s.id}) and its {s.flows} flows")
-    return 0
+            if isinstance(location, Path):  # PostgreSQL keeps bodies in its rows
+                shutil.rmtree(db.bodies_dir(location) / s.id, ignore_errors=True)
+    return sessions
 
 
 # -- search and show ----------------------------------------------------------------------------
@@ -180,7 +253,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit {args.limit}: expected 0 or more")
     with _store(args) as store:
         session = store.session(args.session) if args.session else None
-        rows = store.rows(args.expression, session=session, limit=args.limit, newest_first=True)
+        rows = store.rows(args.expression, session=session, limit=args.limit, newest_first=True,
+                          machine=args.machine, user=args.user)
         found = 0
         label = f"searching session {session.name!r}" if session else "searching the store"
         with Progress(label, unit="found") as progress:
@@ -266,20 +340,41 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_curl(args: argparse.Namespace) -> int:
-    from flowtap.store import render
-
     with _store(args) as store:
         session = store.session(args.session)
         with _output(args.output) as out, Progress(f"exporting {session.name!r} as curl",
                                                    total=session.flows) as progress:
             count = 0
-            for flow in store.flows(args.filter, session=session):
-                progress.print(render.curl(_for_replay(flow)), file=out)
+            for command in curl_commands(store, session, args.filter):
+                progress.print(command, file=out)
                 count += 1
                 progress.advance()
     if args.output:
         print(f"wrote {count} curl commands from session {session.name!r} to {args.output}")
     return 0
+
+
+def session_flows(store: Any, session: Any, expression: str | None = None,
+                  ids: list[str] | None = None) -> Iterator[Any]:
+    """The flows of a stored session an export takes: those matching ``expression`` (and, when
+    ``ids`` is given, only those), in recording order."""
+    if ids is None:
+        return store.flows(expression, session=session)
+    return store.selected(session, ids, expression)
+
+
+def curl_commands(store: Any, session: Any, expression: str | None = None,
+                  ids: list[str] | None = None) -> Iterator[str]:
+    """A curl command for each flow of a stored session an export takes (see :func:`session_flows`)."""
+    for flow in session_flows(store, session, expression, ids):
+        yield curl_command(flow)
+
+
+def curl_command(flow: Any) -> str:
+    """The curl command line that sends the flow's request again (without its hop-by-hop headers)."""
+    from flowtap.store import render
+
+    return render.curl(_for_replay(flow))
 
 
 #: Hop-by-hop headers (RFC 9110 7.6.1) and those meant for the proxy: a replay must not send them
@@ -365,73 +460,128 @@ def _table(raw: dict[str, Any], dotted: str) -> dict[str, Any]:
 
 
 def _export_sink(args: argparse.Namespace, config: Config) -> int:
-    from flowtap.capture import Capture
-
-    capture = Capture(config, disable=_disabled(args))
-    entry = capture.sink_factories.get(args.sink)
-    if entry is None:
-        names = ", ".join(sorted(capture.sink_factories)) or "none"
-        raise UsageError(f"no sink named {args.sink!r} (available: {names}; `flowtap plugins` lists plugins)")
-    if not any(option.name == "path" for option in capture.options.get(entry.table, [])):
-        raise UsageError(f"sink {args.sink!r} has no path option in [{entry.table}]: "
-                         "it does not write a file to export to")
     with _store(args) as store:
         session = store.session(args.session)
-        raw = config.raw
-        recorded = _recorded_options(session.config, entry.table, capture.options.get(entry.table, []))
-        if recorded is not None and not args.current_config:  # the options the session was captured with
-            table = _table(raw, entry.table)
-            table.clear()
-            table.update(recorded)
-        for name, other in capture.sink_factories.items():
-            _table(raw, other.table)["enabled"] = name == args.sink
-        # -o names the file to write: an existing one is replaced once the export is done (a live
-        # session never overwrites another's file, so the sink writes beside it first), unless the
-        # sink merges into the file at its path (Sink.merges).
-        from flowtap.paths import expand_path
+        try:
+            done = export_session(config, store, session, args.sink, args.output, expression=args.filter,
+                                  current_config=args.current_config, disable=_disabled(args))
+        except ExportFailed as exc:
+            print(f"flowtap: error: {exc}", file=sys.stderr)
+            return 1
+    how = ("with the options it was recorded with" if done.recorded
+           else "with this config's options")
+    print(f"exported {done.count} flows of session {session.name!r} ({session.id}) through {args.sink!r} "
+          f"to {done.target} ({how} for [{done.table}])")
+    return 0
 
-        target = expand_path(args.output, session)
-        in_place = getattr(entry.factory, "merges", False) or not target.is_file()
-        scratch = target if in_place else target.with_name(f".{target.name}.export-{os.getpid()}")
-        if scratch != target:
-            scratch = scratch.with_name(scratch.name + "".join(target.suffixes[-2:]))
-        _table(raw, entry.table)["path"] = str(scratch)
-        for other in capture.source_factories.values():
-            _table(raw, other.table)["enabled"] = False
-        raw.pop("filters", None)  # the stored flows passed the capture's filters already
-        _table(raw, "session").update(name=session.name, duration="")
-        capture.start(started=session.started)
-        count = 0
-        order = {row.id: number for number, row in enumerate(store.rows(session=session))}
-        cookies = _cookie_events(store.events(session.id, cookies=True), order)
-        with Progress(f"exporting {session.name!r} through {args.sink!r}", total=session.flows) as progress:
-            try:
-                for flow in store.flows(args.filter, session=session):
-                    while cookies and cookies[0][0] < order.get(flow.id, -1):
-                        capture.dispatcher.cookies(*cookies.pop(0)[1:])
-                    capture.emit(flow)
-                    count += 1
-                    progress.advance()
-                for _, found, source in cookies:
-                    capture.dispatcher.cookies(found, source)
-                progress.note = f"finishing {args.output}"
-            finally:
-                capture.stop()
+
+class ExportFailed(Exception):
+    """The sink failed while exporting (it reported why); its output may be incomplete."""
+
+
+@attrs.define
+class Exported:
+    """What :func:`export_session` wrote."""
+
+    count: int  # flows
+    target: Path
+    table: str  # the sink's config table
+    recorded: bool  # with the sink options the session was recorded with (else the config's)
+
+
+def export_sinks(config: Config, disable: Iterable[str] = ()) -> dict[str, str]:
+    """The sinks a stored session can be exported through (those with a ``path`` option): each
+    name with its default path (``flowtap-{session}.har``)."""
+    from flowtap.capture import Capture
+
+    capture = Capture(config, disable=disable)
+    found = {}
+    for name, entry in sorted(capture.sink_factories.items()):
+        for option in capture.options.get(entry.table, []):
+            if option.name == "path":
+                found[name] = str(option.default or f"{{session}}.{name}")
+    return found
+
+
+def export_session(config: Config, store: Any, session: Any, sink: str, output: str | os.PathLike, *,
+                   expression: str | None = None, ids: list[str] | None = None,
+                   current_config: bool = False, disable: Iterable[str] = (),
+                   quiet: bool = False) -> Exported:
+    """Replay a stored session through sink ``sink`` into the file ``output``, as if captured now.
+
+    The one export path of ``flowtap export --sink`` and of the web UI: any registered sink
+    with a ``path`` option can export. The sink gets the options the session was recorded
+    with (``current_config``: those of ``config``); an existing ``output`` is replaced once
+    the export is complete, unless the sink merges into it (:attr:`flowtap.Sink.merges`).
+    ``config`` itself is not changed.
+
+    :param expression: only the flows matching this filter expression.
+    :param ids: only the flows with these ids.
+    :param quiet: no progress line, even on a terminal.
+    :raises UsageError: no such sink, or it writes no file.
+    :raises ExportFailed: the sink failed while exporting.
+    """
+    from flowtap.capture import Capture
+
+    config = Config.from_dict(config.raw, config.path)
+    capture = Capture(config, disable=disable)
+    entry = capture.sink_factories.get(sink)
+    if entry is None:
+        names = ", ".join(sorted(capture.sink_factories)) or "none"
+        raise UsageError(f"no sink named {sink!r} (available: {names}; `flowtap plugins` lists plugins)")
+    if not any(option.name == "path" for option in capture.options.get(entry.table, [])):
+        raise UsageError(f"sink {sink!r} has no path option in [{entry.table}]: "
+                         "it does not write a file to export to")
+    raw = config.raw
+    recorded = _recorded_options(session.config, entry.table, capture.options.get(entry.table, []))
+    if recorded is not None and not current_config:  # the options the session was captured with
+        table = _table(raw, entry.table)
+        table.clear()
+        table.update(recorded)
+    for name, other in capture.sink_factories.items():
+        _table(raw, other.table)["enabled"] = name == sink
+    # The file to write: an existing one is replaced once the export is done (a live
+    # session never overwrites another's file, so the sink writes beside it first), unless the
+    # sink merges into the file at its path (Sink.merges): it writes that file in place.
+    from flowtap.paths import expand_path
+
+    target = expand_path(str(output), session)
+    in_place = getattr(entry.factory, "merges", False) or not target.is_file()
+    scratch = target if in_place else target.with_name(f".{target.name}.export-{os.getpid()}")
+    if scratch != target:
+        scratch = scratch.with_name(scratch.name + "".join(target.suffixes[-2:]))
+    _table(raw, entry.table)["path"] = str(scratch)
+    for other in capture.source_factories.values():
+        _table(raw, other.table)["enabled"] = False
+    raw.pop("filters", None)  # the stored flows passed the capture's filters already
+    _table(raw, "session").update(name=session.name, duration="")
+    capture.start(started=session.started)
+    count = 0
+    order = {row.id: number for number, row in enumerate(store.rows(session=session))}
+    cookies = _cookie_events(store.events(session.id, cookies=True), order)
+    with Progress(f"exporting {session.name!r} through {sink!r}", total=session.flows,
+                  stream=io.StringIO() if quiet else None) as progress:
+        try:
+            for flow in session_flows(store, session, expression, ids):
+                while cookies and cookies[0][0] < order.get(flow.id, -1):
+                    capture.dispatcher.cookies(*cookies.pop(0)[1:])
+                capture.emit(flow)
+                count += 1
+                progress.advance()
+            for _, found, source in cookies:
+                capture.dispatcher.cookies(found, source)
+            progress.note = f"finishing {output}"
+        finally:
+            capture.stop()
     if capture.host.error_count:
-        print(f"flowtap: error: sink {args.sink!r} failed while exporting (see above); "
-              f"{scratch} may be incomplete", file=sys.stderr)
-        return 1
+        raise ExportFailed(f"sink {sink!r} failed while exporting (see above); {scratch} may be incomplete")
     if scratch != target and scratch.is_file():
         try:
             os.replace(scratch, target)
         except OSError as exc:
             raise UsageError(f"{target}: cannot replace it with the export in {scratch}: "
                              f"{exc.strerror or exc}") from None
-    how = ("with the options it was recorded with" if recorded is not None and not args.current_config
-           else "with this config's options")
-    print(f"exported {count} flows of session {session.name!r} ({session.id}) through {args.sink!r} "
-          f"to {target} ({how} for [{entry.table}])")
-    return 0
+    return Exported(count, target, entry.table, recorded is not None and not current_config)
 
 
 # -- wiring: the setup of each command's arguments (flowtap.coreplugin registers the commands) --------
@@ -442,6 +592,7 @@ def setup_sessions(parser: argparse.ArgumentParser) -> None:
                      "duration, state and flow counts. Its actions show, rename and delete one.",
              "flowtap sessions", "flowtap sessions --json", "flowtap sessions show last")
     parser.add_argument("--json", action="store_true", help="one JSON object per session")
+    _who_arguments(parser, "sessions")
     actions = parser.add_subparsers(dest="sessions_command", metavar="ACTION")
     show = actions.add_parser("show", help="one session in detail, with its events and markers")
     describe(show, "One stored session in detail: state, times, counts, the config it ran with, the hosts "
@@ -475,6 +626,13 @@ def setup_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session", metavar="SESSION", help="only this session (an id, a name, or last)")
     parser.add_argument("--limit", metavar="N", type=int, help="at most N flows (the newest)")
     parser.add_argument("--json", action="store_true", help="one JSON object per flow")
+    _who_arguments(parser, "flows of sessions")
+
+
+def _who_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--machine`` and ``--user``: who recorded it, in a store several machines write to."""
+    parser.add_argument("--machine", metavar="HOST", help=f"only {what} recorded on this machine (host name)")
+    parser.add_argument("--user", metavar="NAME", help=f"only {what} recorded by this user")
 
 
 def setup_show(parser: argparse.ArgumentParser) -> None:
@@ -504,3 +662,77 @@ def setup_export(parser: argparse.ArgumentParser) -> None:
                         help="take the sink's options from this directory's config (and --config/--set), not "
                              "from the config the session was recorded with (the default; -o always names "
                              "the file)")
+
+
+# -- the store itself: sync, copy ---------------------------------------------------------------------
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """``flowtap store`` without an action."""
+    raise UsageError("flowtap store: give an action: sync (deliver spooled flows) or copy (between stores)")
+
+
+def cmd_store_sync(args: argparse.Namespace) -> int:
+    """Deliver the flows that wait in local spools to the PostgreSQL store ``[store] url`` names."""
+    from flowtap.store import backend_postgres as pg, spool
+
+    location = store_location(_config(args))
+    if not pg.is_url(location):
+        raise UsageError("flowtap store sync: [store] url names no PostgreSQL database; only a PostgreSQL "
+                         "store has a spool to deliver")
+    url = str(location)
+    waiting = spool.spooled(url)
+    if not waiting:
+        print(f"nothing waits for {pg.redact(url)}")
+        return 0
+    with _errors(), Progress(f"delivering {len(waiting)} spools to {pg.redact(url)}") as progress:
+        delivered, held = spool.sync(url, progress)
+    print(f"delivered {delivered} flows from {len(waiting) - held} spools to {pg.redact(url)}"
+          + (f"; {held} spools belong to captures still running (they deliver them)" if held else ""))
+    return 0
+
+
+def cmd_store_copy(args: argparse.Namespace) -> int:
+    """Copy sessions from one store to another (an SQLite file or a PostgreSQL URL, either way)."""
+    from flowtap.store import backend_postgres as pg, copy, db
+
+    def where(value: str) -> str | Path:
+        return value if pg.is_url(value) else db.resolve_path(value)
+
+    source, target = where(args.source), where(args.target)
+    if str(source) == str(target):
+        raise UsageError(f"flowtap store copy: --from and --to are the same store ({args.source})")
+    shown = pg.redact(str(target)) if pg.is_url(target) else str(target)
+    with _errors(), Progress(f"copying to {shown}") as progress:
+        sessions, flows, refused = copy.copy(source, target, progress, args.session or None)
+    print(f"copied {sessions} sessions ({flows} flows) to {shown}")
+    if refused:
+        print(f"flowtap: error: {len(refused)} flows were refused by {shown}, e.g. {refused[0]}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def setup_store(parser: argparse.ArgumentParser) -> None:
+    describe(parser, "Work with the store itself: deliver the flows a PostgreSQL store's spool holds "
+                     "(`sync`), copy sessions between stores (`copy`: an SQLite file or a PostgreSQL URL, "
+                     "either way; resumable: run it again after an interruption).",
+             "flowtap store sync",
+             "flowtap store copy --from ~/.local/share/flowtap/flowtap.db --to postgresql://db.example.com/flowtap")
+    actions = parser.add_subparsers(dest="store_command", metavar="ACTION")
+    sync = actions.add_parser("sync", help="deliver spooled flows to the PostgreSQL store")
+    describe(sync, "Deliver the flows that wait in local spools (a run that ended while the database was "
+                   "unreachable) to the PostgreSQL store [store] url names.", "flowtap store sync")
+    sync.set_defaults(func=cmd_store_sync)
+    copy = actions.add_parser("copy", help="copy sessions from one store to another")
+    describe(copy, "Copy sessions with their events and flows from one store to another. Flows and events "
+                   "already in the target are skipped, so an interrupted copy resumes when run again.",
+             "flowtap store copy --from old.db --to postgresql://db.example.com/flowtap",
+             "flowtap store copy --from postgresql://db.example.com/flowtap --to mine.db --session 1c94429c")
+    copy.add_argument("--from", dest="source", metavar="URL_OR_PATH", required=True,
+                      help="the store to copy from: an SQLite file or a postgresql:// URL")
+    copy.add_argument("--to", dest="target", metavar="URL_OR_PATH", required=True,
+                      help="the store to copy into (created if need be)")
+    copy.add_argument("--session", metavar="ID", action="append",
+                      help="only this session (by id; may be repeated); default: all")
+    copy.set_defaults(func=cmd_store_copy)

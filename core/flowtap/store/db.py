@@ -39,6 +39,14 @@ class StoreError(Exception):
     """The store cannot be used: the message names the database and the reason."""
 
 
+class EmptyStore(StoreError):
+    """Nothing was recorded in this store yet: no file, or no tables in the database."""
+
+    def __init__(self, message: str, where: object) -> None:
+        super().__init__(message)
+        self.where = where  #: the file, or the database's URL without its password
+
+
 SCHEMA_V1 = """
 CREATE TABLE sessions (
     id TEXT PRIMARY KEY,
@@ -112,15 +120,27 @@ DROP INDEX IF EXISTS flows_id;
 DROP INDEX IF EXISTS flows_time;
 """
 
-#: version -> SQL that brings a database from the version before to it.
-MIGRATIONS: dict[int, str] = {1: SCHEMA_V1, 2: SCHEMA_V2}
+# A team store has many capture machines and people writing into it: each session says where it was
+# recorded and by whom ('' for sessions recorded before).
+SCHEMA_V3 = """
+ALTER TABLE sessions ADD COLUMN machine TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN user_name TEXT NOT NULL DEFAULT '';
+"""
+
+#: version -> SQL that brings a database from the version before to it. Written for SQLite; the
+#: PostgreSQL backend translates the types (store/backend_postgres.py).
+MIGRATIONS: dict[int, str] = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3}
 VERSION = max(MIGRATIONS)
-#: The oldest version a read-only connection reads as it is (the migrations since then only drop indexes).
+#: The oldest version a read-only connection reads as it is (since then: indexes dropped, and the
+#: columns machine and user_name, read as '' when missing).
 READS_FROM = 1
 
 FLOW_COLUMNS = ("seq", "id", "session", "time", "method", "scheme", "host", "host_header", "port", "path",
                 "url", "pretty_url", "status", "request_type", "response_type", "request_size",
                 "response_size", "duration", "source", "error", "websocket", "files")
+#: A session row, as copies and deliveries carry it.
+SESSION_COLUMNS = ("id", "name", "started", "ended", "state", "pid", "recorded", "filtered", "paused",
+                   "received", "config", "machine", "user_name")
 INSERT_FLOW = f"INSERT INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES ({', '.join('?' * len(FLOW_COLUMNS))})"
 INSERT_CONTENT = "INSERT INTO contents (seq, data, request_body, response_body) VALUES (?, ?, ?, ?)"
 
@@ -236,7 +256,7 @@ def connect(path: Path, write: bool = False, check: float | None = None) -> sqli
             pass
     else:
         if not path.is_file():
-            raise StoreError(f"{path}: no session store here (nothing recorded yet?)")
+            raise EmptyStore(f"{path}: no session store here (nothing recorded yet?)", path)
         uri = f"file:{quote(str(path.resolve()))}?mode=ro"
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT)
@@ -452,12 +472,10 @@ def flow_data(flow: Flow, request_file: str | None, response_file: str | None) -
     return serialize.to_json(data)
 
 
-def load_flow(db_path: Path, data: str, request_body: bytes | None, response_body: bytes | None) -> Flow:
-    """The :class:`Flow` a ``contents`` row holds (bodies read from their files if need be)."""
-    try:
-        parsed = json.loads(data)
-    except ValueError as exc:
-        raise damaged(db_path, f"a stored flow is not JSON: {exc}") from None
+def read_body_files(db_path: Path, parsed: dict[str, Any], request_body: bytes | None,
+                    response_body: bytes | None) -> list[bytes | None]:
+    """The two bodies of a stored flow, those kept in files read; the file names taken out of its JSON
+    ``parsed`` (a file that is gone: an empty body, marked truncated)."""
     bodies = []
     for part, body in (("request", request_body), ("response", response_body)):
         message = parsed.get(part) or {}
@@ -468,7 +486,18 @@ def load_flow(db_path: Path, data: str, request_body: bytes | None, response_bod
             except OSError:
                 body = b""
                 message["truncated"] = True
-        bodies.append(b"" if body is None else bytes(body))
+        bodies.append(body)
+    return bodies
+
+
+def load_flow(db_path: Path, data: str, request_body: bytes | None, response_body: bytes | None) -> Flow:
+    """The :class:`Flow` a ``contents`` row holds (bodies read from their files if need be)."""
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise damaged(db_path, f"a stored flow is not JSON: {exc}") from None
+    bodies = [b"" if body is None else bytes(body)
+              for body in read_body_files(db_path, parsed, request_body, response_body)]
     try:
         return serialize.flow_from_dict(parsed, bodies[0], bodies[1])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

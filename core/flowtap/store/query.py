@@ -37,7 +37,7 @@ from flowtap.filters import (
     parse_authority,
 )
 
-TRUE, FALSE = "1", "0"
+TRUE, FALSE = "TRUE", "FALSE"  # SQL both backends read
 
 
 @attrs.define
@@ -59,8 +59,12 @@ class Plan:
         return self.sure == self.maybe
 
 
-def plan(expression: str | None) -> Plan:
+def plan(expression: str | None, dialect: Any = None) -> Plan:
     """Compile ``expression`` (None or blank: every flow) into a :class:`Plan`.
+
+    :param dialect: how a backend that cannot call Python from SQL writes regexes
+        and looks up distinct values (``backend_postgres.Dialect``); None: SQLite's
+        SQL functions.
 
     :raises FilterError: the expression is invalid.
     """
@@ -69,8 +73,8 @@ def plan(expression: str | None) -> Plan:
     predicate = compile_expression(expression)
     from mitmproxy import flowfilter
 
-    tree = flowfilter.bnf.parseString(expression, parseAll=True)[0]
-    builder = _Builder(flowfilter)
+    tree = flowfilter.bnf.parse_string(expression, parse_all=True)[0]
+    builder = _Builder(flowfilter, dialect)
     sure, maybe = builder.node(tree)
     return Plan(sure, maybe, builder.functions, predicate, builder.contents)
 
@@ -98,8 +102,9 @@ def _split(values: str) -> list[bytes]:
 
 
 class _Builder:
-    def __init__(self, ff: Any) -> None:
+    def __init__(self, ff: Any, dialect: Any = None) -> None:
         self.ff = ff
+        self.dialect = dialect
         self.functions: dict[str, tuple[int, Callable[..., Any]]] = {}
         self._names = (f"ft_rx{n}" for n in itertools.count())
         self.contents = False
@@ -116,6 +121,8 @@ class _Builder:
         ``LIMIT -1`` keeps SQLite from pushing the test below the DISTINCT
         (where it would run once per row again).
         """
+        if self.dialect is not None:
+            return self.dialect.lookup(fn, columns)
         aliases = [f"v{i}" for i in range(len(columns))]
         call = self.function(len(columns), fn, *aliases)
         values = ", ".join(f"{c} AS {a}" for c, a in zip(columns, aliases, strict=True))
@@ -134,12 +141,14 @@ class _Builder:
             sure, maybe = self.node(node.itm)
             return _not(maybe), _not(sure)
         if isinstance(node, ff.FCode):
-            exact = f"(f.status IS {int(node.num)})"
+            exact = self.dialect.status_is(node.num) if self.dialect else f"(f.status IS {int(node.num)})"
             return exact, exact
         code = getattr(node, "code", None)
         leaf = self.leaf(code, getattr(node, "re", None))
         if leaf is not None:
             return leaf, leaf
+        if code in ("b", "bq", "bs", "h", "hq", "hs") and self.dialect is not None:
+            return FALSE, TRUE  # Python, on the flows the rest of the expression leaves
         if code in ("b", "bq", "bs"):
             return self.body(code, node.re)
         if code in ("h", "hq", "hs"):
@@ -165,12 +174,17 @@ class _Builder:
                 lambda host, header: rx.search(host) or rx.search(parse_authority(header or host)[0]),
                 "host", "host_header")
         if code == "u":  # the stored pretty URL is filters.pretty_url(request)
+            if self.dialect is not None:
+                return self.dialect.regex("coalesce(f.pretty_url, f.url)", rx)
             return self.function(1, rx.search, "coalesce(f.pretty_url, f.url)")
         if code in ("t", "tq", "ts"):
             if code == "tq":
                 return self.distinct(lambda q: any(rx.search(ct) for ct in _split(q)), "request_type")
             if code == "ts":
                 return self.distinct(lambda s: any(rx.search(ct) for ct in _split(s)), "response_type")
+            if self.dialect is not None:  # one column at a time, each through its own index
+                return _or([self.distinct(lambda q: any(rx.search(ct) for ct in _split(q)), "request_type"),
+                            self.distinct(lambda s: any(rx.search(ct) for ct in _split(s)), "response_type")])
             return self.distinct(lambda q, s: any(rx.search(ct) for ct in _split(q) + _split(s)),
                                  "request_type", "response_type")
         if code == "a":

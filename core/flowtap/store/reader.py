@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,24 @@ if TYPE_CHECKING:
     from flowtap.model import Flow
 
 _SESSION_COLUMNS = "id, name, started, ended, state, pid, recorded, filtered, paused, received, config"
+
+
+def _reader(location: str | os.PathLike | None) -> Any:
+    """The backend that reads the store at ``location``: a PostgreSQL URL, or an SQLite file."""
+    from flowtap.store import backend_postgres
+
+    if backend_postgres.is_url(location):
+        return backend_postgres.Reader(str(location))
+    from flowtap.store import backend_sqlite
+
+    return backend_sqlite.Reader(location)
+
+
+def _machine() -> str:
+    """This machine's name, as sessions record it."""
+    import socket
+
+    return socket.gethostname()
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -62,6 +79,8 @@ class SessionInfo:
     paused: int
     received: int
     config: dict[str, Any]
+    machine: str = ""  #: the host name of the machine that recorded it ('' before flowtap recorded it)
+    user: str = ""  #: the user who recorded it
 
     @property
     def live(self) -> bool:
@@ -116,15 +135,17 @@ class Store:
     ...     posts = list(store.flows("~m POST & ~d api.example.com", session=session.id))
 
     Reads see what was committed when each query began; a capture may be
-    writing meanwhile.
+    writing meanwhile. ``path`` is an SQLite file, or a PostgreSQL URL
+    (``postgresql://user@host/db``: a team store), then ``path`` names it
+    without its password.
     """
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
-        self.path = db.resolve_path(path)
-        self._conn = db.connect(self.path, write=False)
+        self._db = _reader(path)
+        self.path = self._db.path
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -132,48 +153,50 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _execute(self, sql: str, params: tuple = ()) -> list[tuple]:
-        """The rows of a query, all fetched: SQLite reports damage while fetching too."""
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise db.error(self.path, exc) from None
+    def _execute(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        """The rows of a query, all fetched; errors as :class:`StoreError`."""
+        return self._db.execute(sql, params)
 
     def _iterate(self, sql: str, params: tuple | list = ()) -> Iterator[tuple]:
-        """The rows of a query one by one (on a cursor of its own); errors as :class:`StoreError`."""
-        cursor = self._conn.cursor()
-        try:
-            cursor.execute(sql, params)
-            while True:
-                try:
-                    row = next(cursor)
-                except StopIteration:
-                    return
-                yield row
-        except sqlite3.Error as exc:
-            raise db.error(self.path, exc) from None
-        finally:
-            cursor.close()
+        """The rows of a query one by one (streamed); errors as :class:`StoreError`."""
+        return self._db.iterate(sql, params)
 
     # -- sessions ------------------------------------------------------------------------
 
-    def sessions(self) -> list[SessionInfo]:
-        """Every stored session, newest first."""
+    def sessions(self, machine: str | None = None, user: str | None = None) -> list[SessionInfo]:
+        """Every stored session, newest first (only those recorded on ``machine``, by ``user``, if given)."""
+        where, params = self._who(machine, user)
+        tie = "rowid" if self._db.order == "rowid" else "id"
+        return self._sessions(where, params, f" ORDER BY started DESC, {tie} DESC")
+
+    def _sessions(self, where: list[str], params: list[str], order: str = "") -> list[SessionInfo]:
+        """The sessions meeting the conditions ``where`` (none: all)."""
         rows = self._execute(
-            f"SELECT {_SESSION_COLUMNS}, (SELECT count(*) FROM flows WHERE session = s.id) "
-            "FROM sessions s ORDER BY started DESC, rowid DESC")
+            f"SELECT {_SESSION_COLUMNS}, {self._db.stored}, {self._db.who} "
+            f"FROM sessions s{' WHERE ' + ' AND '.join(where) if where else ''}{order}", params)
         return [self._session(row) for row in rows]
 
+    @staticmethod
+    def _who(machine: str | None, user: str | None) -> tuple[list[str], list[str]]:
+        """Conditions on sessions' machine and user."""
+        where, params = [], []
+        for column, value in (("machine", machine), ("user_name", user)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return where, params
+
     def _session(self, row: tuple) -> SessionInfo:
-        sid, name, started, ended, state, pid, recorded, filtered, paused, received, config, flows = row
-        if state in ("running", "paused") and not pid_alive(pid):
+        (sid, name, started, ended, state, pid, recorded, filtered, paused, received, config, flows,
+         machine, user) = row
+        if state in ("running", "paused") and machine in ("", _machine()) and not pid_alive(pid):
             state = "interrupted"
         try:
             config = json.loads(config)
         except ValueError:
             config = {}
         return SessionInfo(sid, name, started, ended, state, pid, flows, recorded, filtered, paused,
-                           received, config)
+                           received, config, machine, user)
 
     def session(self, ref: str, unique: bool = False) -> SessionInfo:
         """The session ``ref`` names: an id, a unique id prefix, a name, or ``last``.
@@ -201,6 +224,16 @@ class Store:
                                  "use an id")
         raise StoreError(f"no session {ref!r} in {self.path} (`flowtap sessions` lists them)")
 
+    def session_by_id(self, session_id: str) -> SessionInfo:
+        """The session with exactly this id: one row, where :meth:`session` reads them all.
+
+        :raises StoreError: no such session.
+        """
+        found = self._sessions(["id = ?"], [session_id])
+        if not found:
+            raise StoreError(f"no session {session_id!r} in {self.path} (`flowtap sessions` lists them)")
+        return found[0]
+
     def events(self, session: str, cookies: bool = False) -> list[Event]:
         """Pauses, resumes, clears and markers of a session, in order.
 
@@ -209,7 +242,7 @@ class Store:
         """
         where = "" if cookies else " AND kind != 'cookies'"
         rows = self._execute(f"SELECT time, kind, text FROM events WHERE session = ?{where} "
-                             "ORDER BY time, rowid", (session,))
+                             f"ORDER BY time, {self._db.order}", (session,))
         return [Event(*row) for row in rows]
 
     def hosts(self, session: str, limit: int = 5) -> list[tuple[str, int]]:
@@ -221,7 +254,8 @@ class Store:
     # -- flows ---------------------------------------------------------------------------------
 
     def rows(self, expression: str | None = None, session: str | SessionInfo | None = None,
-             limit: int | None = None, newest_first: bool = False) -> Iterator[FlowRow]:
+             limit: int | None = None, newest_first: bool = False, machine: str | None = None,
+             user: str | None = None) -> Iterator[FlowRow]:
         """The searchable fields of the flows matching ``expression``.
 
         :param expression: a mitmproxy filter expression; None: every flow.
@@ -229,16 +263,55 @@ class Store:
             name or ``last`` as for :meth:`session`.
         :param limit: at most this many.
         :param newest_first: the most recently recorded first (else recording order).
+        :param machine: only flows of sessions recorded on this machine.
+        :param user: only flows of sessions recorded by this user.
         :raises FilterError: the expression is invalid.
         """
-        for row, _ in self._select(expression, session, limit, newest_first, load=False):
+        for row, _ in self._select(expression, session, limit, newest_first, machine=machine, user=user):
             yield row
 
+    def page(self, session: str | SessionInfo, expression: str | None = None, after: int | None = None,
+             before: int | None = None, limit: int = 100) -> list[FlowRow]:
+        """One page of a session's flows matching ``expression``, by recording order (keyset on
+        :attr:`FlowRow.seq`, never an offset: any page of a large session costs the same).
+
+        :param after: the first ``limit`` flows recorded after the flow with this ``seq``
+            (None: from the first).
+        :param before: else, the last ``limit`` flows recorded before this ``seq``. Neither: the
+            first ``limit`` flows. Either way the page is in recording order.
+        :raises FilterError: the expression is invalid.
+        """
+        if after is not None or before is None:
+            bound = None if after is None else ("f.seq > ?", [after])
+            found = self._select(expression, session, limit, False, load=False, bound=bound)
+            return [row for row, _ in found]
+        found = self._select(expression, session, limit, True, load=False, bound=("f.seq < ?", [before]))
+        return [row for row, _ in found][::-1]
+
+    def newest(self, session: str | SessionInfo, expression: str | None = None,
+               limit: int = 100) -> list[FlowRow]:
+        """The last ``limit`` flows of a session matching ``expression``, in recording order."""
+        return [row for row, _ in self._select(expression, session, limit, True, load=False)][::-1]
+
     def flows(self, expression: str | None = None, session: str | SessionInfo | None = None,
-              limit: int | None = None, newest_first: bool = False) -> Iterator[Flow]:
+              limit: int | None = None, newest_first: bool = False, machine: str | None = None,
+              user: str | None = None) -> Iterator[Flow]:
         """The :class:`flowtap.Flow` objects matching ``expression`` (arguments as for :meth:`rows`)."""
-        for row, flow in self._select(expression, session, limit, newest_first, load=True):
+        for row, flow in self._select(expression, session, limit, newest_first, load=True, machine=machine,
+                                      user=user):
             yield flow if flow is not None else self._load(row.seq)
+
+    def selected(self, session: str | SessionInfo, ids: list[str], expression: str | None = None
+                 ) -> Iterator[Flow]:
+        """The flows of a session with these ids (and matching ``expression``), in recording order."""
+        rows: list[FlowRow] = []
+        for start in range(0, len(ids), 500):  # SQLite allows 999 parameters (before 3.32)
+            part = list(ids[start:start + 500])
+            where = ("f.id IN (" + ", ".join("?" * len(part)) + ")", part)
+            rows.extend(row for row, _ in self._select(expression, session, None, False, load=False,
+                                                       bound=where))
+        for row in sorted(rows, key=lambda row: row.seq):
+            yield self._load(row.seq)
 
     def flow(self, ref: str) -> Flow:
         """The stored flow with this id (or unique id prefix)."""
@@ -275,12 +348,12 @@ class Store:
         return db.load_flow(self.path, *row)
 
     def _select(self, expression: str | None, session: str | SessionInfo | None, limit: int | None,
-                newest_first: bool, load: bool) -> Iterator[tuple[FlowRow, Flow | None]]:
-        plan = query.plan(expression)
+                newest_first: bool, load: bool = False, bound: tuple[str, list[Any]] | None = None,
+                machine: str | None = None, user: str | None = None) -> Iterator[tuple[FlowRow, Flow | None]]:
+        plan = query.plan(expression, self._db.dialect)
         if session is not None:
             session = session.id if isinstance(session, SessionInfo) else self.session(session).id
-        for name, (nargs, fn) in plan.functions.items():
-            self._conn.create_function(name, nargs, fn, deterministic=True)
+        self._db.functions(plan.functions)
         cols = ", ".join(f"f.{c}" for c in db.FLOW_COLUMNS)
         sql = f"SELECT {cols}, {TRUE if plan.exact else plan.sure}"
         if plan.exact and not plan.needs_contents:
@@ -291,6 +364,13 @@ class Store:
         if session is not None:
             where.append("f.session = ?")
             params.append(session)
+        if bound is not None:  # a condition of the caller's: "f.seq > ?", [cursor]
+            where.append(bound[0])
+            params.extend(bound[1])
+        who, names = self._who(machine, user)
+        if who:
+            where.append(f"f.session IN (SELECT id FROM sessions WHERE {' AND '.join(who)})")
+            params.extend(names)
         sql += " WHERE " + " AND ".join(where) + f" ORDER BY f.seq {'DESC' if newest_first else 'ASC'}"
         if plan.exact and limit is not None:
             sql += f" LIMIT {int(limit)}"

@@ -38,6 +38,7 @@ def duration(seconds: float | None) -> str:
 
 
 def size(n: int | None) -> str:
+    """A byte count for a table cell: ``512B``, ``1.5KB``, ``-`` for none."""
     if n is None:
         return "-"
     value = float(n)
@@ -73,6 +74,8 @@ def session_details(s: SessionInfo, events: list[Event], hosts: list[tuple[str, 
         f"  flows:    {s.flows} stored; {s.received} received: {s.recorded} recorded, "
         f"{s.filtered} filtered out, {s.paused} while paused",
     ]
+    if s.machine or s.user:  # recorded since flowtap kept who did
+        lines.append(f"  recorded: on {terminal_safe(s.machine or '?')} by {terminal_safe(s.user or '?')}")
     config_file = (s.config or {}).get("file")
     lines.append(f"  config:   {config_file or '(none: defaults and --set)'}")
     if hosts:

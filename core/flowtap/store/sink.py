@@ -55,8 +55,26 @@ def config_json(config: Config | None) -> str:
     """What a session row keeps of the config: the file and the tables as written."""
     if config is None:
         return "{}"
-    data = {"file": str(config.path) if config.path else None, "tables": config.raw}
+    tables = config.raw
+    store = tables.get("store")
+    if isinstance(store, dict) and isinstance(store.get("url"), str):  # a password in it stays out
+        from flowtap.store.backend_postgres import redact
+
+        tables = {**tables, "store": {**store, "url": redact(store["url"])}}
+    data = {"file": str(config.path) if config.path else None, "tables": tables}
     return json.dumps(data, default=str)
+
+
+def recorder() -> tuple[str, str]:
+    """This machine's host name and the user running flowtap, as sessions record them."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name anywhere (a container with an unnamed uid)
+        user = str(os.getuid()) if hasattr(os, "getuid") else ""
+    return socket.gethostname(), user
 
 
 class StoreSink(Sink):
@@ -90,10 +108,10 @@ class StoreSink(Sink):
         try:
             with db.transaction(conn):
                 self._close_interrupted(conn)
-                conn.execute("INSERT INTO sessions (id, name, started, state, pid, config) "
-                             "VALUES (?, ?, ?, ?, ?, ?)",
+                conn.execute("INSERT INTO sessions (id, name, started, state, pid, config, machine, "
+                             "user_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (session.id, session.name, session.started, session.state.value, os.getpid(),
-                              self.config))
+                              self.config, *recorder()))
         except sqlite3.Error as exc:
             conn.close()
             self.conn = None

@@ -58,6 +58,9 @@ let retryTimer = null;
 let pingTimer = null;
 let queue = [];
 let counts = { requests: 0, cookies: 0, errors: 0 };
+// This browser session's id: kept across the worker's restarts, so the bridge joins the events of
+// a request that began before a restart to the ones after it.
+let instance = "";
 let countsTimer = null;
 const pendingCookies = new Map();
 let cookieTimer = null;
@@ -77,8 +80,13 @@ async function init() {
       Object.assign(settings, provisioned);
       await chrome.storage.local.set(provisioned);
     }
-    const session = await chrome.storage.session.get("counts");
+    const session = await chrome.storage.session.get(["counts", "instance"]);
     if (session.counts) counts = session.counts;
+    instance = session.instance;
+    if (!instance) {
+      instance = randomHex(16);
+      await chrome.storage.session.set({ instance });
+    }
   } catch (err) {
     console.warn("flowtap: could not read the settings:", err);
   }
@@ -261,6 +269,7 @@ async function pair(sock, msg) {
       proof: await hmacHex(settings.key, `flowtap-extension\n${theirs}\n${sock.nonce}`),
       client: `flowtap-interceptor/${chrome.runtime.getManifest().version}`,
       browser: navigator.userAgent.slice(0, 300),
+      ...(instance ? { instance } : {}),
     });
     return;
   }
