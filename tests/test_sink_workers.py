@@ -8,6 +8,7 @@ import time
 
 import flowtap
 from flowtap.testing import capture, make_flow
+from flowtap.view import health_table
 
 
 def _plugin(name, factory):
@@ -71,6 +72,30 @@ class Hanging(flowtap.Sink):
         self.count += 1
         if self.count == 3:
             self.release.wait(30)
+
+
+class Waiting(flowtap.Sink):
+    """Says its remote end is away while flows 3 to 5 come, as the PostgreSQL store does."""
+
+    def __init__(self, options):
+        self.seen = 0
+
+    def write(self, flow):
+        self.seen += 1
+        self.status = "remote unreachable: flows wait" if 3 <= self.seen <= 5 else ""
+
+
+def test_a_sinks_status_is_shown_with_its_health_while_set_and_is_no_failure():
+    with capture(_plugin("waiting", Waiting)) as cap:
+        cap.feed(*[make_flow(url=f"https://a.test/{i}") for i in range(4)])
+        (waiting,) = [h for h in cap.capture.health() if h.name == "waiting"]
+        assert waiting.note == "remote unreachable: flows wait" and waiting.state == "ok"
+        assert waiting.as_dict()["note"] == waiting.note  # what `flowtap ctl status --json` sends
+        assert "remote unreachable: flows wait" in "\n".join(health_table([waiting]))
+        cap.feed(*[make_flow(url=f"https://a.test/{i}") for i in range(4, 6)])
+        (waiting,) = [h for h in cap.capture.health() if h.name == "waiting"]
+        assert waiting.note == "" and waiting.written == 6
+        assert cap.capture.clean
 
 
 def test_a_hung_sink_is_detached_with_where_it_is_stuck_and_the_others_go_on(caplog):

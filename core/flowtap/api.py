@@ -76,11 +76,16 @@ class Sink:
     A call that raises is reported with the sink's name (the first time with
     its traceback, then summarised) and the sink goes on getting flows; a
     call that does not return within ``[dispatch] call_timeout`` gets the
-    sink detached. Raise :class:`SinkFailed` to say flows were lost.
+    sink detached. Raise :class:`SinkFailed` to say flows were lost; set
+    :attr:`status` to say something of its state that is no failure.
     """
 
     #: The sink's registered name; set by the host.
     name: str = ""
+    #: A short note on the sink's state that is no error, "" when there is none ("database
+    #: unreachable: flows wait in the spool"): shown with its health (live view, ``flowtap ctl
+    #: status``, the summary) while set. It does not make the run unclean.
+    status: str = ""
     #: True for a sink that merges what it writes into the file already at its path (read, widened,
     #: never overwritten): ``flowtap export -o FILE`` then has it write FILE in place.
     merges: bool = False

@@ -31,6 +31,7 @@ class SinkHealth:
     last_error: str = ""  #: one line
     backlog: int = 0  #: flows waiting for it now
     stuck_in: str = ""  #: for ``detached`` and ``abandoned``: the call and where it was stuck
+    note: str = ""  #: what the sink says of its state that is no error (its ``status``)
 
     @property
     def clean(self) -> bool:

@@ -163,8 +163,9 @@ class SinkWorker:
 
     def snapshot(self) -> SinkHealth:
         """A copy of the sink's health now."""
+        note = getattr(self.sink, "status", "")  # set by the sink's own thread; read as it is now
         with self._cond:
-            return attrs.evolve(self.health, backlog=self._flows)
+            return attrs.evolve(self.health, backlog=self._flows, note=note if isinstance(note, str) else "")
 
     def detach(self, state: str, message: str) -> None:
         """Give up on a stuck sink: report it once, count what it will never get, feed it no more."""

@@ -450,12 +450,12 @@ class ConsoleView:
         return _REVERSE + _fit(status, width) + _RESET, None
 
     def _sinks_status(self) -> str:
-        """`` | sink 'har' failing`` for the sinks not doing well; empty when all are."""
-        bad = [h for h in self.capture.health() if not h.clean]
-        if not bad:
-            return ""
-        return " | " + ", ".join(f"sink {h.name!r} {h.state if h.state != 'ok' else 'missed flows'}"
-                                 for h in bad)
+        """`` | sink 'har' failing`` for the sinks not doing well, and what sinks note of their state;
+        empty when there is nothing to say."""
+        said = [f"sink {h.name!r} {h.state if h.state != 'ok' else 'missed flows'}"
+                for h in self.capture.health() if not h.clean]
+        said += [f"{h.name}: {terminal_safe(h.note)}" for h in self.capture.health() if h.note]
+        return " | " + ", ".join(said) if said else ""
 
     # -- the end ----------------------------------------------------------------------------------
 
@@ -595,7 +595,7 @@ def health_table(sinks: Iterable[SinkHealth]) -> list[str]:
     """Each sink's health as the lines of a table: name, state, written, errors, missed, what went wrong."""
     rows = [("SINK", "STATE", "WRITTEN", "ERRORS", "MISSED", "")]
     for h in sinks:
-        notes = []
+        notes = [h.note] if h.note else []
         if h.stuck_in:
             notes.append(f"stuck in {h.stuck_in}")
         if h.last_error:

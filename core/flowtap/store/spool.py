@@ -414,7 +414,8 @@ class PostgresSink(StoreSink):
         self._report()
 
     def _report(self) -> None:
-        """An outage once when it begins, its end in the log; flows the database refused."""
+        """An outage: logged when it begins and ends, the sink's status while it lasts (no error:
+        nothing is lost); flows the database refused."""
         delivery = self.delivery
         if delivery is None:
             return
@@ -423,10 +424,12 @@ class PostgresSink(StoreSink):
         down = delivery.down
         if down is not None and self._down is None:
             self._down = down
-            raise SinkFailed(f"{down}; capture goes on: flows wait in the spool {self.path} and are "
-                             "delivered when the database is back")
+            self.status = "database unreachable: flows wait in the spool"
+            log.warning("store: %s; capture goes on: flows wait in the spool %s and are delivered when "
+                        "the database is back", down, self.path)
         if down is None and self._down is not None:
             self._down = None
+            self.status = ""
             log.warning("store: %s is back; the spooled flows are delivered", self.where)
 
     def _refused_flows(self, refused: list[str]) -> None:
