@@ -88,7 +88,7 @@ def test_a_table_no_installed_plugin_provides_is_named_with_the_likely_one(tmp_p
         "flowtap: WARNING: plugin 'broken' (from flowtap-broken) failed to load: "
         "ModuleNotFoundError: No module named 'requests_toolbelt_not_installed'",
         "flowtap: error: flowtap.toml:2: [sinks.hra]: no installed plugin provides the sink 'hra'; "
-        "did you mean [sinks.har]? (installed sinks: collection, cookiejar, har, store; "
+        "did you mean [sinks.har]? (installed sinks: collection, cookiejar, har, openapi, store; "
         "failed to load: 'broken'; `flowtap plugins` lists plugins)",
     ]
 

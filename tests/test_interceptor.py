@@ -428,6 +428,27 @@ def test_refusals_are_logged_at_once_then_counted_once_per_interval(caplog):
     assert refusals.total == 502
 
 
+def test_clients_that_close_or_speak_no_websocket_are_counted_refusals_not_tracebacks(bridge, caplog):
+    harness, port, _ = bridge()
+    for i in range(6):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            if i % 2:
+                sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            else:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x")  # then closed mid-request
+    source = harness.capture.sources["interceptor"]
+    deadline = time.monotonic() + 5
+    while source.bridge.refusals.total < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert source.bridge.refusals.total == 6
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "no error, no traceback per client"
+    (first,) = [r.getMessage() for r in caplog.records if "refused a connection" in r.getMessage()]
+    assert "no WebSocket handshake: did not receive a valid HTTP request" in first
+    client = Client(port, key="s3cret-test-key")  # the bridge pairs as before
+    assert client.recv()["type"] == "welcome"
+    client.close()
+
+
 def test_a_frame_over_a_few_kb_before_pairing_closes_the_connection_unread(bridge):
     _, port, _ = bridge()
     client = Client(port, hello=False)

@@ -125,7 +125,14 @@ def test_a_hung_sink_is_detached_with_where_it_is_stuck_and_the_others_go_on(cap
         assert time.monotonic() - started < 2, "stop does not wait on a detached sink"
     finally:
         Hanging.release.set()
-    (message,) = [r.getMessage() for r in _errors(caplog) if "call_timeout" in r.getMessage()]
+
+    def reported():  # the watchdog logs just after it marks the sink detached, on its own thread
+        return [r.getMessage() for r in _errors(caplog) if "call_timeout" in r.getMessage()]
+
+    deadline = time.monotonic() + 5
+    while not reported() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (message,) = reported()
     assert message.startswith("sink 'stuck'") and "detached" in message and "self.release.wait(30)" in message
 
 

@@ -140,6 +140,15 @@ class RefusalLog:
             self._held = 0
 
 
+class _HandshakeFailures(logging.Filter):
+    """Drops websockets' "opening handshake failed" (websockets 16 logs an error with a traceback
+    for each client that closed, or spoke no WebSocket, before the upgrade; 17 only a debug line):
+    such a client is counted as a refused connection when it goes (see ``connection_lost``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "opening handshake failed"
+
+
 def _make_connection_class(bridge: Bridge) -> type[ServerConnection]:
     """A websockets connection that keeps a pending (not yet paired) connection within its budget."""
 
@@ -169,6 +178,11 @@ def _make_connection_class(bridge: Bridge) -> type[ServerConnection]:
             super().data_received(data)
 
         def connection_lost(self, exc: Exception | None) -> None:
+            failed = self.protocol.handshake_exc  # no valid WebSocket upgrade came
+            if self in bridge.pending and failed is not None:
+                cause = failed.__cause__
+                bridge.refusals.refused(_peer_of(self.transport), f"no WebSocket handshake: {failed}"
+                                                                  + (f" ({cause})" if cause else ""))
             bridge.pending.discard(self)
             super().connection_lost(exc)
 
@@ -257,7 +271,10 @@ class Bridge:
         self._stop = asyncio.Event()
         # websockets' own records (a handshake that failed, "server listening") only with -vv.
         ws_log = logging.getLogger(f"{self.log.name}.websockets")
-        ws_log.setLevel(logging.NOTSET if self.log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+        verbose = self.log.isEnabledFor(logging.DEBUG)
+        ws_log.setLevel(logging.NOTSET if verbose else logging.WARNING)
+        if not verbose and not any(isinstance(f, _HandshakeFailures) for f in ws_log.filters):
+            ws_log.addFilter(_HandshakeFailures())
         try:
             server = await serve(
                 self._connection, self.host, self.port,

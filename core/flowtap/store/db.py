@@ -16,7 +16,6 @@ database from one version to the next when it is opened for writing.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import sqlite3
@@ -493,7 +492,7 @@ def read_body_files(db_path: Path, parsed: dict[str, Any], request_body: bytes |
 def load_flow(db_path: Path, data: str, request_body: bytes | None, response_body: bytes | None) -> Flow:
     """The :class:`Flow` a ``contents`` row holds (bodies read from their files if need be)."""
     try:
-        parsed = json.loads(data)
+        parsed = serialize.from_json(data)
     except ValueError as exc:
         raise damaged(db_path, f"a stored flow is not JSON: {exc}") from None
     bodies = [b"" if body is None else bytes(body)

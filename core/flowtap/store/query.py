@@ -21,12 +21,12 @@ once per distinct value, and the matching rows found through the index.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from flowtap import serialize
 from flowtap.filters import (
     ASSET_TYPES,
     FilterError,
@@ -197,7 +197,7 @@ class _Builder:
         parts = [part for part, wanted in (("request", code != "hs"), ("response", code != "hq")) if wanted]
 
         def search(data: str) -> bool:
-            stored = json.loads(data)  # no Flow built, no body read
+            stored = serialize.from_json(data)  # no Flow built, no body read
             return any(rx.search(header_block(stored[part]["headers"])) for part in parts if stored[part])
 
         self.contents = True

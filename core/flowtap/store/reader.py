@@ -356,9 +356,9 @@ class Store:
         self._db.functions(plan.functions)
         cols = ", ".join(f"f.{c}" for c in db.FLOW_COLUMNS)
         sql = f"SELECT {cols}, {TRUE if plan.exact else plan.sure}"
-        if plan.exact and not plan.needs_contents:
+        if plan.exact and not plan.needs_contents and not load:
             sql += " FROM flows f"
-        else:  # the contents come along for the rows Python must check
+        else:  # the contents come along for the rows Python must check, or the caller loads
             sql += ", c.data, c.request_body, c.response_body FROM flows f JOIN contents c ON c.seq = f.seq"
         where, params = [plan.maybe], []
         if session is not None:
@@ -381,9 +381,10 @@ class Store:
         for values in self._iterate(sql, params):
             row, sure = FlowRow(*values[:width]), values[width]
             flow = None
-            if not sure and plan.predicate is not None:  # no predicate: no filter, every row matches
+            predicate = None if sure else plan.predicate  # None: no filter, or SQL decided it
+            if load or predicate is not None:
                 flow = db.load_flow(self.path, *values[width + 1:])
-                if not plan.predicate(flow):
+                if predicate is not None and not predicate(flow):
                     continue
             yield row, flow
             found += 1
