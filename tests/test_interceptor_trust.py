@@ -253,7 +253,9 @@ def test_a_server_without_the_key_gets_nothing_even_asking_for_everything(browse
                    "the extension to try again", browser)
         browse(browser, site, "again")
         time.sleep(1)  # anything the extension would still send about the page
-        state, detail, debugged = extension_state(browser)
+        # Between two tries the extension is "connecting" for a moment: read its state after a refusal.
+        state, detail, debugged = wait_until(lambda: (s := extension_state(browser))[0] == "impostor" and s,
+                                             20, "the extension to refuse the fake again", browser)
     finally:
         fake.stop()
     assert_only_hellos(fake, len(behaviours) + 1)
