@@ -157,6 +157,8 @@ def test_export_keeps_the_session_start_for_date_placeholders(recorded, tmp_path
 
 
 JSONL_SINK = '''
+import time
+
 import flowtap
 from flowtap import serialize
 
@@ -164,6 +166,7 @@ from flowtap import serialize
 class Jsonl(flowtap.Sink):
     def __init__(self, options):
         self.template = options["path"]
+        self.delay = options["delay"]
 
     def open(self, session):
         from flowtap.paths import expand_path
@@ -171,6 +174,7 @@ class Jsonl(flowtap.Sink):
         self.file.write(session.name + "\\n")
 
     def write(self, flow):
+        time.sleep(self.delay)
         self.file.write(serialize.dumps(flow) + "\\n")
 
     def close(self):
@@ -187,7 +191,8 @@ class Pathless(flowtap.Sink):
 
 @flowtap.hookimpl
 def flowtap_config_options(declare):
-    declare("sinks.jsonl", flowtap.Option("path", str, "flows.jsonl", "Where."))
+    declare("sinks.jsonl", flowtap.Option("path", str, "flows.jsonl", "Where."),
+            flowtap.Option("delay", float, 0.0, "Seconds each write takes."))
 
 
 @flowtap.hookimpl
@@ -214,6 +219,24 @@ def test_export_through_a_third_party_sink(recorded, tmp_path, capsys, monkeypat
     assert code == 2 and err.strip() == (
         "flowtap: error: sink 'pathless' has no path option in [sinks.pathless]: "
         "it does not write a file to export to")
+
+
+def test_export_waits_for_a_slow_sink_and_loses_nothing(tmp_path, capsys, monkeypatch):
+    """The store reads faster than this sink writes, and its backlog is small: a capture would make it
+    miss flows, an export must not."""
+    site = make_distribution(tmp_path / "site", "flowtap-jsonl", {"jsonl": "flowtap_jsonl"},
+                             {"flowtap_jsonl": JSONL_SINK})
+    monkeypatch.syspath_prepend(str(site))
+    db_path = tmp_path / "store.db"
+    with capture(config={"store": {"path": str(db_path)}, "session": {"name": "many"}}) as cap:
+        cap.feed(*[make_flow(url=f"https://api.test/{n}") for n in range(300)])
+    out_path = tmp_path / "many.jsonl"
+    code, _, err = cli(capsys, "export", "many", "--sink", "jsonl", "-o", str(out_path),
+                       "--set", f"store.path={db_path}", "--set", "dispatch.backlog=20",
+                       "--set", "sinks.jsonl.delay=0.001")
+    assert code == 0, err
+    name, *lines = out_path.read_text().splitlines()
+    assert [serialize.loads(line).request.path for line in lines] == [f"/{n}" for n in range(300)]
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

@@ -380,6 +380,10 @@ def curl_command(flow: Any) -> str:
 #: Hop-by-hop headers (RFC 9110 7.6.1) and those meant for the proxy: a replay must not send them
 #: (curl makes its own connection; Transfer-Encoding and Upgrade would misframe or switch it).
 #: The HAR keeps them: it is the record of what was sent.
+#: An export waits for its sink after at most this many flows, or bytes of bodies (at most half of
+#: the sink's backlog, [dispatch] backlog and backlog_size), so that the sink never misses a flow.
+EXPORT_BATCH, EXPORT_BATCH_BYTES = 1000, 32 << 20
+
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization",
                         "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"})
 
@@ -556,9 +560,15 @@ def export_session(config: Config, store: Any, session: Any, sink: str, output: 
     raw.pop("filters", None)  # the stored flows passed the capture's filters already
     _table(raw, "session").update(name=session.name, duration="")
     capture.start(started=session.started)
-    count = 0
-    order = {row.id: number for number, row in enumerate(store.rows(session=session))}
-    cookies = _cookie_events(store.events(session.id, cookies=True), order)
+    limits = capture.config.table("dispatch")
+    batch = max(1, min(EXPORT_BATCH, limits["backlog"] // 2))
+    batch_bytes = max(1, min(EXPORT_BATCH_BYTES, limits["backlog_size"] // 2))
+    count = in_flight = 0
+    events = store.events(session.id, cookies=True)
+    # Where each cookie event falls among the flows (one pass over the rows, only if there are any).
+    order = ({row.id: number for number, row in enumerate(store.rows(session=session))}
+             if any(event.kind == "cookies" for event in events) else {})
+    cookies = _cookie_events(events, order)
     with Progress(f"exporting {session.name!r} through {sink!r}", total=session.flows,
                   stream=io.StringIO() if quiet else None) as progress:
         try:
@@ -567,6 +577,12 @@ def export_session(config: Config, store: Any, session: Any, sink: str, output: 
                     capture.dispatcher.cookies(*cookies.pop(0)[1:])
                 capture.emit(flow)
                 count += 1
+                in_flight += len(flow.request.body) + (len(flow.response.body) if flow.response else 0)
+                if count % batch == 0 or in_flight > batch_bytes:
+                    # The store reads faster than a sink may write: wait for it rather than overrun
+                    # its backlog (a capture's sources never wait; an export must lose nothing).
+                    capture.dispatcher.sync()
+                    in_flight = 0
                 progress.advance()
             for _, found, source in cookies:
                 capture.dispatcher.cookies(found, source)
