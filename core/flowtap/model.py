@@ -287,9 +287,8 @@ class Flow:
         Cookies from the request header carry only what the header tells
         (name, value, and the request host as a host-only domain).
         """
-        host = self.request.host
-        sent = [
-            Cookie(name=name, value=value, domain=host, path="/", host_only=True)
-            for name, value in self.request_cookies
-        ]
+        pairs = self.request_cookies
+        host = self.request.host if pairs else ""  # the URL is split only for a flow that sent cookies
+        sent = [Cookie(name=name, value=value, domain=host, path="/", host_only=True)
+                for name, value in pairs]
         return sent + self.response_cookies
