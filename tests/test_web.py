@@ -465,7 +465,7 @@ def test_a_live_table_that_falls_behind_jumps_to_the_newest_rows(browser, tmp_pa
     and the ones it skipped are there when scrolling up."""
     from flowtap.config import Config
     from flowtap.testing import capture, make_flow
-    from flowtap_web.server import WebServer
+    from flowtap_web.server import LIVE_LIMIT, WebServer
 
     path = tmp_path / "flowtap.db"
     with capture(config={"store": {"path": str(path)}, "session": {"name": "busy"}}, record=False) as cap:
@@ -483,7 +483,7 @@ def test_a_live_table_that_falls_behind_jumps_to_the_newest_rows(browser, tmp_pa
             expect(page.locator("#flows .row.flow .path")).to_have_text(["/items/first"])
             cap.feed(*[make_flow(url=f"https://api.example.com/items/{i}") for i in range(1200)], timeout=60)
             footer = page.locator(".tfoot")
-            expect(footer).to_have_text("500 flows loaded · earlier ones above", timeout=10_000)
+            expect(footer).to_have_text(f"{LIVE_LIMIT} flows loaded · earlier ones above", timeout=10_000)
             assert paths(page)[-1] == "/items/1199"  # following the end
             scroll_until(page, "el => { el.scrollTop = 0; }",
                          lambda: "earlier ones above" not in footer.inner_text())

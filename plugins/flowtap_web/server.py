@@ -49,6 +49,9 @@ CSP = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-
        "form-action 'none'; frame-ancestors 'none'")
 #: Seconds between two looks at the store for a live table's new rows.
 POLL_INTERVAL = 0.5
+#: Rows one live update brings at most: past it (the proxy outran what anyone can read) the page
+#: jumps to the newest and loads the ones skipped only if scrolled back to them.
+LIVE_LIMIT = 100
 
 
 def is_loopback(host: str) -> bool:
@@ -327,7 +330,7 @@ class Live(Handler):
         self.set_header("Content-Type", "text/event-stream")
         last: Any = None
         while not self._closed:
-            news = await self.read(data.update, ref, expression, cursor)
+            news = await self.read(data.update, ref, expression, cursor, LIVE_LIMIT)
             cursor = news.pop("cursor")
             if news["rows"] or news["session"] != last:
                 last = news["session"]
