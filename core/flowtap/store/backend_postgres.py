@@ -338,21 +338,19 @@ INSERT_FLOW = (
     f"WITH f AS (INSERT INTO flows ({', '.join(_FLOW_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * len(_FLOW_COLUMNS))}) ON CONFLICT (id) DO NOTHING RETURNING seq) "
     "INSERT INTO contents (seq, data, request_body, response_body) SELECT seq, %s, %s, %s FROM f")
-_UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in db.SESSION_COLUMNS[1:])
-UPSERT_SESSION = (f"INSERT INTO sessions ({', '.join(db.SESSION_COLUMNS)}) VALUES "
-                  f"({', '.join(['%s'] * len(db.SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
-UPDATE_SESSION = f"UPDATE sessions SET {', '.join(f'{c} = %s' for c in db.SESSION_COLUMNS[1:])} WHERE id = %s"
-INSERT_EVENT = ("INSERT INTO events (session, time, kind, text) "
-                "SELECT %s::text, %s::float8, %s::text, %s::text WHERE NOT EXISTS (SELECT 1 FROM events "
-                "WHERE session = %s AND time = %s AND kind = %s AND text IS NOT DISTINCT FROM %s::text)")
 
 
-class Writer:
+class Writer(db.SessionWrites):
     """Writes sessions, events and flows into a PostgreSQL store, each idempotent (deliveries, copies).
 
     Flows go in pipelined batches (one round trip a batch, not a flow), and each session's
     ``stored`` count grows by the flows actually inserted.
     """
+
+    UPSERT_SESSION, UPDATE_SESSION = db.session_statements("%s")
+    INSERT_EVENT = ("INSERT INTO events (session, time, kind, text) "
+                    "SELECT %s::text, %s::float8, %s::text, %s::text WHERE NOT EXISTS (SELECT 1 FROM events "
+                    "WHERE session = %s AND time = %s AND kind = %s AND text IS NOT DISTINCT FROM %s::text)")
 
     def __init__(self, url: str) -> None:
         self.where = redact(url)
@@ -361,18 +359,6 @@ class Writer:
 
     def transaction(self) -> Any:
         return self.conn.transaction()
-
-    def session(self, values: tuple, create: bool = True) -> None:
-        """A session row (:data:`flowtap.store.db.SESSION_COLUMNS`), made or brought up to date;
-        ``create=False``: only brought up to date if it is there."""
-        if create:
-            self.conn.execute(UPSERT_SESSION, values)
-        else:
-            self.conn.execute(UPDATE_SESSION, (*values[1:], values[0]))
-
-    def event(self, session: str, when: float, kind: str, text: str | None) -> None:
-        """An event, unless the same one is there."""
-        self.conn.execute(INSERT_EVENT, (session, when, kind, text, session, when, kind, text))
 
     def clear(self, session: str) -> None:
         """Forget a session's flows (a clear)."""

@@ -62,17 +62,15 @@ class Reader:
             cursor.close()
 
 
-_UPDATE = ", ".join(f"{c} = excluded.{c}" for c in db.SESSION_COLUMNS[1:])
-UPSERT_SESSION = (f"INSERT INTO sessions ({', '.join(db.SESSION_COLUMNS)}) VALUES "
-                  f"({', '.join('?' * len(db.SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
-UPDATE_SESSION = f"UPDATE sessions SET {', '.join(f'{c} = ?' for c in db.SESSION_COLUMNS[1:])} WHERE id = ?"
-INSERT_EVENT = ("INSERT INTO events (session, time, kind, text) SELECT ?, ?, ?, ? WHERE NOT EXISTS ("
-                "SELECT 1 FROM events WHERE session = ? AND time = ? AND kind = ? AND text IS ?)")
 
 
-class Writer:
+class Writer(db.SessionWrites):
     """Writes sessions, events and flows into an SQLite store, each idempotent (copies); the same
     methods as :class:`flowtap.store.backend_postgres.Writer`. Bodies go into rows, not files."""
+
+    UPSERT_SESSION, UPDATE_SESSION = db.session_statements("?")
+    INSERT_EVENT = ("INSERT INTO events (session, time, kind, text) SELECT ?, ?, ?, ? WHERE NOT EXISTS ("
+                    "SELECT 1 FROM events WHERE session = ? AND time = ? AND kind = ? AND text IS ?)")
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = db.resolve_path(path)
@@ -83,15 +81,6 @@ class Writer:
 
     def transaction(self) -> Any:
         return db.transaction(self.conn)
-
-    def session(self, values: tuple, create: bool = True) -> None:
-        if create:
-            self.conn.execute(UPSERT_SESSION, values)
-        else:
-            self.conn.execute(UPDATE_SESSION, (*values[1:], values[0]))
-
-    def event(self, session: str, when: float, kind: str, text: str | None) -> None:
-        self.conn.execute(INSERT_EVENT, (session, when, kind, text, session, when, kind, text))
 
     def clear(self, session: str) -> None:
         self.conn.execute("DELETE FROM flows WHERE session = ?", (session,))

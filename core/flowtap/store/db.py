@@ -140,6 +140,40 @@ FLOW_COLUMNS = ("seq", "id", "session", "time", "method", "scheme", "host", "hos
 #: A session row, as copies and deliveries carry it.
 SESSION_COLUMNS = ("id", "name", "started", "ended", "state", "pid", "recorded", "filtered", "paused",
                    "received", "config", "machine", "user_name")
+
+
+class SessionWrites:
+    """A backend writer's session and event writes: the same statements on either backend but for
+    their placeholders and casts (each backend's writer sets the three)."""
+
+    conn: Any
+    UPSERT_SESSION: str  #: the session row (:data:`SESSION_COLUMNS`), made or brought up to date
+    UPDATE_SESSION: str  #: the session row brought up to date (its id last)
+    INSERT_EVENT: str  #: an event, unless the same one is there (its four values twice)
+
+    def session(self, values: tuple, create: bool = True) -> None:
+        """A session row (:data:`SESSION_COLUMNS`), made or brought up to date; ``create=False``: only
+        brought up to date if it is there."""
+        if create:
+            self.conn.execute(self.UPSERT_SESSION, values)
+        else:
+            self.conn.execute(self.UPDATE_SESSION, (*values[1:], values[0]))
+
+    def event(self, session: str, when: float, kind: str, text: str | None) -> None:
+        """An event, unless the same one is there."""
+        self.conn.execute(self.INSERT_EVENT, (session, when, kind, text, session, when, kind, text))
+
+
+def session_statements(mark: str) -> tuple[str, str]:
+    """:attr:`SessionWrites.UPSERT_SESSION` and ``UPDATE_SESSION`` with the placeholder ``mark``."""
+    upsert = (f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES "
+              f"({', '.join([mark] * len(SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
+              + ", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS[1:]))
+    assignments = ", ".join(f"{c} = {mark}" for c in SESSION_COLUMNS[1:])
+    update = f"UPDATE sessions SET {assignments} WHERE id = {mark}"
+    return upsert, update
+
+
 INSERT_FLOW = f"INSERT INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES ({', '.join('?' * len(FLOW_COLUMNS))})"
 INSERT_CONTENT = "INSERT INTO contents (seq, data, request_body, response_body) VALUES (?, ?, ?, ?)"
 
