@@ -165,12 +165,6 @@ class Variables:
         return out
 
 
-def _origin(scheme: str, host: str, port: int | None) -> str:
-    host = f"[{host}]" if ":" in host else host
-    default = {"http": 80, "https": 443}.get(scheme)
-    return f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
-
-
 class Converter:
     """Turns flows into Postman request and response dicts, sharing one :class:`Variables`."""
 
@@ -195,7 +189,7 @@ class Converter:
             port = parts.port
         except ValueError:
             port = None
-        origin = _origin(scheme, host, port)
+        origin = request.origin
         path = parts.path if parts.path not in ("", "/") else ""
         segments = path.split("/")[1:] if path else []
         captured = path or "/"
