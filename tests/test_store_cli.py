@@ -483,3 +483,28 @@ def test_header_bytes_that_are_not_utf8_stay_bytes_in_curl_show_and_the_cookie_j
                            capture_output=True, timeout=30)
     assert shown.returncode == 0, shown.stderr
     assert b"X-Name: caf\\xe9" in shown.stdout  # flowtap.terminal_safe shows the byte
+
+
+@pytest.mark.parametrize("replay", [True, False], ids=["replay", "live"])
+@pytest.mark.parametrize("sink, name", [("collection", "c.postman_collection.json"), ("openapi", "api.yaml")])
+def test_a_replayed_session_writes_the_file_once_at_its_end(tmp_path, sink, name, replay):
+    """An export replays flows as fast as the store reads them: the rewrites that keep a live
+    session's file current would only cost time (Session.replay). A live session rewrites within
+    a second of a flush."""
+    out = tmp_path / name
+    cap = flowtap.Capture({"sinks": {sink: {"path": str(out)}}, "store": {"enabled": False}},
+                          load_entrypoints=False)
+    cap.host.load_entrypoints(only=[sink])
+    cap.start(replay=replay)
+    try:
+        assert cap.session.replay is replay
+        for number in range(20):
+            cap.emit(make_flow(url=f"https://api.example.com/items/{number}", response_body=b'{"id": 1}',
+                               response_headers=[("Content-Type", "application/json")]))
+        assert cap.dispatcher.sync(10)
+        time.sleep(1.5)  # past a live rewrite's interval (1 s)
+        assert out.exists() is not replay
+    finally:
+        cap.stop()
+    text = out.read_text()
+    assert (len(json.loads(text)["item"]) == 20) if sink == "collection" else "/items/{" in text

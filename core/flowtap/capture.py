@@ -179,11 +179,12 @@ class Capture:
 
     # -- running ---------------------------------------------------------------------
 
-    def start(self, started: float | None = None) -> Session:
+    def start(self, started: float | None = None, replay: bool = False) -> Session:
         """Validate the config, begin the first session, start the configured sources.
 
         :param started: the first session's start time (Unix seconds); default now.
             Replaying a stored session passes the time it was captured.
+        :param replay: the first session replays stored flows (:attr:`Session.replay`).
         :raises ConfigError: the config is wrong.
         :raises StartupError: a sink or source could not start (nothing keeps running).
         """
@@ -196,7 +197,7 @@ class Capture:
             self.scheduler.every(SUMMARY_INTERVAL, self.host.errors.summarize)
             self._started = True
             try:
-                session = self.begin(started=started)
+                session = self.begin(started=started, replay=replay)
                 self._start_sources()
             except BaseException:
                 self.stop()
@@ -204,12 +205,13 @@ class Capture:
             return session
 
     def begin(self, name: str | None = None, duration: float | None = None,
-              started: float | None = None) -> Session:
+              started: float | None = None, replay: bool = False) -> Session:
         """End the current session (if any) and begin a new one; sources keep serving.
 
         :param name: the session's name; default ``[session] name`` or the start time.
         :param duration: seconds until it ends by itself; default ``[session] duration``.
         :param started: its start time (Unix seconds); default now.
+        :param replay: it replays stored flows (:attr:`Session.replay`).
         """
         with self._lock:
             if self.session is not None:
@@ -217,7 +219,7 @@ class Capture:
             table = self.config.table("session")
             name = name or table["name"] or time.strftime("session %Y-%m-%d %H:%M:%S")
             session = Session(name=name, time_limit=duration if duration is not None else table["duration"],
-                              started=time.time() if started is None else started)
+                              started=time.time() if started is None else started, replay=replay)
             workers = self._build_sinks(self.sink_factories, session)
             self.session, self.workers = session, workers
             self.dispatcher.attach(session, workers)

@@ -47,6 +47,10 @@ class Session:
     ended: float | None = None
     state: State = State.RUNNING
     counts: Counts = attrs.field(factory=Counts)
+    #: The session replays stored flows (``flowtap export``), as fast as the store reads them: its
+    #: files are wanted only once it ends, so a sink may leave out the rewrites that keep a file
+    #: current while a capture runs.
+    replay: bool = False
     _post: Callable[..., None] | None = attrs.field(default=None, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
     _done: threading.Event = attrs.field(factory=threading.Event, repr=False)

@@ -18,7 +18,9 @@ Rewrites come at most once a second while flows arrive, and less often as
 the collection grows, so that rewriting takes at most about 1/:data:`BUDGET`
 of the sink's time (a rewrite that took 0.2 s waits 4 s for the next); the
 last one comes within that interval of the last flush, and once more when
-the session ends if anything changed since.
+the session ends if anything changed since. A replay (``flowtap export``:
+:attr:`flowtap.Session.replay`) writes the collection only when the session
+ends.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class CollectionSink(flowtap.Sink):
         self._spool: BinaryIO | None = None
         self._timer: Timer | None = None  # the rewrite scheduled
         self._next = 0.0  # monotonic time before which no rewrite starts
+        self._live = True  # rewrite while flows arrive (a replay's is written at the end)
         self._reset()
 
     def _reset(self) -> None:
@@ -136,6 +139,7 @@ class CollectionSink(flowtap.Sink):
 
     def open(self, session: flowtap.Session) -> None:
         unmap_large_buffers()
+        self._live = not session.replay  # a replay's collection is written once, at the end
         path = expand_path(self.template, session)
         self.path = unused_path(path, (BODIES,))  # never another session's collection
         if self.path != path:
@@ -185,7 +189,7 @@ class CollectionSink(flowtap.Sink):
         self._dirty = True
 
     def flush(self) -> None:
-        if self._dirty and self._timer is None and self._spool is not None:
+        if self._dirty and self._live and self._timer is None and self._spool is not None:
             self._timer = self.call_later(max(0.0, self._next - time.monotonic()), self._rewrite)
 
     @flowtap.hookimpl

@@ -11,7 +11,8 @@ read from ``path`` at :meth:`open` (:func:`flowtap_openapi.document.update`),
 then written whole and atomically when it changed: at most once a second
 while flows arrive, and less often as rewrites take longer (so that they
 take at most 1/:data:`BUDGET` of the sink's time), and when the session
-ends.
+ends. A replay (``flowtap export``: :attr:`flowtap.Session.replay`) writes it
+only when the session ends.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class OpenAPISink(flowtap.Sink):
         self._timer: Timer | None = None
         self._next = 0.0
         self._written: bytes | None = None  # the description last written, as generated (JSON)
+        self._live = True  # rewrite while flows arrive (not in a replay: the file is written at the end)
         self._reset({})
 
     def _reset(self, doc: dict[str, Any]) -> None:
@@ -121,6 +123,7 @@ class OpenAPISink(flowtap.Sink):
     def open(self, session: flowtap.Session) -> None:
         unmap_large_buffers()
         path = self.path = expand_path(self.template, session)
+        self._live = not session.replay
         check_writable(path)
         try:
             self._text = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -157,7 +160,7 @@ class OpenAPISink(flowtap.Sink):
         self._dirty = True
 
     def flush(self) -> None:
-        if self._dirty and self._timer is None and self.path is not None:
+        if self._dirty and self._live and self._timer is None and self.path is not None:
             self._timer = self.call_later(max(0.0, self._next - time.monotonic()), self._rewrite)
 
     @flowtap.hookimpl

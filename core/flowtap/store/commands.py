@@ -559,7 +559,7 @@ def export_session(config: Config, store: Any, session: Any, sink: str, output: 
         _table(raw, other.table)["enabled"] = False
     raw.pop("filters", None)  # the stored flows passed the capture's filters already
     _table(raw, "session").update(name=session.name, duration="")
-    capture.start(started=session.started)
+    capture.start(started=session.started, replay=True)
     limits = capture.config.table("dispatch")
     batch = max(1, min(EXPORT_BATCH, limits["backlog"] // 2))
     batch_bytes = max(1, min(EXPORT_BATCH_BYTES, limits["backlog_size"] // 2))
