@@ -143,7 +143,7 @@ class FakeBridge:
         self.behaviours = behaviours
         self.received: list[tuple[int, dict]] = []  # (connection, message)
         self.connections = 0
-        self.closes: list[int | None] = []
+        self.closes: list[int] = []
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -166,7 +166,8 @@ class FakeBridge:
             async for raw in ws:  # whatever else comes, until the extension closes
                 self.received.append((index, json.loads(raw)))
         except ConnectionClosed as exc:
-            self.closes.append(exc.rcvd.code if exc.rcvd else None)
+            # No close frame received: the connection dropped (1006, as ws.close_code would say).
+            self.closes.append(exc.rcvd.code if exc.rcvd else 1006)
         else:
             self.closes.append(ws.close_code)
 

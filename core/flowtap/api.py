@@ -64,11 +64,16 @@ class Sink:
     """Where kept flows go.
 
     Built by the factory a plugin registers with ``flowtap_register_sinks``.
-    Each sink is fed on a thread of its own, behind a bounded backlog, so a
-    slow sink delays no other sink and never the sources. Every call of one
-    sink — ``write``, ``flush``, ``close``, its hook methods and its
-    :meth:`call_later` callbacks — arrives on that thread, one at a time: a
-    sink needs no locks. A sink may implement the session hooks
+    Each sink is fed on its own, behind a bounded backlog, never by a
+    source's thread. The sinks of a session take turns on a thread they
+    share while they keep up; a sink whose turn lags (``STALL`` in
+    :mod:`flowtap.sinkworker`, a tenth of a second) is left that thread alone
+    and the others move on to another, so a slow sink holds the others back
+    for a moment at most, and never the sources. Every call of one sink —
+    ``write``, ``flush``, ``close``, its hook methods and its
+    :meth:`call_later` callbacks — arrives one at a time, in order, on the
+    thread serving it: a sink needs no locks (nor may it keep per-thread
+    state across calls). A sink may implement the session hooks
     (``flowtap_session_clear``, ``flowtap_session_end``, ...) and
     ``flowtap_cookies_seen`` as methods decorated with ``@flowtap.hookimpl``;
     they arrive in order with its flows.
@@ -113,7 +118,7 @@ class Sink:
         """
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
-        """Run ``callback`` on this sink's own thread after ``delay`` seconds.
+        """Run ``callback`` on the thread serving this sink, between its calls, after ``delay`` seconds.
 
         For deferred work (a throttled fsync, a rewrite) without a thread or a
         lock of the sink's own. Works from :meth:`open` on. Returns a handle

@@ -24,8 +24,9 @@ from flowtap.sinkworker import Limits, SinkWorker
 
 log = logging.getLogger("flowtap")
 
-#: Seconds between the watchdog's looks at the sinks' calls.
-WATCH_INTERVAL = 0.25
+#: Seconds between the watchdog's looks at the sinks' calls (a lagging sink holds the others back
+#: for at most this plus sinkworker.STALL).
+WATCH_INTERVAL = 0.05
 
 
 def _version() -> str:
@@ -334,8 +335,12 @@ class Capture:
                 and all(w.snapshot().clean for w in self.dispatcher.history))
 
     def _watch(self) -> None:
-        """The watchdog: detach each sink whose call has run past ``[dispatch] call_timeout``."""
-        for worker in list(self.dispatcher.workers):
+        """The watchdog: give a sink that lags its thread alone; detach each sink whose call has run past
+        ``[dispatch] call_timeout``."""
+        workers = list(self.dispatcher.workers)
+        for runner in {id(w.runner): w.runner for w in workers if w.runner is not None}.values():
+            runner.isolate_lagging()
+        for worker in workers:
             timeout = worker.limits.call_timeout
             if timeout and worker.stuck_for() > timeout:
                 worker.detach("detached", f"did not return within [dispatch] call_timeout ({timeout:g} s): "

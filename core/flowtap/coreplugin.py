@@ -54,7 +54,7 @@ class CorePlugin:
         declare(
             "dispatch",
             Option("backlog", int, 10000,
-                   "Flows one sink may fall behind (each sink is fed on its own thread) before it misses "
+                   "Flows one sink may fall behind (each sink is fed on its own) before it misses "
                    "flows; each missed flow is counted and reported. The other sinks are not affected."),
             Option("backlog_size", (str, int), "256mb",
                    "Bytes of bodies one sink may have waiting before it misses flows (as backlog).",

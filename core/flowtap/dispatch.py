@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowtap.health import ErrorLog
 from flowtap.session import Session
-from flowtap.sinkworker import SinkWorker
+from flowtap.sinkworker import SinkRunner, SinkWorker
 
 if TYPE_CHECKING:
     from flowtap.cookies import Cookie
@@ -161,8 +161,7 @@ class Dispatcher:
         self.session, self.workers = session, workers
         self.history.extend(workers)
         self._sink_cookies = any(w.implements("flowtap_cookies_seen") for w in workers)
-        for worker in workers:
-            worker.start()
+        _start_sinks(workers)
         self._hook("flowtap_session_start", session=session)
 
     def _on_sync(self, holder: _Sync) -> None:
@@ -175,8 +174,7 @@ class Dispatcher:
         self.workers = self.workers + workers
         self.history.extend(workers)
         self._sink_cookies = self._sink_cookies or any(w.implements("flowtap_cookies_seen") for w in workers)
-        for worker in workers:
-            worker.start()
+        _start_sinks(workers)
         if self.session is not None:
             for worker in workers:
                 worker.feed([("hook", "flowtap_session_start", {"session": self.session})])
@@ -258,6 +256,14 @@ class Dispatcher:
                 pending[0].finished.wait(CLOSE_POLL)
         self.errors.summarize()
         session._done.set()
+
+
+def _start_sinks(workers: list[SinkWorker]) -> None:
+    """Start the sinks' workers on a runner they share (the watchdog splits it if one lags)."""
+    for worker in workers:
+        worker.start()
+    if workers:
+        SinkRunner(workers).start()
 
 
 class _Sync:

@@ -5,8 +5,8 @@ function or a method; it may omit trailing arguments it does not need.
 Sources and sinks are plain objects (see :mod:`flowtap.api`) registered
 through the ``flowtap_register_*`` hooks. A source, once started, is
 registered as a plugin too. A sink may implement the session and cookie
-hooks below as methods: they are called on the sink's own worker thread, in
-order with its flows, not with the plugins' implementations.
+hooks below as methods: they are called on the thread that makes the sink's
+calls, in order with its flows, not with the plugins' implementations.
 
 Each implementation is called on its own: one that raises is logged with its
 plugin's name and traceback, and the others still run.

@@ -1,4 +1,4 @@
-"""Each sink fed on its own: a thread and a bounded backlog per sink.
+"""Each sink fed on its own: a bounded backlog per sink, served by threads that sinks share until one lags.
 
 The dispatcher hands every kept flow (and the session and cookie events a
 sink implements hooks for) to each sink's :class:`SinkWorker` without ever
@@ -7,8 +7,17 @@ bound, only that sink misses flows, and each one is counted. A sink call
 that does not return in time is reported by the watchdog with where it is
 stuck, and the sink is detached: the others go on. Every call of one sink —
 ``write``, ``flush``, ``close``, its hook methods, its ``call_later``
-callbacks — runs on its worker's thread, one at a time: a sink needs no
-locks of its own.
+callbacks — runs on a flowtap thread, one at a time and in order: a sink
+needs no locks of its own.
+
+A :class:`SinkRunner` is the thread that makes the calls. The sinks of a
+session share one, taking turns of at most :data:`TURN` items each: a
+thread per sink cost a tenth more CPU per proxied request, every hand-over
+of the GIL between five threads a cache of the proxy's work lost. When a
+sink's turn runs past ``STALL`` seconds (a slow or hung call, or a sink that
+cannot keep up), the watchdog gives the runner to that sink alone and moves
+the others to a new runner: a lagging sink holds the others back for at
+most that long, never a second time.
 """
 
 from __future__ import annotations
@@ -33,6 +42,11 @@ if TYPE_CHECKING:
     from flowtap.api import Sink
 
 log = logging.getLogger("flowtap")
+
+#: Items of one sink handled in a turn before the runner serves the next sink.
+TURN = 256
+#: Seconds one sink's turn may last before the others are moved to a runner of their own.
+STALL = 0.1
 
 #: Hooks a sink may implement as methods; they reach it through its worker, in order with its flows.
 SINK_HOOKS = frozenset({
@@ -64,6 +78,7 @@ class SinkWorker:
 
     def __init__(self, sink: Sink, plugin: str, limits: Limits, scheduler: Scheduler,
                  errors: ErrorLog) -> None:
+        self.runner: SinkRunner | None = None  # the thread making its calls (set by SinkRunner)
         self.sink = sink
         self.health = SinkHealth(sink.name, plugin)
         self.who = f"sink {sink.name!r}" + (f" (plugin {plugin!r})" if plugin and plugin != sink.name else "")
@@ -82,14 +97,13 @@ class SinkWorker:
         self.call: str | None = None  # the sink call under way, if any
         self.since = 0.0  # when it began (time.monotonic)
         self.detached = False
-        self.finished = threading.Event()  # the thread has ended (closed, or detached and returned)
-        self._thread = threading.Thread(target=self._run, name=f"flowtap-sink-{sink.name}", daemon=True)
+        self.finished = threading.Event()  # its runner is done with it (closed, or detached and returned)
         sink._flowtap_worker = self  # type: ignore[attr-defined]  # Sink.call_later finds its worker here
 
     def start(self) -> None:
-        """Start the thread; its first batch (a flush) comes at once, as the session begins."""
-        self._items.append(("start",))
-        self._thread.start()
+        """Queue the first turn (a flush), as the session begins; the runner starts the sinks it is given."""
+        with self._cond:
+            self._items.append(("start",))
 
     # -- any thread ---------------------------------------------------------------------
 
@@ -116,8 +130,8 @@ class SinkWorker:
                     continue
                 self._items.append(item)
             self.health.missed += missed
-            self._cond.notify()
             report, self._behind = missed and not self._behind, self._behind or bool(missed)
+        self._wake()
         if report:
             self._errors.report(self.who, "fell behind", BacklogFull(
                 f"more than {limits.backlog} flows (or {limits.backlog_size} bytes) waiting; it misses flows "
@@ -127,7 +141,7 @@ class SinkWorker:
         """Queue the end of the session: the sink's end hook, then ``close``; the thread then ends."""
         with self._cond:
             self._items.append(("end", session))
-            self._cond.notify()
+        self._wake()
 
     def sync(self) -> threading.Event:
         """An event set once everything queued so far is handled and flushed."""
@@ -137,7 +151,7 @@ class SinkWorker:
                 done.set()
             else:
                 self._items.append(("sync", done))
-                self._cond.notify()
+        self._wake()
         return done
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
@@ -148,7 +162,7 @@ class SinkWorker:
             if not timer.cancelled:
                 with self._cond:
                     self._items.append(("call", timer))
-                    self._cond.notify()
+                self._wake()
 
         self._scheduler.call_later(delay, due)
         return timer
@@ -169,7 +183,8 @@ class SinkWorker:
 
     def detach(self, state: str, message: str) -> None:
         """Give up on a stuck sink: report it once, count what it will never get, feed it no more."""
-        where, stack = where_stuck(self._thread)
+        runner = self.runner
+        where, stack = where_stuck(runner.thread if runner is not None else None)
         with self._cond:
             if self.detached or self.finished.is_set():
                 return
@@ -181,28 +196,31 @@ class SinkWorker:
                     item[1].set()
             self._items.clear()
             self._flows = self._bytes = 0
+        if runner is not None:
+            runner.isolate(self)  # the sinks that shared its runner go on without it
         log.error("%s %s (stuck in %s for %.1f s at %s)%s", self.who, message, self.call, self.stuck_for(),
                   where, f"\n{stack}" if stack and log.isEnabledFor(logging.DEBUG) else "")
 
-    # -- the worker's thread ---------------------------------------------------------------
+    # -- its runner's thread ----------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            while self._handle_batch():
-                pass
-        finally:
-            self.finished.set()
+    def _wake(self) -> None:
+        runner = self.runner
+        if runner is not None:
+            runner.wake()
 
-    def _handle_batch(self) -> bool:
-        """Handle what is waiting; False once the sink is closed or detached."""
+    def take_turn(self) -> bool:
+        """Handle up to :data:`TURN` waiting items (the runner's thread); False once closed or detached."""
         with self._cond:
-            while not self._items:
-                self._cond.wait()
-            items = self._batch = self._items
-            self._items = collections.deque()
+            if not self._items:
+                return not self.detached
+            if len(self._items) <= TURN:
+                items = self._batch = self._items
+                self._items = collections.deque()
+            else:
+                items = self._batch = collections.deque(self._items.popleft() for _ in range(TURN))
             self._behind = False
         sink = self.sink
-        self._handed = size = 0  # flows handled (and their bytes): in the backlog until the batch is done
+        self._handed = size = 0  # flows handled (and their bytes): in the backlog until the turn is done
         for item in items:
             kind = item[0]
             if kind == "flow":
@@ -230,13 +248,17 @@ class SinkWorker:
             if self.detached:
                 return False
         self._unflushed = False
-        self._invoke("flush", sink.flush)  # after every batch, as the Sink API promises
+        self._invoke("flush", sink.flush)  # after every turn, as the Sink API promises
         with self._cond:
             if not self.detached:
                 self._flows -= self._handed
                 self._bytes -= size
                 self._handed = 0
         return not self.detached
+
+    def has_items(self) -> bool:
+        """Whether items wait for a turn."""
+        return bool(self._items)
 
     def _flush(self) -> None:
         if self._unflushed:
@@ -280,3 +302,90 @@ def _sink_hooks(sink: Sink, who: str) -> dict[str, Callable[..., object]]:
         log.warning("%s implements %s, which flowtap does not call on sinks: misspelled, or meant for a "
                     "plugin rather than a sink?", who, ", ".join(unknown))
     return {name: getattr(pm.hook, name) for name in names & SINK_HOOKS}
+
+
+class SinkRunner:
+    """The thread that makes sink calls: the sinks it serves take turns, in the order they were given."""
+
+    _numbers = itertools.count(1)
+
+    def __init__(self, workers: Iterable[SinkWorker]) -> None:
+        self.workers = list(workers)
+        self.current: SinkWorker | None = None  # the sink whose turn it is
+        self.since = 0.0  # when that turn began (time.monotonic)
+        self._pending = True  # a sink may have items: look again
+        self._cond = threading.Condition(threading.Lock())
+        for worker in self.workers:
+            worker.runner = self
+        self.thread = threading.Thread(target=self._run, name=self._name(), daemon=True)
+
+    def _name(self) -> str:
+        if len(self.workers) == 1:
+            return f"flowtap-sink-{self.workers[0].sink.name}"
+        return f"flowtap-sinks-{next(self._numbers)}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def wake(self) -> None:
+        """A sink it serves has items (any thread)."""
+        with self._cond:
+            self._pending = True
+            self._cond.notify()
+
+    def isolate_lagging(self, stall: float = STALL) -> None:
+        """If a sink's turn has run longer than ``stall`` seconds, leave this thread to it (the watchdog)."""
+        with self._cond:
+            worker = self.current
+            if worker is None or time.monotonic() - self.since <= stall:
+                return
+            others = self._leave_to(worker)
+        if others is not None:
+            log.debug("%s lags (a turn of %.2f s): the other sinks move to a thread of their own",
+                      worker.who, time.monotonic() - self.since)
+            others.start()
+
+    def isolate(self, worker: SinkWorker) -> None:
+        """Leave this thread to ``worker``, stuck in a call; the others move to a new runner."""
+        with self._cond:
+            others = self._leave_to(worker) if self.current is worker else None
+        if others is not None:
+            others.start()
+
+    def _leave_to(self, worker: SinkWorker) -> SinkRunner | None:
+        """Move every sink but ``worker`` (whose turn it is) to a new runner, not yet started."""
+        if len(self.workers) < 2:
+            return None
+        others = SinkRunner(w for w in self.workers if w is not worker)  # their runner from now on
+        self.workers = [worker]
+        self.thread.name = f"flowtap-sink-{worker.sink.name}"
+        return others
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                self._pending = False
+                workers = list(self.workers)
+                if not workers:
+                    return
+            for worker in workers:
+                with self._cond:
+                    if worker.runner is not self:  # moved to another runner meanwhile
+                        continue
+                    self.current, self.since = worker, time.monotonic()
+                try:
+                    going = worker.take_turn()
+                except Exception:  # flowtap's own bug: this sink stops, the others go on
+                    log.exception("internal error while feeding %s", worker.who)
+                    going = False
+                with self._cond:
+                    self.current = None
+                    if not going:
+                        worker.finished.set()
+                        if worker in self.workers:
+                            self.workers.remove(worker)
+                        self._pending = True  # look again: the end of the list ends the thread
+                    elif worker.has_items():
+                        self._pending = True

@@ -10,7 +10,7 @@ A rewrite streams the pieces, in the collection's order, into a temporary
 file that then replaces the collection (``os.replace``): whoever reads the
 file reads a whole, valid collection, the last one or the one before. It
 reads one piece at a time (``os.pread``), so its memory does not grow with
-the collection, and it runs on the sink's own thread (a
+the collection, and it runs on the thread serving the sink (a
 :meth:`flowtap.Sink.call_later` callback), between writes: what it writes is
 the collection as it was when it began.
 

@@ -9,7 +9,7 @@ Every flush hands what was written to the operating system, so a crashed
 or killed process loses nothing that was flushed. The journal is fsync'd
 at most every :data:`FSYNC_INTERVAL` seconds (a flush that comes sooner
 leaves the fsync to a :meth:`flowtap.Sink.call_later` callback, on the
-sink's own thread), and at clear and close: a crash of the machine loses at
+thread serving the sink), and at clear and close: a crash of the machine loses at
 most the last quarter of a second. (An fsync after every batch cost more
 CPU than the entries themselves under small batches.)
 """
