@@ -24,7 +24,7 @@ class Headers:
     __slots__ = ("_fields",)
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        self._fields: tuple[tuple[str, str], ...] = tuple((str(k), str(v)) for k, v in fields)
+        self._fields: tuple[tuple[str, str], ...] = tuple([(str(k), str(v)) for k, v in fields])
 
     @property
     def fields(self) -> tuple[tuple[str, str], ...]:

@@ -20,12 +20,10 @@ from typing import Any
 
 import orjson
 
-from flowtap.model import Flow, Request, Response, Timings, TLSInfo, WebSocketMessage
+from flowtap.model import Flow, Headers, Request, Response, Timings, TLSInfo, WebSocketMessage
 
 #: Written as ``"format"`` in every dict; bumped if the shape ever changes incompatibly.
 FORMAT = "flowtap.flow/1"
-
-_TIMINGS = ("start", "end", "dns", "connect", "tls", "send", "wait", "receive")
 
 
 def _b64(data: bytes) -> str:
@@ -87,7 +85,7 @@ def _build(cls: type, data: dict[str, Any], body: bytes | None, **extra: Any) ->
         body = _unb64(data["body"]) if "body" in data else b""
     return cls(
         http_version=data["http_version"],
-        headers=[tuple(pair) for pair in data["headers"]],
+        headers=Headers(data["headers"]),  # its pairs are JSON arrays
         body=body,
         body_size=data["body_size"],
         encoded_size=data["encoded_size"],
@@ -115,12 +113,14 @@ def flow_from_dict(data: dict[str, Any], request_body: bytes | None = None,
             Response, resp, response_body, status_code=resp["status_code"], reason=resp["reason"])
         tls = data["tls"]
         websocket = data["websocket"]
+        t = data["timings"]
         return Flow(
             request=request,
             response=response,
             source=data["source"],
             id=data["id"],
-            timings=Timings(**{name: data["timings"][name] for name in _TIMINGS}),
+            timings=Timings(start=t["start"], end=t["end"], dns=t["dns"], connect=t["connect"], tls=t["tls"],
+                            send=t["send"], wait=t["wait"], receive=t["receive"]),
             client_address=tuple(data["client_address"]) if data["client_address"] else None,
             server_address=tuple(data["server_address"]) if data["server_address"] else None,
             server_ip=data["server_ip"],
