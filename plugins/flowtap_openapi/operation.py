@@ -205,10 +205,11 @@ class Operation:
     @staticmethod
     def _body(content: dict[str, Body], message: Request | Response, secrets: set[str]) -> None:
         media = message.content_type or "application/octet-stream"
-        example = all(body.example is None for body in content.values())  # one per status
         body = content.get(media)
         if body is None:
             body = content[media] = Body(media_kind(media))
+        # One example per status: none yet for any of its media types.
+        example = body.example is None and all(other.example is None for other in content.values())
         body.learn(message, secrets, example)
 
     def merge(self, other: Operation) -> Operation:
