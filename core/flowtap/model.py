@@ -80,6 +80,11 @@ def _split(url: str) -> tuple[str, str, int | None, str, str]:
     return parts.scheme, parts.hostname or "", port, parts.path, parts.query
 
 
+@functools.lru_cache(maxsize=1024)  # every sink asks, and the same query strings come back (pages, filters)
+def _parse_query(query: str) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_qsl(query, keep_blank_values=True))
+
+
 def _headers(value: Headers | Iterable[tuple[str, str]] | Mapping[str, str]) -> Headers:
     if isinstance(value, Headers):
         return value
@@ -171,7 +176,8 @@ class Request(_Message):
     @property
     def query(self) -> list[tuple[str, str]]:
         """Query parameters as ordered pairs, blanks kept."""
-        return parse_qsl(_split(self.url)[4], keep_blank_values=True)
+        query = _split(self.url)[4]
+        return list(_parse_query(query)) if query else []
 
     @property
     def cookies(self) -> list[tuple[str, str]]:
