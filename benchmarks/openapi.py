@@ -11,8 +11,8 @@
    the store and feeding a sink cost, whatever the sink. Then the sink alone, fed the
    same flows in this process: µs of CPU per flow, and the memory it holds (tracemalloc)
    after half of the flows and after all of them, which must be about the same once
-   flowtap's bounded caches (segment kinds: 4,096; split URLs: 1,024) have filled, in the
-   first few thousand flows.
+   flowtap's bounded caches (segment kinds: 4,096; split URLs and query strings: 1,024 each) have
+   filled, in the first few thousand flows.
 2. Live (needs ``hey`` and ``nginx``): ``flowtap run`` with the proxy and no store, with
    and without ``[sinks.openapi]``, ``hey -c 20`` through it to nginx (small JSON); the
    flowtap process's CPU per request, best of ``--reps`` alternated runs each. The issue

@@ -218,7 +218,7 @@ class EndpointTree:
             if child is None:
                 child = node.literals[segment] = Node(node, segment)
                 created = True
-            if child.is_param:
+            if child is node.param:
                 child.kinds.add(what or "word")
                 names.add(child.name)
                 values.append((child.name, segment))

@@ -24,7 +24,7 @@ class Headers:
     __slots__ = ("_fields",)
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        self._fields: tuple[tuple[str, str], ...] = tuple((str(k), str(v)) for k, v in fields)
+        self._fields: tuple[tuple[str, str], ...] = tuple([(str(k), str(v)) for k, v in fields])
 
     @property
     def fields(self) -> tuple[tuple[str, str], ...]:
@@ -78,6 +78,11 @@ def _split(url: str) -> tuple[str, str, int | None, str, str]:
     except ValueError:
         port = None
     return parts.scheme, parts.hostname or "", port, parts.path, parts.query
+
+
+@functools.lru_cache(maxsize=1024)  # every sink asks, and the same query strings come back (pages, filters)
+def _parse_query(query: str) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_qsl(query, keep_blank_values=True))
 
 
 def _headers(value: Headers | Iterable[tuple[str, str]] | Mapping[str, str]) -> Headers:
@@ -171,7 +176,8 @@ class Request(_Message):
     @property
     def query(self) -> list[tuple[str, str]]:
         """Query parameters as ordered pairs, blanks kept."""
-        return parse_qsl(_split(self.url)[4], keep_blank_values=True)
+        query = _split(self.url)[4]
+        return list(_parse_query(query)) if query else []
 
     @property
     def cookies(self) -> list[tuple[str, str]]:

@@ -177,13 +177,18 @@ class Operation:
         query = request.query
         used, secrets = _security(request, query, schemes)
         self.security.add(used)
-        self._parameters(self.query, (pair for pair in query if not is_secret(pair[0])), MAX_QUERY)
-        headers = ((name, value) for name, value in request.headers if _role(name) == "parameter")
-        self._parameters(self.headers, headers, MAX_HEADERS, fold=True)
+        if query:
+            self._parameters(self.query, [pair for pair in query if not is_secret(pair[0])], MAX_QUERY)
+        headers = [(name, value) for name, value in request.headers if _role(name) == "parameter"]
+        if headers:
+            self._parameters(self.headers, headers, MAX_HEADERS, fold=True)
         if request.body:
             self.with_body += 1
             self._body(self.bodies, request, secrets)
-        content = self.responses.setdefault(str(response.status_code), {})
+        status = str(response.status_code)
+        content = self.responses.get(status)
+        if content is None:
+            content = self.responses[status] = {}
         if response.body:
             self._body(content, response, secrets)
 
@@ -205,10 +210,11 @@ class Operation:
     @staticmethod
     def _body(content: dict[str, Body], message: Request | Response, secrets: set[str]) -> None:
         media = message.content_type or "application/octet-stream"
-        example = all(body.example is None for body in content.values())  # one per status
         body = content.get(media)
         if body is None:
             body = content[media] = Body(media_kind(media))
+        # One example per status: none yet for any of its media types.
+        example = body.example is None and all(other.example is None for other in content.values())
         body.learn(message, secrets, example)
 
     def merge(self, other: Operation) -> Operation:

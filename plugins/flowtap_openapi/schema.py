@@ -48,10 +48,11 @@ _PATTERNS = dict(_FORMATS)
 
 def formats_of(text: str, candidates: Iterable[str] = _ALL_FORMATS) -> set[str]:
     """The formats among ``candidates`` that ``text`` is valid in."""
-    found = {name for name in candidates if _PATTERNS[name].match(text)}
-    for name, valid in _CHECKS.items():  # what a pattern cannot tell: February 30th, 999.1.1.1
-        if name in found and not valid(text):
-            found.discard(name)
+    found = set()
+    for name in candidates:
+        # _CHECKS: what a pattern cannot tell (February 30th, 999.1.1.1)
+        if _PATTERNS[name].match(text) and (name not in _CHECKS or _CHECKS[name](text)):
+            found.add(name)
     return found
 
 
@@ -140,11 +141,15 @@ class Shape:
                 shape = properties[key] = Shape()
                 present[key] = 0
             present[key] += 1
+            # The hot path: a number, true, false or null (its type is all there is to learn), or a string.
             scalar = _SCALARS.get(type(item))
-            if scalar is None:
-                shape.add(item, depth)
-            else:  # a number, true, false or null: its type is all there is to learn (and the hot path)
+            if scalar is not None:
                 shape.types.add(scalar)
+            elif type(item) is str:
+                shape.types.add("string")
+                shape._add_string(item)
+            else:
+                shape.add(item, depth)
 
     def _to_map(self, value: dict[str, Any], depth: int) -> None:
         """Turn the object shape into a map's (when it has too many keys), ``value`` learnt."""

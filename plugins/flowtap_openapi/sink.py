@@ -155,7 +155,10 @@ class OpenAPISink(flowtap.Sink):
             self.servers.append(origin)
         if len(endpoint.origins) < MAX_ORIGINS:
             endpoint.origins.add(origin)
-        endpoint.operations.setdefault(method, Operation()).learn(flow, self.schemes)
+        operation = endpoint.operations.get(method)
+        if operation is None:
+            operation = endpoint.operations[method] = Operation()
+        operation.learn(flow, self.schemes)
         self.counts["described"] += 1
         self._dirty = True
 

@@ -297,9 +297,11 @@ class Store:
               limit: int | None = None, newest_first: bool = False, machine: str | None = None,
               user: str | None = None) -> Iterator[Flow]:
         """The :class:`flowtap.Flow` objects matching ``expression`` (arguments as for :meth:`rows`)."""
-        for row, flow in self._select(expression, session, limit, newest_first, load=True, machine=machine,
-                                      user=user):
-            yield flow if flow is not None else self._load(row.seq)
+        # Only the contents: the flows' index alone finds them (an export reads every flow of a session).
+        for _, flow in self._matching(expression, session, limit, newest_first, load=True, machine=machine,
+                                      user=user, columns=("seq",)):
+            assert flow is not None  # loaded
+            yield flow
 
     def selected(self, session: str | SessionInfo, ids: list[str], expression: str | None = None
                  ) -> Iterator[Flow]:
@@ -350,11 +352,21 @@ class Store:
     def _select(self, expression: str | None, session: str | SessionInfo | None, limit: int | None,
                 newest_first: bool, load: bool = False, bound: tuple[str, list[Any]] | None = None,
                 machine: str | None = None, user: str | None = None) -> Iterator[tuple[FlowRow, Flow | None]]:
+        found = self._matching(expression, session, limit, newest_first, load, bound, machine, user)
+        for values, flow in found:
+            yield FlowRow(*values), flow
+
+    def _matching(self, expression: str | None, session: str | SessionInfo | None, limit: int | None,
+                  newest_first: bool, load: bool = False, bound: tuple[str, list[Any]] | None = None,
+                  machine: str | None = None, user: str | None = None,
+                  columns: tuple[str, ...] = db.FLOW_COLUMNS) -> Iterator[tuple[tuple, Flow | None]]:
+        """The ``flows`` ``columns`` of each flow matching (as :meth:`rows` has them), and the flow if
+        ``load`` (or if the filter needed it)."""
         plan = query.plan(expression, self._db.dialect)
         if session is not None:
             session = session.id if isinstance(session, SessionInfo) else self.session(session).id
         self._db.functions(plan.functions)
-        cols = ", ".join(f"f.{c}" for c in db.FLOW_COLUMNS)
+        cols = ", ".join(f"f.{c}" for c in columns)
         sql = f"SELECT {cols}, {TRUE if plan.exact else plan.sure}"
         if plan.exact and not plan.needs_contents and not load:
             sql += " FROM flows f"
@@ -377,9 +389,9 @@ class Store:
         if limit is not None and limit <= 0:
             return
         found = 0
-        width = len(db.FLOW_COLUMNS)
+        width = len(columns)
         for values in self._iterate(sql, params):
-            row, sure = FlowRow(*values[:width]), values[width]
+            row, sure = values[:width], values[width]
             flow = None
             predicate = None if sure else plan.predicate  # None: no filter, or SQL decided it
             if load or predicate is not None:
