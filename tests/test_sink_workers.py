@@ -169,6 +169,34 @@ def test_a_sink_stuck_in_close_is_abandoned_within_close_timeout(caplog):
     assert message.startswith("sink 'slowclose'") and "close_timeout (0.5 s)" in message
 
 
+class SlowToDrain(flowtap.Sink):
+    """Every call quick enough (0.1 s), its backlog at the end far too long to write (10 s)."""
+
+    def __init__(self, options):
+        self.written = 0
+
+    def write(self, flow):
+        time.sleep(0.1)
+        self.written += 1
+
+
+def test_a_sink_whose_backlog_cannot_drain_in_close_timeout_is_abandoned_and_counts_the_rest():
+    config = {"dispatch": {"close_timeout": "0.5s"}}
+    with capture(_plugin("slowdrain", SlowToDrain), config=config) as cap:
+        for i in range(100):
+            cap.capture.emit(make_flow(url=f"https://a.test/{i}"))
+        time.sleep(0.3)  # the dispatcher handed them over; the sink writes its first few
+        recorder = cap.recorded
+        started = time.monotonic()
+    elapsed = time.monotonic() - started
+    assert 0.4 < elapsed < 2.5, f"the end took {elapsed:.1f} s"
+    assert len(recorder.flows) == 100 and recorder.closed, "the healthy sink got every flow and closed"
+    (health,) = [h for h in cap.capture.health() if h.name == "slowdrain"]
+    assert health.state == "abandoned" and 0 < health.written < 100
+    assert health.written + health.missed == 100
+    assert not cap.capture.clean
+
+
 class Losing(flowtap.Sink):
     def __init__(self, options):
         self.pending = 0

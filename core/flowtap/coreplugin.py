@@ -64,8 +64,9 @@ class CorePlugin:
                    "it is stuck, and the sink is detached; the others go on. Empty or 0: never.",
                    convert=parse_duration),
             Option("close_timeout", (str, int, float), "5s",
-                   "When a session ends, a sink that makes no progress for this long while finishing its "
-                   "output is abandoned with a message naming it, so that Ctrl-C ends the run promptly.",
+                   "When a session ends, a sink that has not finished its output (its backlog written, "
+                   "then closed) this long after is abandoned with a message naming it, so that Ctrl-C "
+                   "ends the run promptly; the flows it did not write are counted as missed.",
                    convert=parse_duration),
         )
         declare(

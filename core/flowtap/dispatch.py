@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -241,13 +242,15 @@ class Dispatcher:
         closer.start()
 
     def _close(self, session: Session, workers: list[SinkWorker]) -> None:
-        """Wait until every sink has closed; one whose call stalls past close_timeout is abandoned."""
+        """Wait until every sink has closed; one not done within close_timeout (a call that stalls, or a
+        backlog too slow to drain) is abandoned."""
         pending = list(workers)
+        began = time.monotonic()
         while pending:
             for worker in list(pending):
                 if worker.finished.is_set() or worker.detached:
                     pending.remove(worker)
-                elif (timeout := worker.limits.close_timeout) and worker.stuck_for() > timeout:
+                elif (timeout := worker.limits.close_timeout) and time.monotonic() - began > timeout:
                     worker.detach("abandoned", f"did not finish within [dispatch] close_timeout "
                                                f"({timeout:g} s): abandoned, its output may "
                                                "be incomplete")

@@ -11,7 +11,8 @@ callbacks — runs on a flowtap thread, one at a time and in order: a sink
 needs no locks of its own.
 
 A :class:`SinkRunner` is the thread that makes the calls. The sinks of a
-session share one, taking turns of at most :data:`TURN` items each: a
+session share one, taking turns of at most :data:`TURN` items each (a sink
+alone on its runner takes all that waits, flushed once): a
 thread per sink cost a tenth more CPU per proxied request, every hand-over
 of the GIL between five threads a cache of the proxy's work lost. When a
 sink's turn runs past ``STALL`` seconds (a slow or hung call, or a sink that
@@ -62,7 +63,7 @@ class Limits:
     backlog: int = 10_000  #: flows waiting
     backlog_size: int = 256 * 1024**2  #: bytes of bodies waiting
     call_timeout: float | None = 30.0  #: a call running longer detaches the sink (None: never)
-    close_timeout: float | None = 5.0  #: at the end, a call running longer abandons the sink (None: never)
+    close_timeout: float | None = 5.0  #: unfinished this long after the end: abandoned (None: never)
 
 
 class BacklogFull(Exception):
@@ -208,16 +209,17 @@ class SinkWorker:
         if runner is not None:
             runner.wake()
 
-    def take_turn(self) -> bool:
-        """Handle up to :data:`TURN` waiting items (the runner's thread); False once closed or detached."""
+    def take_turn(self, limit: int | None = TURN) -> bool:
+        """Handle the waiting items, up to ``limit`` (None: all); on the runner's thread. False once closed
+        or detached."""
         with self._cond:
             if not self._items:
                 return not self.detached
-            if len(self._items) <= TURN:
+            if limit is None or len(self._items) <= limit:
                 items = self._batch = self._items
                 self._items = collections.deque()
             else:
-                items = self._batch = collections.deque(self._items.popleft() for _ in range(TURN))
+                items = self._batch = collections.deque(self._items.popleft() for _ in range(limit))
             self._behind = False
         sink = self.sink
         self._handed = size = 0  # flows handled (and their bytes): in the backlog until the turn is done
@@ -375,8 +377,9 @@ class SinkRunner:
                     if worker.runner is not self:  # moved to another runner meanwhile
                         continue
                     self.current, self.since = worker, time.monotonic()
+                    limit = TURN if len(self.workers) > 1 else None  # alone, it takes all (one flush)
                 try:
-                    going = worker.take_turn()
+                    going = worker.take_turn(limit)
                 except Exception:  # flowtap's own bug: this sink stops, the others go on
                     log.exception("internal error while feeding %s", worker.who)
                     going = False
