@@ -6,11 +6,12 @@
 Builds mitmproxy flows shaped like those ``benchmarks/proxy.py`` drives (a
 small JSON GET through a proxy, ``Set-Cookie`` in the response), converts
 each with the proxy addon's converter, and hands it to a started capture's
-dispatcher the way its thread does (``_on_flow`` per flow, ``_flush`` every
-``--batch``), but on this thread so that ``--profile`` (cProfile) sees it all.
-Prints microseconds of CPU per flow: converting, dispatching (filters,
-cookies, sink writes and flushes), and the whole process (timer and
-committer threads included).
+dispatcher the way its thread does (``_on_flow`` per flow, the batch handed
+to the sinks every ``--batch``), but on this thread so that ``--profile``
+(cProfile) sees the dispatching. Prints microseconds of CPU per flow:
+converting, dispatching (filters, cookies, handing over), the threads that
+run the sinks (their writes and flushes; named after the sink when one has a
+thread alone), and the whole process.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def mitm_flows(count: int):
         yield f
 
 
-def thread_cpu(worker) -> float:
-    """Seconds of CPU the sink worker's thread has used."""
-    return time.clock_gettime(time.pthread_getcpuclockid(worker._thread.ident))
+def runner_cpu(dispatcher) -> dict[int, tuple[str, float]]:
+    """Each thread running the sinks: its name and the seconds of CPU it has used, by thread id."""
+    threads = {w.runner.thread for w in dispatcher.workers if w.runner is not None}
+    return {t.ident: (t.name, time.clock_gettime(time.pthread_getcpuclockid(t.ident)))
+            for t in threads if t.ident}
 
 
 def main() -> None:
@@ -90,8 +93,7 @@ def main() -> None:
         if profiler:
             profiler.enable()
         cpu = time.thread_time()
-        workers = {w.sink.name: w for w in dispatcher.workers}
-        before = {name: thread_cpu(w) for name, w in workers.items()}
+        before = runner_cpu(dispatcher)
         for number, flow in enumerate(converted, 1):
             dispatcher._on_flow(flow, session, True)
             if number % args.batch == 0:
@@ -103,7 +105,8 @@ def main() -> None:
         if profiler:
             profiler.disable()
         dispatcher.sync()
-        sinks_cpu = {name: thread_cpu(w) - before[name] for name, w in workers.items()}
+        sinks_cpu = {name: cpu - before.get(ident, ("", 0.0))[1]
+                     for ident, (name, cpu) in runner_cpu(dispatcher).items()}
         del converted
         capture.stop()
         total = time.process_time() - began

@@ -338,7 +338,7 @@ class Capture:
         """The watchdog: give a sink that lags its thread alone; detach each sink whose call has run past
         ``[dispatch] call_timeout``."""
         workers = list(self.dispatcher.workers)
-        for runner in {id(w.runner): w.runner for w in workers if w.runner is not None}.values():
+        for runner in {w.runner for w in workers if w.runner is not None}:
             runner.isolate_lagging()
         for worker in workers:
             timeout = worker.limits.call_timeout

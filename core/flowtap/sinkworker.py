@@ -337,21 +337,18 @@ class SinkRunner:
 
     def isolate_lagging(self, stall: float = STALL) -> None:
         """If a sink's turn has run longer than ``stall`` seconds, leave this thread to it (the watchdog)."""
-        with self._cond:
-            worker = self.current
-            if worker is None or time.monotonic() - self.since <= stall:
-                return
-            others = self._leave_to(worker)
-        if others is not None:
-            log.debug("%s lags (a turn of %.2f s): the other sinks move to a thread of their own",
-                      worker.who, time.monotonic() - self.since)
-            others.start()
+        worker = self.current
+        if worker is not None and time.monotonic() - self.since > stall:
+            self.isolate(worker)
 
     def isolate(self, worker: SinkWorker) -> None:
-        """Leave this thread to ``worker``, stuck in a call; the others move to a new runner."""
+        """Leave this thread to ``worker``, in a turn (lagging, or stuck in a call); the others move to a
+        new runner."""
         with self._cond:
             others = self._leave_to(worker) if self.current is worker else None
         if others is not None:
+            log.debug("%s keeps its thread (a turn of %.2f s so far): the other sinks move to another",
+                      worker.who, time.monotonic() - self.since)
             others.start()
 
     def _leave_to(self, worker: SinkWorker) -> SinkRunner | None:
