@@ -3,20 +3,24 @@
 Each request and each saved response is serialized once, when its flow
 arrives, and appended to a spool (an unnamed temporary file next to the
 collection); memory holds only where each piece lies and which folder it
-belongs to (about 32 bytes per request). A piece is written whole before
-the index refers to it.
+belongs to (about 24 bytes per request). A piece is written whole before
+the index refers to it. A new item's piece is the item's whole text as the
+collection holds it, with the separator before it (``,\n{...,"response":
+[...]}``), so that the items of a folder that arrived one after the other
+lie end to end in the spool.
 
 A rewrite streams the pieces, in the collection's order, into a temporary
 file that then replaces the collection (``os.replace``): whoever reads the
 file reads a whole, valid collection, the last one or the one before. It
-reads one piece at a time (``os.pread``), so its memory does not grow with
-the collection, and it runs on the thread serving the sink (a
-:meth:`flowtap.Sink.call_later` callback), between writes: what it writes is
-the collection as it was when it began.
+copies each run of items lying end to end in the spool in chunks of
+:data:`CHUNK` bytes (``os.pread``), so its memory does not grow with the
+collection, nor its work with the number of items in a run; it runs on the
+thread serving the sink (a :meth:`flowtap.Sink.call_later` callback),
+between writes: what it writes is the collection as it was when it began.
 
 Rewrites come at most once a second while flows arrive, and less often as
 the collection grows, so that rewriting takes at most about 1/:data:`BUDGET`
-of the sink's time (a rewrite that took 0.2 s waits 4 s for the next); the
+of the sink's time (a rewrite that took 0.1 s waits 5 s for the next); the
 last one comes within that interval of the last flush, and once more when
 the session ends if anything changed since. A replay (``flowtap export``:
 :attr:`flowtap.Session.replay`) writes the collection only when the session
@@ -53,7 +57,9 @@ SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 #: Seconds between rewrites while flows keep arriving (at least).
 INTERVAL = 1.0
 #: The next rewrite waits this many times as long as the last one took.
-BUDGET = 20
+BUDGET = 50
+#: Bytes a rewrite copies from the spool at a time.
+CHUNK = 1 << 20
 #: ``max_example_size``'s default: a saved response's body is cut past this many bytes.
 MAX_EXAMPLE_SIZE = 64 * 1024
 
@@ -67,10 +73,10 @@ Piece = tuple[int, int]  # offset and length in the spool
 class _Folder:
     """A folder's sub-folders, and where its items' pieces lie in the spool.
 
-    ``items`` holds four numbers per item: its head's offset and length, and
-    its first response's (-1 when it has none); ``more`` holds further
-    responses (with ``dedupe``) as offset, length pairs per item number.
-    About 32 bytes per item, whatever the item holds.
+    ``items`` holds three numbers per item: its piece's offset and length,
+    and whether the piece holds a response (1) or none (0); ``more`` holds
+    further responses (with ``dedupe``) as offset, length pairs per item
+    number. About 24 bytes per item, whatever the item holds.
     """
 
     __slots__ = ("folders", "items", "more")
@@ -80,26 +86,14 @@ class _Folder:
         self.items = array("q")
         self.more: dict[int, array[int]] = {}
 
-    def add(self, head: Piece) -> int:
-        """Add an item; return its number."""
-        self.items.extend((*head, -1, -1))
-        return len(self.items) // 4 - 1
+    def add(self, piece: Piece, responses: int) -> int:
+        """Add an item whose piece holds ``responses`` (0 or 1) responses; return its number."""
+        self.items.extend((*piece, responses))
+        return len(self.items) // 3 - 1
 
     def add_response(self, number: int, piece: Piece) -> None:
-        if self.items[4 * number + 2] < 0:
-            self.items[4 * number + 2: 4 * number + 4] = array("q", piece)
-        else:
-            self.more.setdefault(number, array("q")).extend(piece)
-
-    def pieces(self, number: int) -> tuple[Piece, list[Piece]]:
-        """Item ``number``'s head, and its responses."""
-        head_offset, head_length, offset, length = self.items[4 * number: 4 * number + 4]
-        responses = [] if offset < 0 else [(offset, length)]
-        more = self.more.get(number)
-        if more is not None:
-            numbers = more.tolist()
-            responses += zip(numbers[::2], numbers[1::2], strict=True)
-        return (head_offset, head_length), responses
+        """A further response of item ``number`` (a piece of its own)."""
+        self.more.setdefault(number, array("q")).extend(piece)
 
 
 class CollectionSink(flowtap.Sink):
@@ -175,16 +169,16 @@ class CollectionSink(flowtap.Sink):
                 kept = len(short.response.body) if short.response is not None else 0
                 example["name"] += f" (body cut to {_size(kept)} of {_size(size)})"
         response = b"" if example is None else json_bytes(example)
-        if not head and not response:
-            return
-        offset = self._put(head + response)  # whole in the spool before anything refers to it
-        if seen is None:
+        if seen is None:  # the whole item, written before anything refers to it
+            piece = b",\n" + head + b',"response":[' + response + b"]}"
             folder = self._folder(flow, method, endpoint)
-            seen = folder, folder.add((offset, len(head)))
+            seen = folder, folder.add((self._put(piece), len(piece)), 1 if response else 0)
             if self.dedupe:
                 self._seen[key] = seen
-        if response:
-            seen[0].add_response(seen[1], (offset + len(head), len(response)))
+        elif response:
+            seen[0].add_response(seen[1], (self._put(response), len(response)))
+        else:
+            return
         self._flows += 1
         self._dirty = True
 
@@ -314,33 +308,44 @@ class CollectionSink(flowtap.Sink):
             out.write(b'],"variable":' + json_bytes(variables) + b"}\n")
 
     def _write_folder(self, out: BinaryIO, folder: _Folder) -> None:
-        assert self._spool is not None
-        fd = self._spool.fileno()
+        """The folder's sub-folders, then its items: each run lying end to end in the spool copied whole."""
         first = True
         for name, sub in list(folder.folders.items()):
             out.write((b"" if first else b",") + b'\n{"name":' + json_bytes(name) + b',"item":[')
             self._write_folder(out, sub)
             out.write(b"]}")
             first = False
-        for number in range(len(folder.items) // 4):
-            (offset, length), responses = folder.pieces(number)
-            out.write(b"\n" if first else b",\n")
-            comma = b""
-            if responses and responses[0][0] == offset + length:  # written together: one read
-                both = memoryview(os.pread(fd, length + responses[0][1], offset))
-                out.write(both[:length])
-                out.write(b',"response":[')
-                out.write(both[length:])
-                comma, responses = b",", responses[1:]
-            else:
-                out.write(os.pread(fd, length, offset))
-                out.write(b',"response":[')
-            for offset, length in responses:  # one at a time, however many there are
-                out.write(comma)
-                out.write(os.pread(fd, length, offset))
-                comma = b","
-            out.write(b"]}")
-            first = False
+        items, more = folder.items.tolist(), folder.more
+        start = end = 0  # the run of pieces not yet copied
+        for number in range(len(items) // 3):
+            offset, length, responses = items[3 * number: 3 * number + 3]
+            if first:  # a folder's first item has no separator before it
+                offset, length, first = offset + 1, length - 1, False
+            if offset != end or number in more:
+                self._copy(out, start, end)
+                start = offset
+            end = offset + length
+            extra = more.get(number)
+            if extra is not None:  # the piece but its closing "]}", the further responses, "]}"
+                self._copy(out, start, end - 2)
+                pairs = extra.tolist()
+                for i in range(0, len(pairs), 2):  # one at a time, however many there are
+                    out.write(b"," if responses or i else b"")
+                    self._copy(out, pairs[i], pairs[i] + pairs[i + 1])
+                out.write(b"]}")
+                start = end
+        self._copy(out, start, end)
+
+    def _copy(self, out: BinaryIO, start: int, end: int) -> None:
+        """Copy the spool's bytes from ``start`` to ``end`` to ``out``, :data:`CHUNK` at a time."""
+        assert self._spool is not None
+        fd = self._spool.fileno()
+        while start < end:
+            data = os.pread(fd, min(CHUNK, end - start), start)
+            if not data:
+                raise OSError(f"the spool ends at {start}, before {end}")
+            out.write(data)
+            start += len(data)
 
 
 def _size(n: int) -> str:
