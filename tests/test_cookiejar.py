@@ -607,3 +607,37 @@ def test_an_export_has_the_cookies_seen_while_paused_before_a_clear_and_from_sou
     result = subprocess.run(["curl", "-s", "-o", os.devnull, "-w", "%{http_code}", "-b", str(exported),
                              "file:///dev/null"], capture_output=True, timeout=30)
     assert result.returncode == 0  # curl reads the exported jar
+
+
+def test_the_store_keeps_a_cookie_event_only_when_a_cookie_changes(tmp_path, capsys):
+    """A server that sets the same cookie with every response makes one event, not one per flow; the
+    exported jar is still the live one."""
+    from flowtap.cli import main
+
+    live, store = tmp_path / "live.txt", tmp_path / "store.db"
+    settings = {"store": {"path": str(store)}, "session": {"name": "repeated"},
+                "sinks": {"cookiejar": {"path": str(live)}}}
+    with capture("cookiejar", config=settings) as harness:
+        harness.feed(set_cookie_flow("http://example.com/", "visit=1"))
+        harness.feed(set_cookie_flow("http://example.com/", "visit=2"))
+        harness.session.pause()
+        harness.feed(set_cookie_flow("http://example.com/", "visit=1", "other=a"))  # changed, not stored
+        harness.feed(set_cookie_flow("http://example.com/", "visit=1", "other=a"))
+        harness.session.resume()
+        for _ in range(20):
+            harness.feed(set_cookie_flow("http://example.com/", "visit=1", "other=a"))
+    expected = {("example.com", "/", "visit", "1"), ("example.com", "/", "other", "a")}
+    assert _mozilla(live) == expected
+
+    with flowtap.open_store(store) as opened:
+        session = opened.session("repeated")
+        events = [json.loads(e.text) for e in opened.events(session.id, cookies=True) if e.kind == "cookies"]
+        assert [[(c["name"], c["value"]) for c in e["cookies"]] for e in events] == [
+            [("visit", "1")], [("visit", "2")], [("visit", "1"), ("other", "a")]]
+        assert session.flows == 22
+
+    exported = tmp_path / "exported.txt"
+    code = main(["export", "repeated", "--sink", "cookiejar", "-o", str(exported),
+                 "--set", f"store.path={store}"])
+    assert code == 0, capsys.readouterr().err
+    assert _mozilla(exported) == expected

@@ -90,6 +90,7 @@ class StoreSink(Sink):
         self._pending: list[Row] = []
         self._marks: list[tuple[float, str, str]] = []  # markers and cookie events: time, kind, text
         self._last_flow: str | None = None  # the id of the last flow written, where cookie events fall
+        self._cookies: dict[tuple[str, str, str], Cookie] = {}  # each cookie as the last event has it
         self._counts: tuple[int, ...] | None = None  # as last committed
         self._started = False
         self._events = 0  # pauses, resumes, clears and marks so far
@@ -295,14 +296,16 @@ class StoreSink(Sink):
 
     @hookimpl
     def flowtap_cookies_seen(self, cookies: list[Cookie], flow: Flow | None, source: str) -> None:
-        """Keep the cookies as an event (kind ``cookies``), committed with the next flows.
+        """Keep the cookies that changed as an event (kind ``cookies``), committed with the next flows.
 
         Its text is JSON: ``source``; ``flow``, the id of the flow that set
         them (None: the source reported them); ``after``, the id of the last
         flow written before them; and ``cookies``, the cookies the server set
         (or the source reported), each as :class:`flowtap.Cookie`'s fields.
-        An export replays the ones no stored flow sets again (seen while
-        paused, or before a clear) where they happened.
+        A cookie set again exactly as the last event has it (a server that
+        sends the same ``Set-Cookie`` with every response) changes no jar and
+        makes no event. An export replays the ones no stored flow sets again
+        (seen while paused, or before a clear) where they happened.
         """
         if self.session is None or self.conn is None:
             return
@@ -310,10 +313,14 @@ class StoreSink(Sink):
             found = cookies if flow is None else flow.response_cookies
         except Exception:  # the dispatcher reports a flow no parser foresaw
             return
-        if not found:
-            return  # a request's Cookie header only: nothing the stored flows would not tell again
+        last = self._cookies
+        changed = [c for c in found if last.get(c.key) != c]
+        if not changed:
+            return  # a request's Cookie header only, or cookies as they were: nothing a jar would not know
+        for cookie in changed:
+            last[cookie.key] = cookie
         text = json.dumps({"source": source, "flow": flow.id if flow is not None else None,
-                           "after": self._last_flow, "cookies": [attrs.asdict(c) for c in found]})
+                           "after": self._last_flow, "cookies": [attrs.asdict(c) for c in changed]})
         self._marks.append((time.time(), "cookies", text))
 
     # -- plumbing ---------------------------------------------------------------------------
