@@ -33,13 +33,17 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 #: Flows at most waiting for the pipe; past it they are dropped, counted and reported.
 BACKLOG = 16384
-#: Flows at most in one message.
-BATCH = 256
+#: Flows at most in one message, and bodies' bytes (a message is a copy of its flows while written).
+BATCH, BATCH_BYTES = 256, 1 << 20
+#: Seconds the sender lets flows gather after the first before it writes them: one message, one
+#: wake-up of each side, for the flows of a few milliseconds rather than for each.
+GATHER = 0.01
 _SYNC, _DONE = object(), object()  # markers in the sender's queue
 
 
@@ -104,21 +108,28 @@ class _Sender:
     def _run(self) -> None:
         while True:
             batch = [self.queue.get()]
+            if batch[0] is not _SYNC and batch[0] is not _DONE:
+                time.sleep(GATHER)
             while len(batch) < BATCH:
                 try:
                     batch.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
             flows: list[Any] = []
+            size = 0
             for item in batch:
                 if item is _SYNC or item is _DONE:
                     self._send(flows)
-                    flows = []
+                    flows, size = [], 0
                     if item is _DONE:
                         return
                     self.channel.send("synced", None)
-                else:
-                    flows.append(item)
+                    continue
+                flows.append(item)
+                size += len(item.request.body) + (len(item.response.body) if item.response else 0)
+                if size >= BATCH_BYTES:
+                    self._send(flows)
+                    flows, size = [], 0
             self._send(flows)
 
     def _send(self, flows: list[Any]) -> None:
