@@ -55,6 +55,16 @@ class Source:
     def stop(self) -> None:
         """Stop serving and release every resource; return when done."""
 
+    def sync(self, timeout: float | None = None) -> bool:
+        """Return once every flow the source finished before the call has been emitted (False if that
+        took longer than ``timeout`` seconds).
+
+        A source that emits each flow as it finishes has nothing to do (the
+        default). One that hands flows over later (from another process, say)
+        waits for them: a pause, a clear or a marker then falls after them.
+        """
+        return True
+
     def describe(self) -> list[str]:
         """Lines telling the user how to point a client at this source."""
         return []
