@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import BIN, free_port, wait_port  # noqa: E402  (a script beside this one)
+from proxy import BIN, children, free_port, wait_port  # noqa: E402  (a script beside this one)
 
 MIB = 1 << 20
 SINKS = ("har", "collection", "cookiejar", "store")
@@ -54,7 +54,7 @@ GROWTH_MIB, PEAK_MIB, EXIT_S = 50, 400, 2.0
 def status(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM of a process and its child processes (flowtap's proxy runs in one), summed, in MiB."""
     out = {"VmRSS": 0.0, "VmHWM": 0.0}
-    for one in _tree(pid):
+    for one in [pid, *children(pid)]:
         try:
             lines = Path(f"/proc/{one}/status").read_text().splitlines()
         except OSError:  # it ended meanwhile
@@ -64,22 +64,6 @@ def status(pid: int) -> dict[str, float]:
             if key in out:
                 out[key] += int(value.split()[0]) / 1024
     return out
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and the processes it started, theirs included (from /proc)."""
-    found = [pid]
-    for one in found:  # grows as children are found
-        try:
-            tasks = list(Path(f"/proc/{one}/task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                found += [int(child) for child in (task / "children").read_text().split()]
-            except OSError:
-                continue
-    return found
 
 
 def big_json(size: int) -> bytes:
