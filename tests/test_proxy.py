@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import flowtap
-from flowtap.testing import capture
+from flowtap.testing import capture, make_flow
 from flowtap_proxy import ca
 
 from upstream import JSON_BODY, JSON_HEADERS, Upstream, free_port, self_signed, websocket_exchange
@@ -392,6 +392,21 @@ def test_a_pause_falls_after_the_flows_the_proxy_finished_before_it(proxy, http_
     flows = recorded(h)
     assert [f.request.url for f in flows] == [f"{http_upstream.url}/json?page={page}" for page in range(20)]
     assert h.session.counts.paused == 1
+
+
+def test_a_proxy_process_that_dies_is_reported_and_the_capture_goes_on(proxy, http_upstream, caplog):
+    h = proxy()
+    with client(h) as c:
+        assert c.get(f"{http_upstream.url}/json?before").status_code == 200
+    assert h.capture.sync(10)  # handed over: a killed process loses only what it was gathering (10 ms)
+    h.capture.sources["proxy"]._process.kill()
+    deadline = time.monotonic() + 10
+    while "ended unexpectedly" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "the proxy's process ended unexpectedly (exit code -9)" in caplog.text
+    assert [f.request.url for f in recorded(h)] == [f"{http_upstream.url}/json?before"]
+    h.feed(make_flow())  # the session and its sinks go on
+    assert len(recorded(h)) == 2
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
