@@ -403,7 +403,8 @@ def test_a_proxy_process_that_dies_is_reported_and_the_capture_goes_on(proxy, ht
     deadline = time.monotonic() + 10
     while "ended unexpectedly" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "the proxy's process ended unexpectedly (exit code -9)" in caplog.text
+    assert "source 'proxy' failed: the proxy's process ended unexpectedly (exit code -9)" in caplog.text
+    assert h.capture.host.errors.count == 1  # the run's exit code says so
     assert [f.request.url for f in recorded(h)] == [f"{http_upstream.url}/json?before"]
     h.feed(make_flow())  # the session and its sinks go on
     assert len(recorded(h)) == 2

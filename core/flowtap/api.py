@@ -32,6 +32,10 @@ class Emitter(Protocol):
     def cookies(self, cookies: list[Cookie]) -> None:
         """Report cookie changes the source saw outside any flow (set, update, deletion)."""
 
+    def failed(self, message: str) -> None:
+        """Report that the running source failed (it captures no more, say): logged once with the
+        source's name, and counted, so that the run's end and its exit code say so."""
+
 
 class Source:
     """A capture source: turns traffic it sees into :class:`flowtap.Flow` objects.

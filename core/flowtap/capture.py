@@ -58,6 +58,7 @@ class _Emitter:
 
     def __init__(self, capture: Capture, name: str) -> None:
         self._dispatcher = capture.dispatcher
+        self._errors = capture.host.errors
         self.name = name
         self.log = logging.getLogger(f"flowtap.{name}")
         self.config = capture.config
@@ -72,6 +73,9 @@ class _Emitter:
 
     def cookies(self, cookies: list[Cookie]) -> None:
         self._dispatcher.cookies(cookies, self.name)
+
+    def failed(self, message: str) -> None:
+        self._errors.report(f"source {self.name!r}", "failed", SourceError(message), trace=False)
 
 
 class Capture:

@@ -179,6 +179,9 @@ class _Emitter:
     def cookies(self, cookies: list[Any]) -> None:  # the proxy reports cookies only in flows
         pass
 
+    def failed(self, message: str) -> None:
+        self.log.error("%s", message)
+
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)

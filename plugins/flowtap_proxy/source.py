@@ -165,5 +165,5 @@ class ProxySource(flowtap.Source):
             self._error = f"the proxy's process ended (exit code {code}) before it listened"
             self._ready.set()
         elif not self._stopping:
-            emitter.log.error("the proxy's process ended unexpectedly (exit code %s): nothing more is "
-                              "captured through it", code)
+            emitter.failed(f"the proxy's process ended unexpectedly (exit code {code}): nothing more is "
+                           "captured through it")
