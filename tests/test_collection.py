@@ -624,3 +624,31 @@ def test_a_rebuilt_form_body_says_its_field_order_is_lost(tmp_path):
                      metadata={"request_body_rebuilt": "form-data"})
     request = run_collection(tmp_path, flow)["item"][0]["request"]
     assert "field order is lost" in request["description"]
+
+
+def test_a_flow_the_spool_refuses_leaves_no_trace_in_the_collection(tmp_path, monkeypatch):
+    """A full disk when a flow's piece is kept: that flow is lost (counted), and no empty folder for it
+    appears in the collection; the next flows are kept."""
+    import errno
+    import os
+
+    import flowtap_collection.sink as module
+
+    real, refuse = os.pwrite, threading.Event()
+
+    def pwrite(fd, data, offset):
+        if refuse.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(module.os, "pwrite", pwrite)
+    out = tmp_path / "c.json"
+    with capture("collection", config=config(out, organize="domain")) as cap:
+        cap.feed(make_flow(url="https://a.example/1"))
+        refuse.set()
+        cap.feed(make_flow(url="https://b.example/lost"))
+        refuse.clear()
+        cap.feed(make_flow(url="https://c.example/3"))
+        (health,) = [h for h in cap.capture.health() if h.name == "collection"]
+        assert health.missed == 1 and "No space left on device" in health.last_error
+    assert [folder["name"] for folder in load_json(out)["item"]] == ["a.example", "c.example"]

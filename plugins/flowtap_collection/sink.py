@@ -171,8 +171,9 @@ class CollectionSink(flowtap.Sink):
         response = b"" if example is None else json_bytes(example)
         if seen is None:  # the whole item, written before anything refers to it
             piece = b",\n" + head + b',"response":[' + response + b"]}"
+            offset = self._put(piece)  # raises before any folder is made for it
             folder = self._folder(flow, method, endpoint)
-            seen = folder, folder.add((self._put(piece), len(piece)), 1 if response else 0)
+            seen = folder, folder.add((offset, len(piece)), 1 if response else 0)
             if self.dedupe:
                 self._seen[key] = seen
         elif response:
