@@ -641,3 +641,35 @@ def test_the_store_keeps_a_cookie_event_only_when_a_cookie_changes(tmp_path, cap
                  "--set", f"store.path={store}"])
     assert code == 0, capsys.readouterr().err
     assert _mozilla(exported) == expected
+
+
+def test_a_cookie_event_lost_with_a_failed_commit_is_recorded_at_the_cookie_s_next_sight(tmp_path,
+                                                                                        monkeypatch):
+    import contextlib
+    import sqlite3
+
+    import flowtap.store.sink as store_sink
+
+    store, failing = tmp_path / "store.db", threading.Event()
+    real = store_sink.db.transaction
+
+    @contextlib.contextmanager
+    def transaction(conn):
+        if failing.is_set():
+            failing.clear()
+            raise sqlite3.OperationalError("disk I/O error")
+        with real(conn):
+            yield
+
+    monkeypatch.setattr(store_sink.db, "transaction", transaction)
+    settings = {"store": {"path": str(store), "batch_interval": 0}, "session": {"name": "lost"},
+                "sinks": {"cookiejar": {"path": str(tmp_path / "jar.txt")}}}  # a commit at every flush
+    with capture("cookiejar", config=settings) as harness:
+        harness.feed(make_flow())  # the session's row, committed
+        failing.set()
+        harness.feed(set_cookie_flow("http://example.com/", "visit=1"))  # its commit fails: event lost
+        harness.feed(set_cookie_flow("http://example.com/", "visit=1"))
+    with flowtap.open_store(store) as opened:
+        session = opened.session("lost")
+        events = [json.loads(e.text) for e in opened.events(session.id, cookies=True) if e.kind == "cookies"]
+        assert [[(c["name"], c["value"]) for c in e["cookies"]] for e in events] == [[("visit", "1")]]

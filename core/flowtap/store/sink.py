@@ -217,6 +217,8 @@ class StoreSink(Sink):
         except sqlite3.Error as exc:
             for row in pending:
                 self._remove_bodies(*row[5])
+            if any(kind == "cookies" for _, kind, _ in marks):
+                self._cookies.clear()  # those events are lost: the next sight of each cookie records it
             lost = f"; {_many(len(pending), 'flow')} lost" if pending else ""
             lost += f"; {_many(len(marks), 'event')} lost" if marks else ""
             raise SinkFailed(f"{self._failed(exc)}{lost}", lost=len(pending)) from None
