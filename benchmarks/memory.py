@@ -12,7 +12,8 @@ the same run: ``mitmdump -q``, ``mitmdump -q --set hardump=FILE``
 (mitmproxy's savehar, which holds every flow until it writes the HAR at
 exit) and ``flowtap run --quiet`` with every bundled sink and the session
 store on, the example config's ``max_body_size`` values. For each: the
-proxy process's RSS (``/proc/PID/status`` VmRSS) after the first and the
+RSS of the proxy's processes (``/proc/PID/status`` VmRSS, summed over the process
+and those it started: flowtap's proxy runs in one) after the first and the
 last count of flows, its peak (VmHWM, which includes the shutdown), and
 the time from SIGINT to exit. flowtap's outputs are then read back (the
 HAR and the collection parsed, the store's flows counted).
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import BIN, free_port, wait_port  # noqa: E402  (a script beside this one)
+from proxy import BIN, children, free_port, wait_port  # noqa: E402  (a script beside this one)
 
 MIB = 1 << 20
 SINKS = ("har", "collection", "cookiejar", "store")
@@ -51,12 +52,17 @@ GROWTH_MIB, PEAK_MIB, EXIT_S = 50, 400, 2.0
 
 
 def status(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM of a process, in MiB."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) / 1024
+    """VmRSS and VmHWM of a process and its child processes (flowtap's proxy runs in one), summed, in MiB."""
+    out = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for one in [pid, *children(pid)]:
+        try:
+            lines = Path(f"/proc/{one}/status").read_text().splitlines()
+        except OSError:  # it ended meanwhile
+            continue
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key in out:
+                out[key] += int(value.split()[0]) / 1024
     return out
 
 

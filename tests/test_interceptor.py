@@ -163,7 +163,7 @@ def bridge(key_file, caplog):
 def wait_flows(harness, count, timeout=5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        harness.capture.dispatcher.sync(5)
+        harness.capture.sync(5)
         if len(harness.recorded.flows) >= count:
             return harness.recorded.flows
         time.sleep(0.02)
@@ -600,7 +600,7 @@ def test_cookie_events_reach_the_sinks_with_removals_as_deletions(bridge):
     removal = {**cookie, "value": "2", "removed": True, "cause": "explicit"}
     client.send(msg("cookies", reason="change", cookies=[removal]))
     client.ask(msg("ping"))
-    harness.capture.dispatcher.sync(5)
+    harness.capture.sync(5)
     events = [cookies for source, cookies in recorder.events]
     assert {source for source, _ in recorder.events} == {"interceptor"}
     assert [[(c.value, c.expires) for c in cookies] for cookies in events] == [
@@ -649,7 +649,7 @@ def test_a_request_in_flight_across_a_worker_restart_is_one_flow(bridge):
     before.ask(msg("ping"))
     before.close()
     time.sleep(1.5)  # past a tick of the bridge: nothing may be recorded while the browser can come back
-    harness.capture.dispatcher.sync(5)
+    harness.capture.sync(5)
     assert harness.recorded.flows == []
     after = Client(port, key="s3cret-test-key", instance=instance)
     after.recv()

@@ -179,7 +179,7 @@ def connected(harness) -> bool:
 
 def flows_until(harness, path: str, browser: Browser) -> dict[tuple[str, str], flowtap.Flow]:
     def done():
-        harness.capture.dispatcher.sync(5)
+        harness.capture.sync(5)
         return any(f.request.path == path for f in harness.recorded.flows)
 
     wait_until(done, 20, f"the flow of {path}", browser)
@@ -274,7 +274,7 @@ def test_the_extension_reconnects_and_reads_response_bodies_when_asked(browser, 
     assert ordered.metadata["request_body_source"] == "debugger"
     assert "request_body_rebuilt" not in ordered.metadata
     # On connecting, the extension sent every cookie of the synced domains it holds.
-    harness.capture.dispatcher.sync(5)
+    harness.capture.sync(5)
     assert jar.events and ("pref", "kept") in [(c.name, c.value) for c in jar.events[0]]
     pref = next(c for c in jar.events[0] if c.name == "pref")
     assert pref.expires and pref.expires > time.time() + 3000

@@ -363,12 +363,12 @@ def test_flowtap_cannot_widen_what_the_user_allowed(browsers, site, tmp_path, ca
         browse(browser, site, "narrow")
 
         def done():
-            harness.capture.dispatcher.sync(5)
+            harness.capture.sync(5)
             return any(f.request.path == "/api/done" for f in harness.recorded.flows)
 
         wait_until(done, 20, "the flows", browser)
         time.sleep(0.5)
-        harness.capture.dispatcher.sync(5)
+        harness.capture.sync(5)
         flows = {f.request.path: f for f in harness.recorded.flows}
         _, _, debugged = extension_state(browser)
         assert set(flows) == {"/page?narrow", "/api/login", "/api/me", "/api/done"}, "no image: not allowed"

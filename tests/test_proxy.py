@@ -10,6 +10,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 import flowtap
-from flowtap.testing import capture
+from flowtap.testing import capture, make_flow
 from flowtap_proxy import ca
 
 from upstream import JSON_BODY, JSON_HEADERS, Upstream, free_port, self_signed, websocket_exchange
@@ -64,7 +65,7 @@ def recorded(harness, expect: int | None = None) -> list[flowtap.Flow]:
     """
     deadline = time.monotonic() + 10
     while True:
-        assert harness.capture.dispatcher.sync(10)
+        assert harness.capture.sync(10)
         flows = list(harness.recorded.flows)
         if expect is None or len(flows) >= expect or time.monotonic() > deadline:
             return flows
@@ -368,11 +369,74 @@ def test_port_in_use_is_a_plain_error():
         assert port(h) > 0
 
 
-def test_one_proxy_per_process(proxy):
-    proxy()
-    with pytest.raises(flowtap.StartupError, match="another proxy source is already running"):
-        with capture("proxy", config={"sources": {"proxy": {"listen": "127.0.0.1:0"}}}):
-            pass
+def test_each_capture_runs_its_proxy_in_a_process_of_its_own(proxy, http_upstream):
+    """mitmproxy keeps its master in a global: one per process. Each proxy source has a process."""
+    first, second = proxy(), proxy()
+    assert port(first) != port(second)
+    for harness, page in ((first, 1), (second, 2)):
+        with client(harness) as c:
+            assert c.get(f"{http_upstream.url}/json?page={page}").status_code == 200
+    assert [f.request.url for f in recorded(first)] == [f"{http_upstream.url}/json?page=1"]
+    assert [f.request.url for f in recorded(second)] == [f"{http_upstream.url}/json?page=2"]
+
+
+def test_a_pause_falls_after_the_flows_the_proxy_finished_before_it(proxy, http_upstream):
+    """The proxy's process hands its flows over a pipe: a pause waits for those finished before it."""
+    h = proxy()
+    with client(h) as c:
+        for page in range(20):
+            c.get(f"{http_upstream.url}/json?page={page}")
+        h.session.pause()  # no sync first: the pause itself waits for the 20 flows
+        c.get(f"{http_upstream.url}/json?page=paused")
+        h.session.resume()
+    flows = recorded(h)
+    assert [f.request.url for f in flows] == [f"{http_upstream.url}/json?page={page}" for page in range(20)]
+    assert h.session.counts.paused == 1
+
+
+def test_a_proxy_process_that_dies_is_reported_and_the_capture_goes_on(proxy, http_upstream, caplog):
+    h = proxy()
+    with client(h) as c:
+        assert c.get(f"{http_upstream.url}/json?before").status_code == 200
+    assert h.capture.sync(10)  # handed over: a killed process loses only what it was gathering (10 ms)
+    h.capture.sources["proxy"]._process.kill()
+    deadline = time.monotonic() + 10
+    while "ended unexpectedly" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "source 'proxy' failed: the proxy's process ended unexpectedly (exit code -9)" in caplog.text
+    assert h.capture.host.errors.count == 1  # the run's exit code says so
+    assert [f.request.url for f in recorded(h)] == [f"{http_upstream.url}/json?before"]
+    h.feed(make_flow())  # the session and its sinks go on
+    assert len(recorded(h)) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_proxys_process_ends_with_the_capture_however_it_ends(tmp_path):
+    """kill -9 of the capture's process: the proxy's process sees its standard input end and exits."""
+    config = tmp_path / "c.toml"
+    config.write_text('[sources.proxy]\nlisten = "127.0.0.1:0"\n[store]\nenabled = false\n')
+    env = {**os.environ, "FLOWTAP_DATA_DIR": str(tmp_path / "data")}
+    run = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "flowtap"), "-c", str(config),
+                            "run", "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        children = []
+        deadline = time.monotonic() + 30
+        while not children and time.monotonic() < deadline:
+            time.sleep(0.1)
+            children = [int(pid) for task in os.listdir(f"/proc/{run.pid}/task")
+                        for pid in open(f"/proc/{run.pid}/task/{task}/children").read().split()]
+        assert children, "the capture started no proxy process"
+        run.kill()
+        run.wait(10)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{children[0]}") and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(children[0], os.WNOHANG)
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{children[0]}") or "Z" in open(f"/proc/{children[0]}/stat").read()
+    finally:
+        if run.poll() is None:
+            run.kill()
 
 
 @pytest.mark.parametrize("table, message", [

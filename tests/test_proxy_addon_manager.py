@@ -72,7 +72,24 @@ def test_the_same_hooks_run_as_with_mitmproxys_manager(build, caplog):
 
 
 def test_the_proxy_runs_with_the_caching_manager():
-    from flowtap.testing import capture
+    """In the proxy's process (here run in this one, as flowtap_proxy.host runs it)."""
+    import flowtap
+    from flowtap_proxy.embedded import EmbeddedProxy
 
-    with capture("proxy", config={"sources": {"proxy": {"listen": "127.0.0.1:0"}}}) as harness:
-        assert isinstance(harness.capture.sources["proxy"]._master.addons, CachingAddonManager)
+    capture = flowtap.Capture({"sources": {"proxy": {"listen": "127.0.0.1:0"}}}, load_entrypoints=True)
+    capture.validate()
+    options = capture.config.table("sources.proxy")
+    proxy = EmbeddedProxy(options)
+
+    class Emitter:
+        log = logging.getLogger("flowtap.test")
+        recording = True
+
+        def emit(self, flow):
+            pass
+
+    proxy.start(Emitter())
+    try:
+        assert isinstance(proxy._master.addons, CachingAddonManager)
+    finally:
+        proxy.stop()

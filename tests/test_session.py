@@ -117,7 +117,7 @@ def test_flows_after_the_session_ended_are_not_recorded():
     with capture() as cap:
         cap.session.end()
         cap.capture.emit(make_flow())
-        cap.capture.dispatcher.sync(5)
+        cap.capture.sync(5)
         assert cap.recorded.flows == []
 
 

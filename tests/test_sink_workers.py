@@ -106,7 +106,7 @@ def test_a_hung_sink_is_detached_with_where_it_is_stuck_and_the_others_go_on(cap
             for i in range(20):
                 cap.capture.emit(make_flow(url=f"https://a.test/{i}"))
             waited = time.monotonic()
-            assert cap.capture.dispatcher.sync(10), "a sync behind the stuck call ends when it is detached"
+            assert cap.capture.sync(10), "a sync behind the stuck call ends when it is detached"
             assert time.monotonic() - waited < 3
             deadline = time.monotonic() + 5
             while len(cap.recorded.flows) < 20 and time.monotonic() < deadline:

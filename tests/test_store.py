@@ -197,7 +197,7 @@ def test_flows_are_committed_in_batches_and_at_once_with_no_interval(tmp_path):
         with flowtap.open_store(path) as store:
             assert store.count() == 1  # held back for up to an hour...
             cap.session.pause()
-            cap.capture.dispatcher.sync()
+            cap.capture.sync()
             assert store.count() == 4  # ...unless an event comes first
     with capture(config=store_config(path, batch_interval="200ms")) as cap:
         cap.feed(make_flow(url="https://c.test/1"))

@@ -501,7 +501,7 @@ def test_a_replayed_session_writes_the_file_once_at_its_end(tmp_path, sink, name
         for number in range(20):
             cap.emit(make_flow(url=f"https://api.example.com/items/{number}", response_body=b'{"id": 1}',
                                response_headers=[("Content-Type", "application/json")]))
-        assert cap.dispatcher.sync(10)
+        assert cap.sync(10)
         time.sleep(1.5)  # past a live rewrite's interval (1 s)
         assert out.exists() is not replay
     finally:

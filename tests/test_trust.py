@@ -84,13 +84,13 @@ def test_upstream_ca_makes_a_server_signed_by_a_private_ca_verify(internal):
     proxy = {"listen": "127.0.0.1:0", "ssl_insecure": False}
     with capture("proxy", config={"sources": {"proxy": proxy}}) as h:  # without it: refused
         assert get_through(h, f"{server.url}/json").status_code == 502
-        h.capture.dispatcher.sync(10)
+        h.capture.sync(10)
         (flow,) = h.recorded.flows
         assert "certificate" in flow.error.lower()
     with capture("proxy", config={"sources": {"proxy": {**proxy, "upstream_ca": str(ca_file)}}}) as h:
         response = get_through(h, f"{server.url}/json")
         assert response.status_code == 200 and response.json()["ok"] is True
-        h.capture.dispatcher.sync(10)
+        h.capture.sync(10)
         (flow,) = h.recorded.flows
         assert flow.response.status_code == 200 and not flow.error
 

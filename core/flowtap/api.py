@@ -32,6 +32,10 @@ class Emitter(Protocol):
     def cookies(self, cookies: list[Cookie]) -> None:
         """Report cookie changes the source saw outside any flow (set, update, deletion)."""
 
+    def failed(self, message: str) -> None:
+        """Report that the running source failed (it captures no more, say): logged once with the
+        source's name, and counted, so that the run's end and its exit code say so."""
+
 
 class Source:
     """A capture source: turns traffic it sees into :class:`flowtap.Flow` objects.
@@ -54,6 +58,16 @@ class Source:
 
     def stop(self) -> None:
         """Stop serving and release every resource; return when done."""
+
+    def sync(self, timeout: float | None = None) -> bool:
+        """Return once every flow the source finished before the call has been emitted (False if that
+        took longer than ``timeout`` seconds).
+
+        A source that emits each flow as it finishes has nothing to do (the
+        default). One that hands flows over later (from another process, say)
+        waits for them: a pause, a clear or a marker then falls after them.
+        """
+        return True
 
     def describe(self) -> list[str]:
         """Lines telling the user how to point a client at this source."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -27,6 +27,8 @@ log = logging.getLogger("flowtap")
 #: Seconds between the watchdog's looks at the sinks' calls (a lagging sink holds the others back
 #: for at most this plus sinkworker.STALL).
 WATCH_INTERVAL = 0.05
+#: Seconds a pause, clear, marker or end waits for the sources to emit the flows they finished.
+SETTLE_TIMEOUT = 2.0
 
 
 def _version() -> str:
@@ -56,6 +58,7 @@ class _Emitter:
 
     def __init__(self, capture: Capture, name: str) -> None:
         self._dispatcher = capture.dispatcher
+        self._errors = capture.host.errors
         self.name = name
         self.log = logging.getLogger(f"flowtap.{name}")
         self.config = capture.config
@@ -70,6 +73,9 @@ class _Emitter:
 
     def cookies(self, cookies: list[Cookie]) -> None:
         self._dispatcher.cookies(cookies, self.name)
+
+    def failed(self, message: str) -> None:
+        self._errors.report(f"source {self.name!r}", "failed", SourceError(message), trace=False)
 
 
 class Capture:
@@ -223,6 +229,7 @@ class Capture:
                               started=time.time() if started is None else started, replay=replay)
             workers = self._build_sinks(self.sink_factories, session)
             self.session, self.workers = session, workers
+            session._settle = self._settle_sources
             self.dispatcher.attach(session, workers)
             if session.time_limit:
                 self.scheduler.call_later(session.time_limit, lambda: session.end(wait=False))
@@ -299,6 +306,21 @@ class Capture:
     def emit(self, flow: Flow) -> None:
         """Hand a flow to the current session, as a source would."""
         self.dispatcher.emit(flow)
+
+    def sync(self, timeout: float | None = None, only: Collection[str] | None = None) -> bool:
+        """Block until every flow the sources finished so far is handled and flushed by every healthy sink
+        (``only``: the sinks of these names); False after ``timeout`` seconds (each wait)."""
+        return self._settle_sources(timeout) and self.dispatcher.sync(timeout, only)
+
+    def _settle_sources(self, timeout: float | None = SETTLE_TIMEOUT) -> bool:
+        """Wait until each source has emitted the flows it finished (see :meth:`Source.sync`)."""
+        settled = True
+        for name, source in list(self.sources.items()):
+            try:
+                settled = source.sync(timeout) and settled
+            except Exception:
+                self.host.report_error(f"source {name!r}", "sync")
+        return settled
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the current session ends (time limit, ``end()``); False on timeout."""

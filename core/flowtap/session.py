@@ -52,6 +52,9 @@ class Session:
     #: current while a capture runs.
     replay: bool = False
     _post: Callable[..., None] | None = attrs.field(default=None, repr=False)
+    #: Waits until the sources have emitted every flow they finished (set by the capture): a pause,
+    #: resume, clear, marker or end falls after those flows.
+    _settle: Callable[[], object] | None = attrs.field(default=None, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
     _done: threading.Event = attrs.field(factory=threading.Event, repr=False)
 
@@ -74,6 +77,7 @@ class Session:
 
     def clear(self) -> bool:
         """Forget what was recorded so far; sinks are told. False if ended."""
+        self._settle_sources()
         with self._lock:
             if self.state is State.ENDED:
                 return False
@@ -82,6 +86,7 @@ class Session:
 
     def mark(self, text: str) -> bool:
         """Set a marker between the flows so far and those to come. False if ended."""
+        self._settle_sources()
         with self._lock:
             if self.state is State.ENDED:
                 return False
@@ -94,6 +99,7 @@ class Session:
         :param wait: block until the sinks are closed.
         :return: False if it had already ended.
         """
+        self._settle_sources()
         with self._lock:
             if self.state is State.ENDED:
                 changed = False
@@ -110,12 +116,17 @@ class Session:
         return self._done.wait(timeout)
 
     def _change(self, old: State, new: State, event: str) -> bool:
+        self._settle_sources()
         with self._lock:
             if self.state is not old:
                 return False
             self.state = new
         self._post_event(event)
         return True
+
+    def _settle_sources(self) -> None:
+        if self._settle is not None and self.state is not State.ENDED:
+            self._settle()
 
     def _post_event(self, event: str, *args: object) -> None:
         if self._post is not None:

@@ -150,7 +150,7 @@ class CaptureHarness:
         """Emit flows and wait until every sink has them (and has flushed)."""
         for flow in flows:
             self.capture.emit(flow)
-        if not self.capture.dispatcher.sync(timeout):
+        if not self.capture.sync(timeout):
             raise TimeoutError("the dispatcher did not finish in time")
 
     def end(self) -> None:

@@ -105,7 +105,7 @@ class ControlServer:
         elif op == "mark":
             changed = session.mark(str(request.get("text") or time.strftime("mark %H:%M:%S")))
         if op != "status":
-            self.capture.dispatcher.sync(TIMEOUT)  # the store has it when the reply arrives
+            self.capture.sync(TIMEOUT)  # the store has it when the reply arrives
         return {"ok": True, "changed": changed, **self.status()}
 
     def status(self) -> dict[str, Any]:
