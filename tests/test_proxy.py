@@ -497,3 +497,28 @@ def test_a_response_reset_mid_body_records_the_bytes_that_arrived(proxy):
     assert response is not None and not response.truncated  # the body holds all that arrived
     assert response.body_size == 5000 and response.encoded_size == 5000
     assert response.body == b"z" * 5000
+
+
+def test_the_proxys_process_bounds_what_waits_for_the_pipe_by_bytes(monkeypatch):
+    """A capture that takes the flows slower than the proxy finishes them: past BACKLOG_BYTES of
+    bodies waiting, the proxy's process drops flows, counts them, and says so on the pipe."""
+    from flowtap_proxy import host
+
+    monkeypatch.setattr(host, "BACKLOG_BYTES", 3000)
+    read, write = os.pipe()
+    sender = host._Sender(host._Channel(write))  # its thread not started yet: nothing leaves
+    for page in range(5):
+        sender.emit(make_flow(f"http://127.0.0.1/big?page={page}", response_body=b"x" * 1000))
+    assert sender.dropped == 2
+    sender.thread.start()
+    sender.finish()
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        messages = list(host.read_messages(pipe))
+    flows = [flow for kind, payload in messages if kind == "flows" for flow in payload]
+    assert [f.request.url for f in flows] == [f"http://127.0.0.1/big?page={page}" for page in range(3)]
+    assert ("dropped", 2) in messages
+    with open(os.devnull, "wb") as devnull:
+        sender = host._Sender(host._Channel(devnull.fileno()))
+        sender.emit(make_flow(response_body=b"x" * 5000))  # alone, a flow above the bound still goes
+        assert sender.dropped == 0 and sender.queued == 1

@@ -11,7 +11,8 @@ of ``(kind, payload)``:
 - ``("flows", [Flow, ...])``, the flows finished since the last message (a
   thread of its own pickles and writes them; the event loop only queues);
 - ``("log", (level, message))``, the source's log records;
-- ``("dropped", count)`` when more than :data:`BACKLOG` flows waited for the pipe;
+- ``("dropped", count)`` when more than :data:`BACKLOG` flows (or :data:`BACKLOG_BYTES` of
+  bodies) waited for the pipe;
 - ``("synced", None)`` for each ``s`` byte read from standard input, once every
   flow finished before it is written (:meth:`flowtap.Source.sync`).
 
@@ -26,6 +27,7 @@ README, Performance).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -38,12 +40,14 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 #: Flows at most waiting for the pipe; past it they are dropped, counted and reported.
-BACKLOG = 16384
+BACKLOG, BACKLOG_BYTES = 16384, 128 << 20
 #: Flows at most in one message, and bodies' bytes (a message is a copy of its flows while written).
 BATCH, BATCH_BYTES = 256, 1 << 20
 #: Seconds the sender lets flows gather after the first before it writes them: one message, one
 #: wake-up of each side, for the flows of a few milliseconds rather than for each.
 GATHER = 0.01
+#: Bodies' bytes that pass between two full collections of the cyclic garbage collector.
+COLLECT_BYTES = 8 << 20
 _SYNC, _DONE = object(), object()  # markers in the sender's queue
 
 
@@ -92,17 +96,21 @@ class _Sender:
     def __init__(self, channel: _Channel) -> None:
         self.channel = channel
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.queued = 0  # flows queued so far (counted by the event loop's thread)
-        self.written = 0  # ... and written so far (by the sender's)
+        self.queued = self.queued_bytes = 0  # flows (and bodies' bytes) queued so far, by the event loop
+        self.written = self.written_bytes = 0  # ... and written so far, by the sender
         self.dropped = 0  # flows dropped so far (by the event loop's thread)
         self.reported = 0  # ... and reported so far (by the sender's)
+        self.uncollected = 0  # bodies' bytes sent since the last collection
         self.thread = threading.Thread(target=self._run, name="flowtap-proxy-sender", daemon=True)
 
     def emit(self, flow: Any) -> None:
-        if self.queued - self.written >= BACKLOG:
+        size = _size(flow)
+        waiting, waiting_bytes = self.queued - self.written, self.queued_bytes - self.written_bytes
+        if waiting >= BACKLOG or (waiting and waiting_bytes + size > BACKLOG_BYTES):
             self.dropped += 1
             return
         self.queued += 1
+        self.queued_bytes += size
         self.queue.put(flow)
 
     def _run(self) -> None:
@@ -119,27 +127,41 @@ class _Sender:
             size = 0
             for item in batch:
                 if item is _SYNC or item is _DONE:
-                    self._send(flows)
+                    self._send(flows, size)
                     flows, size = [], 0
                     if item is _DONE:
                         return
                     self.channel.send("synced", None)
                     continue
                 flows.append(item)
-                size += len(item.request.body) + (len(item.response.body) if item.response else 0)
+                size += _size(item)
                 if size >= BATCH_BYTES:
-                    self._send(flows)
+                    self._send(flows, size)
                     flows, size = [], 0
-            self._send(flows)
+            self._send(flows, size)
 
-    def _send(self, flows: list[Any]) -> None:
+    def _send(self, flows: list[Any], size: int) -> None:
         if flows:
             self.channel.send("flows", flows)
             self.written += len(flows)
+            self.written_bytes += size
+            self._collect(size)
         dropped = self.dropped
         if dropped != self.reported:
             self.channel.send("dropped", dropped - self.reported)
             self.reported = dropped
+
+    def _collect(self, size: int) -> None:
+        """Collect the cyclic garbage once every :data:`COLLECT_BYTES` of bodies.
+
+        mitmproxy's streams are reference cycles that hold their flow, bodies
+        included, until the collector runs; it runs after so many objects, not
+        bytes, so a few hundred large bodies could wait in memory for it.
+        """
+        self.uncollected += size
+        if self.uncollected >= COLLECT_BYTES:
+            self.uncollected = 0
+            gc.collect()
 
     def sync(self) -> None:
         """Answer ``synced`` once what is queued now is written."""
@@ -149,6 +171,11 @@ class _Sender:
         """Write what is queued, then end the thread."""
         self.queue.put(_DONE)
         self.thread.join()
+
+
+def _size(flow: Any) -> int:
+    """The bytes of a flow's bodies."""
+    return len(flow.request.body) + (len(flow.response.body) if flow.response else 0)
 
 
 class _Forward(logging.Handler):
@@ -205,6 +232,7 @@ def main() -> int:
         channel.send("error", str(exc) if str(exc) else repr(exc))
         return 1
     channel.send("ready", proxy.port)
+    gc.freeze()  # what start-up made lives as long as the process: out of the collector's sight
     while data := os.read(sys.stdin.fileno(), 4096):  # until the capture closes it, or is gone
         for _ in range(data.count(b"s")):
             sender.sync()

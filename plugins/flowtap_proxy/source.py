@@ -11,11 +11,12 @@ so does it when the capture's process is gone, however it ended.
 
 from __future__ import annotations
 
+import fcntl
 import pickle
 import subprocess
 import sys
 import threading
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import flowtap
 from flowtap_proxy import ca
@@ -25,6 +26,8 @@ from flowtap_proxy.host import read_messages
 START_TIMEOUT = 30
 #: Seconds the proxy's process may take to stop and write its last flows.
 STOP_TIMEOUT = 10
+#: Bytes the pipe from the proxy's process holds (Linux's default ceiling for a user, fs.pipe-max-size).
+PIPE_SIZE = 1 << 20
 
 
 class ProxySource(flowtap.Source):
@@ -48,13 +51,16 @@ class ProxySource(flowtap.Source):
 
     def start(self, emitter: flowtap.Emitter) -> None:
         """Start the proxy's process; return once it listens (``self.port`` is then the bound port)."""
+        # -O: mitmproxy type-checks each message it makes unless optimized, raising and catching a
+        # TypeError per None field; each left a cycle of frames holding the flow and its bodies.
         try:
-            self._process = subprocess.Popen([sys.executable, "-m", "flowtap_proxy.host"],
+            self._process = subprocess.Popen([sys.executable, "-O", "-m", "flowtap_proxy.host"],
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                              start_new_session=True)
         except OSError as exc:
             raise flowtap.SourceError(f"cannot start the proxy's process: {exc.strerror or exc}") from None
         assert self._process.stdout is not None
+        _widen(self._process.stdout)
         self._reader = threading.Thread(target=self._read, args=(self._process.stdout, emitter),
                                         name="flowtap-proxy", daemon=True)
         self._reader.start()
@@ -167,3 +173,12 @@ class ProxySource(flowtap.Source):
         elif not self._stopping:
             emitter.failed(f"the proxy's process ended unexpectedly (exit code {code}): nothing more is "
                            "captured through it")
+
+
+def _widen(pipe: IO[bytes]) -> None:
+    """Let the pipe hold a large flow whole (Linux): read in 64 KiB pieces, each a wait for the GIL,
+    a 1 MiB body crossed it slower than the proxy answered, and piled up in the proxy's process."""
+    try:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (AttributeError, OSError):  # not Linux, or above /proc/sys/fs/pipe-max-size: as it is
+        pass
