@@ -522,3 +522,23 @@ def test_the_proxys_process_bounds_what_waits_for_the_pipe_by_bytes(monkeypatch)
         sender = host._Sender(host._Channel(devnull.fileno()))
         sender.emit(make_flow(response_body=b"x" * 5000))  # alone, a flow above the bound still goes
         assert sender.dropped == 0 and sender.queued == 1
+
+
+def test_flows_the_proxys_process_dropped_are_a_failure_of_the_run(caplog):
+    """What the proxy's process reports dropped reaches the run's errors: its end and exit code say so."""
+    from flowtap_proxy import host
+    from flowtap_proxy.source import ProxySource
+
+    read, write = os.pipe()
+    host.write_message(write, "flows", [make_flow("http://127.0.0.1/kept")])
+    host.write_message(write, "dropped", 3)
+    os.close(write)
+    source = ProxySource({"listen": ("127.0.0.1", 0), "mode": "regular"})
+    source.name = "proxy"
+    source._ready.set()  # as if it had listened, and were being stopped: only the messages count
+    source._stopping = True
+    with capture() as h:
+        source._read(os.fdopen(read, "rb"), h.capture.emitter("proxy"))
+        assert [f.request.url for f in recorded(h, 1)] == ["http://127.0.0.1/kept"]
+        assert h.capture.host.errors.count == 1
+    assert "source 'proxy' failed: 3 flow(s) dropped" in caplog.text

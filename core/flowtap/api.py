@@ -33,7 +33,7 @@ class Emitter(Protocol):
         """Report cookie changes the source saw outside any flow (set, update, deletion)."""
 
     def failed(self, message: str) -> None:
-        """Report that the running source failed (it captures no more, say): logged once with the
+        """Report that the running source failed (it captures no more, or lost flows): logged with the
         source's name, and counted, so that the run's end and its exit code say so."""
 
 

@@ -144,9 +144,9 @@ class ProxySource(flowtap.Source):
                 elif kind == "log":
                     level, message = payload
                     emitter.log.log(level, "%s", message)
-                elif kind == "dropped":
-                    emitter.log.warning("%d flow(s) dropped: the capture did not take them from the "
-                                        "proxy's process fast enough", payload)
+                elif kind == "dropped":  # lost flows: the run's exit code says so
+                    emitter.failed(f"{payload} flow(s) dropped: the capture did not take them from the "
+                                   "proxy's process fast enough")
                 elif kind == "ready":
                     self.port = payload
                     self._ready.set()
