@@ -132,7 +132,10 @@ def decode_body(message: Request | Response, data: bytes, complete: bool = True)
     text = _decode(codec, data, complete)
     if text is None or (wide and _CONTROL.search(text)):
         return None
-    return text if _round_trips(text, data, reader_charset(message), complete) else None
+    reader = reader_charset(message)
+    if codec.name == "utf-8" and (_codec(reader) or _UTF8).name == "utf-8":
+        return text  # strict UTF-8 decoding succeeded: encoding it again gives the same bytes
+    return text if _round_trips(text, data, reader, complete) else None
 
 
 def request_text(request: Request, data: bytes, complete: bool = True) -> tuple[str, str | None]:
