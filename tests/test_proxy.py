@@ -398,7 +398,7 @@ def test_a_proxy_process_that_dies_is_reported_and_the_capture_goes_on(proxy, ht
     h = proxy()
     with client(h) as c:
         assert c.get(f"{http_upstream.url}/json?before").status_code == 200
-    assert h.capture.sync(10)  # handed over: a killed process loses only what it was gathering (10 ms)
+    assert h.capture.sync(10)  # handed over: a killed process loses only what it was gathering (20 ms)
     h.capture.sources["proxy"]._process.kill()
     deadline = time.monotonic() + 10
     while "ended unexpectedly" not in caplog.text and time.monotonic() < deadline:

@@ -45,7 +45,7 @@ BACKLOG, BACKLOG_BYTES = 16384, 128 << 20
 BATCH, BATCH_BYTES = 256, 1 << 20
 #: Seconds the sender lets flows gather after the first before it writes them: one message, one
 #: wake-up of each side, for the flows of a few milliseconds rather than for each.
-GATHER = 0.01
+GATHER = 0.02
 #: Bodies' bytes that pass between two full collections of the cyclic garbage collector.
 COLLECT_BYTES = 8 << 20
 _SYNC, _DONE = object(), object()  # markers in the sender's queue
