@@ -542,3 +542,16 @@ def test_flows_the_proxys_process_dropped_are_a_failure_of_the_run(caplog):
         assert [f.request.url for f in recorded(h, 1)] == ["http://127.0.0.1/kept"]
         assert h.capture.host.errors.count == 1
     assert "source 'proxy' failed: 3 flow(s) dropped" in caplog.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_GETPIPE_SZ is Linux's")
+def test_the_pipe_from_the_proxys_process_holds_a_large_body_whole(proxy):
+    """Read in 64 KiB pieces, each a wait for the capture's GIL, 1 MiB bodies piled up in the proxy's
+    process (issue 16's budget, on Python 3.13)."""
+    import fcntl
+
+    from flowtap_proxy.source import PIPE_SIZE
+
+    h = proxy()
+    pipe = h.capture.sources["proxy"]._process.stdout
+    assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_SIZE

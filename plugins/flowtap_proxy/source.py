@@ -11,7 +11,6 @@ so does it when the capture's process is gone, however it ended.
 
 from __future__ import annotations
 
-import fcntl
 import pickle
 import subprocess
 import sys
@@ -179,6 +178,8 @@ def _widen(pipe: IO[bytes]) -> None:
     """Let the pipe hold a large flow whole (Linux): read in 64 KiB pieces, each a wait for the GIL,
     a 1 MiB body crossed it slower than the proxy answered, and piled up in the proxy's process."""
     try:
+        import fcntl  # not on Windows
+
         fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except (AttributeError, OSError):  # not Linux, or above /proc/sys/fs/pipe-max-size: as it is
+    except (ImportError, AttributeError, OSError):  # not Linux, or above fs.pipe-max-size: as it is
         pass
