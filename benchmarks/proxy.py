@@ -104,16 +104,19 @@ def children(pid: int) -> list[int]:
     return found + [grandchild for child in found for grandchild in children(child)]
 
 
-def rss_mb(pid: int) -> float:
-    """The resident memory of a process and of its child processes (flowtap's proxy runs in one), in MiB."""
-    total = 0.0
+def status(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of a process and its child processes (flowtap's proxy runs in one), summed, in MiB."""
+    out = {"VmRSS": 0.0, "VmHWM": 0.0}
     for one in [pid, *children(pid)]:
         try:
             lines = Path(f"/proc/{one}/status").read_text().splitlines()
-        except OSError:
+        except OSError:  # it ended meanwhile
             continue
-        total += sum(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:"))
-    return total
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key in out:
+                out[key] += int(value.split()[0]) / 1024
+    return out
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -450,12 +453,12 @@ def memory(tmp: Path, url: str, base_n: int, first_n: int, last_n: int, sigint_n
     proc, port = start_flowtap(tmp, "memory")
     try:
         drive(port, url, base_n)
-        base = rss_mb(proc.pid)
+        base = status(proc.pid)["VmRSS"]
         drive(port, url, first_n - base_n)
-        at_first = rss_mb(proc.pid)
+        at_first = status(proc.pid)["VmRSS"]
         for _ in range(19):
             drive(port, url, (last_n - first_n) // 19)
-        at_last = rss_mb(proc.pid)
+        at_last = status(proc.pid)["VmRSS"]
         print(f"\nflowtap RSS: {base:.1f} MB after {base_n:,} flows, {at_first:.1f} MB after {first_n:,}, "
               f"{at_last:.1f} MB after {last_n:,} "
               f"(growth {first_n:,} -> {last_n:,}: {at_last - at_first:+.1f} MB; "

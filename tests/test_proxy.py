@@ -555,3 +555,37 @@ def test_the_pipe_from_the_proxys_process_holds_a_large_body_whole(proxy):
     h = proxy()
     pipe = h.capture.sources["proxy"]._process.stdout
     assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_SIZE
+
+
+def test_the_proxys_process_collects_garbage_cycles_by_the_bytes_of_bodies_it_sent(monkeypatch):
+    """mitmproxy's streams are reference cycles holding their flows' bodies, and the collector counts
+    objects, not bytes: the proxy's process collects once COLLECT_BYTES of bodies have been sent."""
+    import gc
+    import weakref
+
+    from flowtap_proxy import host
+
+    class Stream:
+        pass
+
+    def send(flows: int) -> None:
+        with open(os.devnull, "wb") as devnull:
+            sender = host._Sender(host._Channel(devnull.fileno()))
+            sender.thread.start()
+            for _ in range(flows):
+                sender.emit(make_flow(response_body=b"x" * 1000))
+            sender.finish()
+
+    monkeypatch.setattr(host, "COLLECT_BYTES", 4000)
+    stream = Stream()
+    stream.cycle = stream
+    garbage = weakref.ref(stream)
+    del stream
+    gc.disable()  # only the sender's collection may free it
+    try:
+        send(3)  # 3,000 bytes of bodies: not yet
+        assert garbage() is not None
+        send(4)
+        assert garbage() is None
+    finally:
+        gc.enable()

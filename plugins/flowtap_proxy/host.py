@@ -100,18 +100,18 @@ class _Sender:
         self.written = self.written_bytes = 0  # ... and written so far, by the sender
         self.dropped = 0  # flows dropped so far (by the event loop's thread)
         self.reported = 0  # ... and reported so far (by the sender's)
-        self.uncollected = 0  # bodies' bytes sent since the last collection
+        self.collected_at = 0  # written_bytes at the last collection of garbage
         self.thread = threading.Thread(target=self._run, name="flowtap-proxy-sender", daemon=True)
 
     def emit(self, flow: Any) -> None:
-        size = _size(flow)
+        size = len(flow.request.body) + (len(flow.response.body) if flow.response else 0)
         waiting, waiting_bytes = self.queued - self.written, self.queued_bytes - self.written_bytes
         if waiting >= BACKLOG or (waiting and waiting_bytes + size > BACKLOG_BYTES):
             self.dropped += 1
             return
         self.queued += 1
         self.queued_bytes += size
-        self.queue.put(flow)
+        self.queue.put((flow, size))
 
     def _run(self) -> None:
         while True:
@@ -133,8 +133,8 @@ class _Sender:
                         return
                     self.channel.send("synced", None)
                     continue
-                flows.append(item)
-                size += _size(item)
+                flows.append(item[0])
+                size += item[1]
                 if size >= BATCH_BYTES:
                     self._send(flows, size)
                     flows, size = [], 0
@@ -145,22 +145,21 @@ class _Sender:
             self.channel.send("flows", flows)
             self.written += len(flows)
             self.written_bytes += size
-            self._collect(size)
+            self._collect()
         dropped = self.dropped
         if dropped != self.reported:
             self.channel.send("dropped", dropped - self.reported)
             self.reported = dropped
 
-    def _collect(self, size: int) -> None:
+    def _collect(self) -> None:
         """Collect the cyclic garbage once every :data:`COLLECT_BYTES` of bodies.
 
         mitmproxy's streams are reference cycles that hold their flow, bodies
         included, until the collector runs; it runs after so many objects, not
         bytes, so a few hundred large bodies could wait in memory for it.
         """
-        self.uncollected += size
-        if self.uncollected >= COLLECT_BYTES:
-            self.uncollected = 0
+        if self.written_bytes - self.collected_at >= COLLECT_BYTES:
+            self.collected_at = self.written_bytes
             gc.collect()
 
     def sync(self) -> None:
@@ -171,11 +170,6 @@ class _Sender:
         """Write what is queued, then end the thread."""
         self.queue.put(_DONE)
         self.thread.join()
-
-
-def _size(flow: Any) -> int:
-    """The bytes of a flow's bodies."""
-    return len(flow.request.body) + (len(flow.response.body) if flow.response else 0)
 
 
 class _Forward(logging.Handler):
