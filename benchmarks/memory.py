@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -94,13 +95,16 @@ http {{
     return proc
 
 
-def hey(url: str, n: int, clients: int, proxy_port: int) -> None:
+def hey(url: str, n: int, clients: int, proxy_port: int) -> float:
+    """Send ``n`` requests through the proxy; the requests per second hey measured."""
     done = subprocess.run(["hey", "-n", str(n), "-c", str(clients), "-t", "60",
                            "-x", f"http://127.0.0.1:{proxy_port}", url],
                           capture_output=True, text=True, timeout=1200)
     out = done.stdout + done.stderr
     if f"[200]\t{n} responses" not in out:
         raise SystemExit(f"hey did not get {n} answers with status 200 from {url}:\n{out[-3000:]}")
+    rate = re.search(r"Requests/sec:\s*([0-9.]+)", out)
+    return float(rate.group(1)) if rate else 0.0
 
 
 def flowtap_config(tmp: Path, port: int, sinks: tuple[str, ...]) -> Path:
@@ -176,6 +180,7 @@ class Result:
     peak: float  # VmHWM up to the exit
     exit: float  # seconds from SIGINT to exit
     code: int | None
+    rate: float  # requests/s hey measured from the first count to the last
     outputs: str = ""  # flowtap's files read back
 
 
@@ -186,7 +191,7 @@ def run_target(tmp: Path, url: str, target: str, counts: tuple[int, int], client
         first, last = counts
         hey(url, first, clients, port)
         at_first = status(proc.pid)["VmRSS"]
-        hey(url, last - first, clients, port)
+        rate = hey(url, last - first, clients, port)
         time.sleep(1.5)  # the sinks' backlogs drain (a HAR fsync, a collection rewrite)
         stats = status(proc.pid)
         began = time.monotonic()
@@ -205,7 +210,7 @@ def run_target(tmp: Path, url: str, target: str, counts: tuple[int, int], client
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    result = Result(at_first, stats["VmRSS"], peak, took, proc.returncode)
+    result = Result(at_first, stats["VmRSS"], peak, took, proc.returncode, rate)
     if target == "flowtap":
         result.outputs = check_outputs(tmp, sinks, last)
         log = (tmp / f"{target}.log").read_text(errors="replace").strip()
@@ -237,7 +242,7 @@ def main() -> int:
           + (f"; env {' '.join(args.env)}" if args.env else "")
           + f"\n(load average at start {load[0]:.1f} on {os.cpu_count()} CPUs: the machine may be shared)")
     print(f"{'target':<18}{'RSS@' + str(first):>10}{'RSS@' + str(last):>11}{'growth':>9}{'peak':>8}"
-          f"{'SIGINT->exit':>14}")
+          f"{'SIGINT->exit':>14}{'req/s':>8}")
     verdict = ""
     for target in targets:
         tmp = Path(tempfile.mkdtemp(prefix="flowtap-memory-"))
@@ -253,7 +258,7 @@ def main() -> int:
                 nginx.wait(10)
         growth = r.last - r.first
         print(f"{target:<18}{r.first:>8.0f}Mi{r.last:>9.0f}Mi{growth:>+7.0f}Mi{r.peak:>6.0f}Mi"
-              f"{r.exit:>12.2f}s  (exit code {r.code})", flush=True)
+              f"{r.exit:>12.2f}s{r.rate:>8.0f}  (exit code {r.code})", flush=True)
         if r.outputs:
             print(f"{'':<18}outputs: {r.outputs}", flush=True)
             verdict = (f"\nflowtap against the targets: growth {growth:+.0f} MiB "

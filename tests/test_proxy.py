@@ -524,6 +524,92 @@ def test_the_proxys_process_bounds_what_waits_for_the_pipe_by_bytes(monkeypatch)
         assert sender.dropped == 0 and sender.queued == 1
 
 
+def _proxy_answers(sender, flows: int, body: int) -> tuple[int, float]:
+    """Emit ``flows`` flows as the proxy's event loop does, awaiting what emit returns before the next
+    (mitmproxy answers the client only then); how many were held back, and the seconds it took."""
+    import asyncio
+
+    async def answer_all() -> int:
+        held = 0
+        for page in range(flows):
+            waiting = sender.emit(make_flow(f"http://127.0.0.1/big?page={page}", response_body=b"x" * body))
+            if waiting is not None:
+                held += 1
+                await waiting
+        return held
+
+    began = time.monotonic()
+    held = asyncio.run(answer_all())
+    return held, time.monotonic() - began
+
+
+def test_the_proxy_waits_for_a_capture_that_takes_flows_slower_than_it_makes_them(monkeypatch):
+    """flowtap's process busy (CPU bound by the sinks' work) takes flows slowly: past PAUSE_BYTES
+    waiting, the proxy holds its answers back until it catches up, and loses none."""
+    from flowtap_proxy import host
+
+    monkeypatch.setattr(host, "PAUSE_BYTES", 300_000)
+    monkeypatch.setattr(host, "GATHER", 0)
+    read, write = os.pipe()
+    sender = host._Sender(host._Channel(write))
+    sender.thread.start()
+    most = []
+
+    def take_slowly() -> list:  # a message of 100 KB fills the pipe: each waits for this read
+        taken = []
+        with os.fdopen(read, "rb") as pipe:
+            for kind, payload in host.read_messages(pipe):
+                taken.extend(payload if kind == "flows" else [kind])
+                most.append(sender.queued_bytes - sender.written_bytes)
+                time.sleep(0.02)
+        return taken
+
+    taker = ThreadResult(take_slowly)
+    held, _ = _proxy_answers(sender, 20, 100_000)
+    sender.finish()
+    os.close(write)
+    taken = taker.result()
+    assert held > 0 and sender.dropped == 0
+    assert [f.request.url for f in taken] == [f"http://127.0.0.1/big?page={page}" for page in range(20)]
+    assert max(most) <= 300_000 + 100_000  # the bound, and the flow that crossed it
+
+
+def test_the_proxy_does_not_wait_for_a_capture_that_takes_nothing(monkeypatch):
+    """flowtap's process stuck (it reads nothing for STALL seconds): the proxy answers again, and
+    past BACKLOG_BYTES drops flows, counted, as before."""
+    from flowtap_proxy import host
+
+    monkeypatch.setattr(host, "PAUSE_BYTES", 150_000)
+    monkeypatch.setattr(host, "BACKLOG_BYTES", 600_000)
+    monkeypatch.setattr(host, "STALL", 0.3)
+    read, write = os.pipe()
+    sender = host._Sender(host._Channel(write))
+    sender.thread.start()  # its first message fills the pipe: nothing more leaves until it is read
+    held, took = _proxy_answers(sender, 20, 100_000)
+    assert held > 0 and 0.25 < took < 2
+    assert sender.dropped > 0
+    assert not sender._held()  # the next answer does not wait either
+    drained = ThreadResult(lambda: list(host.read_messages(os.fdopen(read, "rb"))))
+    sender.finish()
+    os.close(write)
+    messages = drained.result()
+    assert ("dropped", sender.dropped) in messages
+
+
+class ThreadResult:
+    """Runs ``target`` in a thread; :meth:`result` joins it and returns what it returned."""
+
+    def __init__(self, target) -> None:
+        self._value: list = []
+        self._thread = threading.Thread(target=lambda: self._value.append(target()), daemon=True)
+        self._thread.start()
+
+    def result(self, timeout: float = 10):
+        self._thread.join(timeout)
+        assert self._value, "the thread did not finish"
+        return self._value[0]
+
+
 def test_flows_the_proxys_process_dropped_are_a_failure_of_the_run(caplog):
     """What the proxy's process reports dropped reaches the run's errors: its end and exit code say so."""
     from flowtap_proxy import host

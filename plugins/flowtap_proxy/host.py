@@ -12,7 +12,7 @@ of ``(kind, payload)``:
   thread of its own pickles and writes them; the event loop only queues);
 - ``("log", (level, message))``, the source's log records;
 - ``("dropped", count)`` when more than :data:`BACKLOG` flows (or :data:`BACKLOG_BYTES` of
-  bodies) waited for the pipe;
+  bodies) waited for the pipe (see :meth:`_Sender.emit`);
 - ``("synced", None)`` for each ``s`` byte read from standard input, once every
   flow finished before it is written (:meth:`flowtap.Source.sync`).
 
@@ -27,6 +27,7 @@ README, Performance).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -36,9 +37,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any, BinaryIO
 
+#: Flows (and bodies' bytes) waiting for the pipe past which the proxy holds its answers back
+#: while the capture is taking flows: the proxy then goes at the pace of flowtap's process.
+PAUSE, PAUSE_BYTES = 1024, 16 << 20
+#: Seconds without the capture taking a flow after which the proxy no longer holds answers back.
+STALL = 1.0
 #: Flows at most waiting for the pipe; past it they are dropped, counted and reported.
 BACKLOG, BACKLOG_BYTES = 16384, 128 << 20
 #: Flows at most in one message, and bodies' bytes (a message is a copy of its flows while written).
@@ -101,17 +107,39 @@ class _Sender:
         self.dropped = 0  # flows dropped so far (by the event loop's thread)
         self.reported = 0  # ... and reported so far (by the sender's)
         self.collected_at = 0  # written_bytes at the last collection of garbage
+        self.taken_at = time.monotonic()  # when the capture last took a message of flows
         self.thread = threading.Thread(target=self._run, name="flowtap-proxy-sender", daemon=True)
 
-    def emit(self, flow: Any) -> None:
+    def emit(self, flow: Any) -> Awaitable[None] | None:
+        """Queue ``flow`` for the pipe; past the pause bound, an awaitable that holds its answer back.
+
+        When flowtap's process takes flows slower than the proxy makes them (its
+        CPU is busy with the sinks' work), the proxy waits for it rather than
+        lose flows for every sink: mitmproxy awaits what a hook returns before it
+        answers the client. A slow or hung sink never causes this (each sink has
+        its own backlog in flowtap's process, which keeps reading); a capture
+        that takes nothing for :data:`STALL` seconds is not waited for, and past
+        :data:`BACKLOG` the flows are dropped and counted.
+        """
         size = len(flow.request.body) + (len(flow.response.body) if flow.response else 0)
         waiting, waiting_bytes = self.queued - self.written, self.queued_bytes - self.written_bytes
         if waiting >= BACKLOG or (waiting and waiting_bytes + size > BACKLOG_BYTES):
             self.dropped += 1
-            return
+            return None
         self.queued += 1
         self.queued_bytes += size
         self.queue.put((flow, size))
+        return self._taken() if self._held() else None
+
+    def _held(self) -> bool:
+        """Whether answers wait: past the pause bound, and the capture took flows in the last STALL s."""
+        waiting, waiting_bytes = self.queued - self.written, self.queued_bytes - self.written_bytes
+        return ((waiting > PAUSE or waiting_bytes > PAUSE_BYTES)
+                and time.monotonic() - self.taken_at < STALL)
+
+    async def _taken(self) -> None:
+        while self._held():
+            await asyncio.sleep(0.005)
 
     def _run(self) -> None:
         while True:
@@ -143,6 +171,7 @@ class _Sender:
     def _send(self, flows: list[Any], size: int) -> None:
         if flows:
             self.channel.send("flows", flows)
+            self.taken_at = time.monotonic()
             self.written += len(flows)
             self.written_bytes += size
             self._collect()
