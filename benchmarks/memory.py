@@ -228,6 +228,10 @@ def main() -> int:
     parser.add_argument("--sink", action="append", choices=SINKS, help="flowtap with only these sinks")
     parser.add_argument("--env", action="append", default=[], help="K=V for the flowtap process")
     args = parser.parse_args()
+    first, last = args.flows
+    if not 0 < first < last or first % args.clients or (last - first) % args.clients:
+        parser.error(f"--flows {first} {last}: need 0 < FIRST < LAST, FIRST and LAST - FIRST multiples of "
+                     f"--clients ({args.clients}): hey gives each client the same number of requests")
     for tool in ("hey", "nginx"):
         if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
             print(f"benchmark: {tool} not found; on Debian: apt-get install hey nginx-light", file=sys.stderr)
@@ -235,7 +239,6 @@ def main() -> int:
     targets = args.only or ["mitmdump", "mitmdump+hardump", "flowtap"]
     sinks = tuple(args.sink or SINKS)
     env = dict(item.split("=", 1) for item in args.env)
-    first, last = args.flows
     load = os.getloadavg()
     print(f"{args.size / MIB:g} MiB JSON responses, {args.clients} clients, RSS after {first:,} and "
           f"{last:,} flows; flowtap sinks: {', '.join(sinks)}"
