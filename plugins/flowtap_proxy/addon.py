@@ -2,9 +2,10 @@
 
 Its hooks run on the proxy's event loop, so each does the least it can:
 convert the flow once and emit it. Filtering, pausing and the sinks happen
-on flowtap's dispatcher thread. What ``emit`` returns the hook returns:
-mitmproxy awaits it before it goes on (the proxy's process holds answers
-back so while flowtap's process catches up, :meth:`flowtap_proxy.host._Sender.emit`).
+on flowtap's dispatcher thread. A hook returns what ``emit`` returns, and
+mitmproxy awaits it before it answers the client: that is how the proxy's
+process holds answers back while flowtap's process catches up
+(:meth:`flowtap_proxy.host._Sender.emit`).
 """
 
 from __future__ import annotations
