@@ -182,6 +182,24 @@ def test_a_second_signal_while_sinks_finish_exits_130_naming_them(tmp_path, site
 # -- flowtap ctl status ---------------------------------------------------------------------------
 
 
+def test_the_run_ends_on_its_signal_handlers_flag_alone():
+    """`flowtap run`'s SIGINT/SIGTERM handler only sets a flag: it runs in the main thread, maybe
+    inside the view's ``stop.wait()`` with the event's lock held, where ``stop.set()`` waited for that
+    lock forever (a run that ignored Ctrl-C). The view's loop ends on the flag, the event untouched."""
+    from flowtap.view import ConsoleView
+
+    class _Capture:
+        session = None
+
+    stop, signalled = threading.Event(), []
+    timer = threading.Timer(0.3, lambda: signalled.append(signal.SIGINT))
+    timer.start()
+    began = time.monotonic()
+    with open(os.devnull, "w") as out:
+        ConsoleView(_Capture(), interactive=False, out=out).run_until(stop, lambda: bool(signalled))  # type: ignore[arg-type]
+    assert signalled and not stop.is_set() and time.monotonic() - began < 2
+
+
 def test_ctl_status_lists_each_sinks_health(tmp_path, site, data_dir):
     proc = start_run(tmp_path, site, "[sources.stream]\ninterval = 0.02\n[sinks.faulty]\nmode = 'raise'\n",
                      "--quiet")

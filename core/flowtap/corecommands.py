@@ -277,7 +277,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     capture.register(view, name=VIEW_PLUGIN)
 
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _ENDING}
+    # The handler only appends (no lock): it runs in the main thread between two of its steps, and
+    # once ran inside stop.wait() with the event's own lock held, where stop.set() waited for that
+    # lock forever (a run that ignored Ctrl-C). The view's loop looks at the list on every tick.
+    signalled: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _: signalled.append(signum)) for sig in _ENDING}
     control = ControlServer(capture, stop.set)
 
     def watch() -> None:
@@ -295,7 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # cyclic collector's sight, full collections skip it (a fifth of the time they took).
         gc.freeze()
         threading.Thread(target=watch, name="flowtap-watch", daemon=True).start()
-        view.run_until(stop)
+        view.run_until(stop, lambda: bool(signalled))
     finally:
         # Ending: the sinks get their close timeout; the next Ctrl-C or SIGTERM quits at once.
         for sig in _ENDING:

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from flowtap.api import Sink
@@ -313,12 +313,13 @@ class ConsoleView:
 
     # -- the live table ---------------------------------------------------------------------------
 
-    def run_until(self, stop: threading.Event) -> None:
-        """Block until ``stop`` is set, drawing the table and handling keys when interactive."""
+    def run_until(self, stop: threading.Event, signalled: Callable[[], bool] = lambda: False) -> None:
+        """Block until ``stop`` is set or ``signalled()`` is true (a signal handler's flag: it must take
+        no lock), drawing the table and handling keys when interactive."""
         if not self.interactive:
             # In short waits: when Ctrl-C reaches another thread than this one, Python runs the
             # handler here only between waits (an endless wait missed it, now and then, for good).
-            while not stop.wait(0.1):
+            while not (stop.wait(0.1) or signalled()):
                 pass
             return
         import termios
@@ -343,7 +344,7 @@ class ConsoleView:
             previous = signal.signal(signal.SIGWINCH, lambda *_: _poke(wake_w))
         try:
             screen.open()
-            while not stop.is_set():
+            while not (stop.is_set() or signalled()):
                 screen.draw(*self._screen_lines(*screen.size()))
                 ready, _, _ = select.select([fd, wake_r], [], [], TICK)
                 if wake_r in ready:
