@@ -179,9 +179,6 @@ def test_a_second_signal_while_sinks_finish_exits_130_naming_them(tmp_path, site
         "sink 'faulty' (in close) did not finish (output may be incomplete)")
 
 
-# -- flowtap ctl status ---------------------------------------------------------------------------
-
-
 def test_the_run_ends_on_its_signal_handlers_flag_alone():
     """`flowtap run`'s SIGINT/SIGTERM handler only sets a flag: it runs in the main thread, maybe
     inside the view's ``stop.wait()`` with the event's lock held, where ``stop.set()`` waited for that
@@ -198,6 +195,9 @@ def test_the_run_ends_on_its_signal_handlers_flag_alone():
     with open(os.devnull, "w") as out:
         ConsoleView(_Capture(), interactive=False, out=out).run_until(stop, lambda: bool(signalled))  # type: ignore[arg-type]
     assert signalled and not stop.is_set() and time.monotonic() - began < 2
+
+
+# -- flowtap ctl status ---------------------------------------------------------------------------
 
 
 def test_ctl_status_lists_each_sinks_health(tmp_path, site, data_dir):
