@@ -13,7 +13,9 @@ goes direct to nginx, through ``mitmdump -q``, through ``flowtap run --quiet``
 with every bundled sink and the session store, and through the same flowtap
 plus a third-party sink that sleeps 2 s in every flush ("flowtap+faulty":
 ``tests/faulty_sink``, pip-installed into a directory of its own), interleaved,
-``--reps`` times. Medians are printed (of 9 short runs rather than of 5 long ones: on a shared
+``--reps`` times; and through a second flowtap just like the first ("flowtap again"), a
+control: how far two identical flowtaps' p99s lie apart is the noise that the faulty sink's
+p99 change is read against. Medians are printed (of 9 short runs rather than of 5 long ones: on a shared
 machine one run's p99 can be twice the next one's, for mitmdump as for flowtap, and a median
 of more runs leaves fewer of those out) with the ratios flowtap/mitmdump and
 their targets (issue 10): requests/s (>= 1.25), p50 and p99 latency as hey
@@ -326,8 +328,11 @@ def main() -> int:
         procs.append(flow)
         faulty, faulty_port = start_flowtap(tmp, "faulty", faulty=SLEEPING)
         procs.append(faulty)
+        again, again_port = start_flowtap(tmp, "again")
+        procs.append(again)
         targets = {"direct": (None, None), "mitmdump": (mitm_port, mitm.pid),
-                   "flowtap": (flow_port, flow.pid), "flowtap+faulty": (faulty_port, faulty.pid)}
+                   "flowtap": (flow_port, flow.pid), "flowtap+faulty": (faulty_port, faulty.pid),
+                   "flowtap again": (again_port, again.pid)}
         if args.no_sinks_too:
             bare, bare_port = start_flowtap(tmp, "bare", sinks=False)
             procs.append(bare)
@@ -374,10 +379,12 @@ def report(results: dict[tuple[str, int, str], list[dict[str, float]]], scenario
     """The medians per scenario and target; the ratios to mitmdump and to flowtap, against their targets."""
     print(f"\n{requests} requests per run, {reps} runs interleaved, medians; "
           f"CPU = the proxy's processes' user+sys per request;\n"
-          f"flowtap+faulty = flowtap + a third-party sink that sleeps 2 s in every flush")
+          f"flowtap+faulty = flowtap + a third-party sink that sleeps 2 s in every flush; "
+          f"flowtap again = a second flowtap, the same as the first (the noise between two)")
     print(f"{'scenario':<14}{'target':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}")
     ratios: dict[str, list[float]] = {}
     changes: list[float] = []
+    noise: list[float] = []
     for scheme, c in scenarios:
         med = {}
         for name in targets:
@@ -400,6 +407,10 @@ def report(results: dict[tuple[str, int, str], list[dict[str, float]]], scenario
         print(f"{'':<14}{'flowtap+faulty/flowtap':<24}p99 {change:+.0f}% "
               f"({'ok' if change <= FAULTY_P99_CHANGE else 'MISSED'})  "
               f"req/s {z['rps'] / f['rps']:.2f}  CPU/req {z['cpu'] / f['cpu']:.2f}")
+        z = med["flowtap again"]
+        noise.append((z["p99"] / f["p99"] - 1) * 100)
+        print(f"{'':<14}{'flowtap again/flowtap':<24}p99 {noise[-1]:+.0f}% (the same flowtap twice: noise)  "
+              f"req/s {z['rps'] / f['rps']:.2f}  CPU/req {z['cpu'] / f['cpu']:.2f}")
         if "flowtap-0" in med:
             z = med["flowtap-0"]
             print(f"{'':<14}{'flowtap-0/mitmdump':<24}"
@@ -408,7 +419,8 @@ def report(results: dict[tuple[str, int, str], list[dict[str, float]]], scenario
           + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ratios.items())
           + "\ntargets in every scenario: " + ", ".join(f"{k} {op} {b}" for k, (op, b) in TARGETS.items())
           + f"; flowtap+faulty's p99 at most {FAULTY_P99_CHANGE:.0f}% above flowtap's "
-          + f"(here {', '.join(f'{c:+.0f}%' for c in changes)})")
+          + f"(here {', '.join(f'{c:+.0f}%' for c in changes)}; between two identical flowtaps "
+          + f"{', '.join(f'{c:+.0f}%' for c in noise)})")
 
 
 def kill_check(tmp: Path, url: str, seconds: float, clients: int = 20) -> None:
