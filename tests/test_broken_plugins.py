@@ -122,3 +122,22 @@ def test_plugins_lists_the_broken_ones_and_why(tmp_path, sites):
     assert "failed: ModuleNotFoundError: No module named 'requests_toolbelt_not_installed'" in rows["broken"]
     assert ("enabled; flowtap_register_sink is not a flowtap hook (did you mean flowtap_register_sinks?)"
             in rows["typo"])
+
+
+def test_code_that_runs_a_capture_gets_the_same_line_as_the_command_line(tmp_path, sites, monkeypatch):
+    import flowtap
+
+    for site in sites("broken", "typo"):
+        monkeypatch.syspath_prepend(str(site))
+    for table, expected in (
+            ("broken", "[sinks.broken]: plugin 'broken' (flowtap-broken 1.0.0) failed to load: "
+                       "ModuleNotFoundError: No module named 'requests_toolbelt_not_installed'"),
+            ("typo", "[sinks.typo]: plugin 'typo' (flowtap-typo 1.0.0) registers no sink 'typo': "
+                     "flowtap_register_sink is not a flowtap hook (did you mean flowtap_register_sinks?)"),
+            ("hra", "[sinks.hra]: no installed plugin provides the sink 'hra'; did you mean [sinks.har]?")):
+        (tmp_path / "flowtap.toml").write_text(f"[store]\nenabled = false\n[sinks.{table}]\n")
+        capture = flowtap.Capture(flowtap.load_config(tmp_path / "flowtap.toml"), load_entrypoints=True)
+        with pytest.raises(flowtap.ConfigError) as refused:
+            capture.start()
+        assert str(refused.value).startswith(f"{tmp_path / 'flowtap.toml'}:3: {expected}")
+        assert capture.session is None  # nothing started

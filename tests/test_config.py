@@ -46,8 +46,15 @@ def test_typo_in_a_key_names_file_line_table_and_key(tmp_path):
 
 
 def test_unknown_table_is_named(tmp_path):
+    path = write(tmp_path / "c.toml", "[sesion]\nname = 'x'\n")
+    with pytest.raises(flowtap.ConfigError, match=r"c.toml:1: unknown table \[sesion\].*\[session\]"):
+        validate(path)
+
+
+def test_a_sink_table_no_plugin_serves_is_named_with_the_likely_one(tmp_path):
     path = write(tmp_path / "c.toml", "[sinks.hra]\npath = 'x'\n")
-    with pytest.raises(flowtap.ConfigError, match=r"c.toml:1: unknown table \[sinks.hra\].*\[sinks.har\]"):
+    with pytest.raises(flowtap.ConfigError, match=r"c.toml:1: \[sinks.hra\]: no installed plugin provides "
+                                                  r"the sink 'hra'; did you mean \[sinks.har\]\?"):
         validate(path)
 
 

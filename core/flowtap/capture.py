@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ from flowtap.coreplugin import NAME as CORE, CorePlugin
 from flowtap.dispatch import Dispatcher
 from flowtap.health import SUMMARY_INTERVAL, SinkHealth
 from flowtap.model import Flow
-from flowtap.plugins import PluginHost
+from flowtap.plugins import PluginHost, misspelled
 from flowtap.scheduler import Scheduler
 from flowtap.session import Session, State
 from flowtap.sinkworker import Limits, SinkWorker
@@ -179,10 +180,59 @@ class Capture:
             if info.status != "enabled"
             for kind in ("sources", "sinks")
         ]
+        problem = self.unserved_table()
+        if problem is not None:
+            raise ConfigError(problem[0])
         self.config.validate(self.options, ignored=ignored)
         for _ in self.host.each("flowtap_config_validate", config=self.config, reraise=ConfigError):
             pass
         self._validated = True
+
+    def unserved_table(self) -> tuple[str, str | None] | None:
+        """The first configured ``[sinks.NAME]`` or ``[sources.NAME]`` table that no plugin serves.
+
+        Its plugin (the one named NAME, as entry points name plugins) failed to
+        import, has a misspelled hook, registers no such sink or source, or is not
+        installed. A disabled plugin's table is left alone, as is ``enabled = false``.
+
+        :returns: None, or one line naming the table's place, the plugin and the
+            reason, and the plugin to blame (None when none is installed).
+        """
+        for kind, factories in (("sources", self.source_factories), ("sinks", self.sink_factories)):
+            tables = self.config.raw.get(kind)
+            if not isinstance(tables, dict):
+                continue
+            served = {entry.table for entry in factories.values()}
+            for name, table in tables.items():
+                dotted = f"{kind}.{name}"
+                if not isinstance(table, dict) or dotted in served or table.get("enabled", True) is False:
+                    continue
+                problem = self._why_unserved(kind, name)
+                if problem is not None:
+                    return f"{self.config.where(dotted)}: {problem[0]}", problem[1]
+        return None
+
+    def _why_unserved(self, kind: str, name: str) -> tuple[str, str | None] | None:
+        what = kind[:-1]  # "sink", "source"
+        factories = self.source_factories if kind == "sources" else self.sink_factories
+        info = self.host.infos.get(name)
+        if info is not None and info.status == "disabled":
+            return None
+        if info is None:
+            installed = sorted(factories)
+            close = difflib.get_close_matches(name, installed, n=1)
+            hint = f"; did you mean [{kind}.{close[0]}]?" if close else ""
+            failed = [i.name for i in self.host.infos.values() if i.status == "failed"]
+            also = f"; failed to load: {', '.join(map(repr, failed))}" if failed else ""
+            return (f"no installed plugin provides the {what} {name!r}{hint} (installed {kind}: "
+                    f"{', '.join(installed) or 'none'}{also}; `flowtap plugins` lists plugins)", None)
+        who = f"plugin {name!r}" + (f" ({info.distribution} {info.version})" if info.distribution else "")
+        if info.status == "failed":
+            return f"{who} failed to load: {info.error}", name
+        if info.unknown_hooks:
+            return f"{who} registers no {what} {name!r}: {misspelled(info.unknown_hooks)}", name
+        return (f"{who} registers no {what} named {name!r} (it has no flowtap_register_{kind} hook for it; "
+                f"{kind}: {', '.join(sorted(factories)) or 'none'})"), name
 
     # -- running ---------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -144,54 +143,20 @@ def _held_plugin_warnings() -> Iterator[list[logging.LogRecord]]:
 
 
 def check_plugins(capture: Capture, verbose: bool = False) -> None:
-    """Refuse a configured ``[sinks.NAME]`` or ``[sources.NAME]`` table that no plugin serves.
+    """Refuse a configured ``[sinks.NAME]`` or ``[sources.NAME]`` table that no plugin serves
+    (:meth:`flowtap.Capture.unserved_table`), and say where the traceback is of a plugin that
+    failed to import. A disabled plugin's table is left alone, as is ``enabled = false``.
 
-    The table's plugin (the one named NAME, as entry points name plugins) failed to import, has
-    a misspelled hook, registers no such sink or source, or is not installed: one line naming
-    the plugin and the reason. A disabled plugin's table is left alone, as is ``enabled = false``.
-
-    :param verbose: print the traceback of a plugin that failed to import (to stderr) first.
+    :param verbose: print that traceback (to stderr) first.
     :raises _PluginProblem: naming the plugin (a :class:`flowtap.ConfigError` for the command line).
     """
-    config = capture.config
-    for kind, factories in (("sources", capture.source_factories), ("sinks", capture.sink_factories)):
-        tables = config.raw.get(kind)
-        if not isinstance(tables, dict):
-            continue
-        served = {entry.table for entry in factories.values()}
-        for name, table in tables.items():
-            dotted = f"{kind}.{name}"
-            if not isinstance(table, dict) or dotted in served or table.get("enabled", True) is False:
-                continue
-            problem = _why_unserved(capture, kind, name, verbose)
-            if problem is not None:
-                message, plugin = problem
-                raise _PluginProblem(f"{config.where(dotted)}: {message}", plugin)
-
-
-def _why_unserved(capture: Capture, kind: str, name: str, verbose: bool) -> tuple[str, str | None] | None:
-    from flowtap.plugins import misspelled
-
-    what = kind[:-1]  # "sink", "source"
-    factories = capture.source_factories if kind == "sources" else capture.sink_factories
-    info = capture.host.infos.get(name)
-    if info is not None and info.status == "disabled":
-        return None
-    if info is None:
-        installed = sorted(factories)
-        close = difflib.get_close_matches(name, installed, n=1)
-        hint = f"; did you mean [{kind}.{close[0]}]?" if close else ""
-        failed = [i.name for i in capture.host.infos.values() if i.status == "failed"]
-        also = f"; failed to load: {', '.join(map(repr, failed))}" if failed else ""
-        return (f"no installed plugin provides the {what} {name!r}{hint} (installed {kind}: "
-                f"{', '.join(installed) or 'none'}{also}; `flowtap plugins` lists plugins)", None)
-    who = f"plugin {name!r}" + (f" ({info.distribution} {info.version})" if info.distribution else "")
-    if info.status == "failed":
+    problem = capture.unserved_table()
+    if problem is None:
+        return
+    message, plugin = problem
+    info = capture.host.infos.get(plugin) if plugin else None
+    if info is not None and info.status == "failed":
         if verbose and info.traceback:
             sys.stderr.write(info.traceback)
-        more = "the traceback is above" if verbose else "-v shows the traceback"
-        return f"{who} failed to load: {info.error} ({more})", name
-    if info.unknown_hooks:
-        return f"{who} registers no {what} {name!r}: {misspelled(info.unknown_hooks)}", name
-    return (f"{who} registers no {what} named {name!r} (it has no flowtap_register_{kind} hook for it; "
-            f"{kind}: {', '.join(sorted(factories)) or 'none'})"), name
+        message += " (the traceback is above)" if verbose else " (-v shows the traceback)"
+    raise _PluginProblem(message, plugin)
