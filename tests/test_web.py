@@ -201,6 +201,21 @@ def test_the_token_the_host_and_the_origin_guard_every_request(run):
         assert own.status_code == 200
 
 
+def test_head_answers_what_get_would_without_the_body(run):
+    with httpx.Client(base_url=run.base, trust_env=False, timeout=10) as web:
+        assert web.head("/api/sessions").status_code == 403  # guarded as GET is
+        web.get("/", params={"token": run.web.split("token=")[1]})  # the cookie
+        sid = run.session_id()
+        for path in ("/", "/static/app.js", "/api/sessions", f"/api/sessions/{sid}/live"):
+            got, head = web.get(path) if not path.endswith("/live") else None, web.head(path)
+            assert head.status_code == 200 and head.content == b"", path
+            if got is not None:
+                assert head.headers["content-type"] == got.headers["content-type"], path
+                assert int(head.headers["content-length"]) == len(got.content), path
+        assert web.head("/api/sessions/no-such-session").status_code == 400
+        assert web.head(f"/api/sessions/{sid}/control").status_code == 405  # POST only
+
+
 # -- watching --------------------------------------------------------------------------------------
 
 

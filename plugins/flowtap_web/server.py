@@ -195,6 +195,12 @@ class Handler(tornado.web.RequestHandler):
         """Whether this request is let in without the cookie (and answered already)."""
         return False
 
+    async def head(self, *args: str) -> None:
+        """What GET answers, headers only (Tornado leaves a HEAD answer's body out); 405 without GET."""
+        answer = self.get(*args)
+        if answer is not None:
+            await answer
+
     def authorized(self) -> bool:
         given = self.get_cookie(self.web.cookie_name()) or ""
         return hmac.compare_digest(given.encode(), self.web.token.encode())
@@ -328,6 +334,9 @@ class Live(Handler):
         ref = (await self.read(lambda store: store.session(ref, unique=True))).id  # polled by id
         cursor = _int(params.get("after")) or 0
         self.set_header("Content-Type", "text/event-stream")
+        if self.request.method == "HEAD":  # the stream's headers, not a stream that never ends
+            self.finish()
+            return
         last: Any = None
         while not self._closed:
             news = await self.read(data.update, ref, expression, cursor, LIVE_LIMIT)
