@@ -296,22 +296,23 @@ def test_a_store_of_schema_version_1_is_read_as_it_is_and_upgraded_by_a_writer(t
     with capture(config=store_config(path)) as cap:
         cap.feed(make_flow(url="https://old.test/", id="0ld"))
     conn = sqlite3.connect(path)
-    # What version 1 had that version 2 dropped, without what version 3 added.
+    # What version 1 had that version 2 dropped, without what versions 3 and 4 added.
     conn.executescript("CREATE INDEX flows_id ON flows(id); CREATE INDEX flows_time ON flows(time);"
                        "ALTER TABLE sessions DROP COLUMN machine; ALTER TABLE sessions DROP COLUMN user_name;"
-                       "PRAGMA user_version = 1;")
+                       "ALTER TABLE sessions DROP COLUMN seen; PRAGMA user_version = 1;")
     conn.close()
     with flowtap.open_store(path) as store:
         assert store.flow("0ld").request.host == "old.test"
-        assert (store.session("last").machine, store.session("last").user) == ("", "")
+        old = store.session("last")
+        assert (old.machine, old.user, old.seen, old.state) == ("", "", None, "ended")
     with capture(config=store_config(path)) as cap:
         cap.feed(make_flow(url="https://new.test/"))
     conn = sqlite3.connect(path)
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 4
     assert "flows_id" not in indexes and "flows_time" not in indexes and "flows_host" in indexes
     columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
-    assert {"machine", "user_name"} <= columns
+    assert {"machine", "user_name", "seen"} <= columns
 
 
 def test_bad_input_is_a_clear_error(stored, tmp_path):
@@ -428,3 +429,48 @@ def test_a_row_the_database_refuses_is_left_out_alone(tmp_path, monkeypatch):
     assert (health.written, health.missed, health.errors) == (4, 1, 1)  # lost, and counted
     assert health.last_error == (f"flush: {path}: a flow (GET https://a.test/bad) not stored: "
                                  "NOT NULL constraint failed: flows.host")
+
+
+def test_a_running_session_of_another_machine_reads_as_interrupted_once_its_run_falls_silent(tmp_path):
+    """Another machine's process cannot be asked whether it lives: its run's heartbeat (seen) tells."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.db"
+    with capture(config=store_config(path, batch_interval=0)) as cap:
+        cap.feed(make_flow())
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid no process has any more
+
+    def state(machine, pid, seen):
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE sessions SET state = 'running', ended = NULL, machine = ?, pid = ?, "
+                         "seen = ?", (machine, pid, seen))
+        with flowtap.open_store(path) as store:
+            return store.sessions()[0].state
+
+    now = time.time()
+    assert state("elsewhere", gone, now - 5) == "running"  # heard from lately; its pid means nothing here
+    assert state("elsewhere", os.getpid(), now - db.STALE - 5) == "interrupted"  # silent too long
+    assert state("elsewhere", gone, None) == "running"  # written before seen was: cannot tell
+    assert state(socket.gethostname(), gone, now) == "interrupted"  # here the process itself is asked
+    assert state(socket.gethostname(), os.getpid(), now - db.STALE - 5) == "running"
+
+
+def test_a_run_keeps_writing_seen_while_nothing_else_is_committed(tmp_path, monkeypatch):
+    monkeypatch.setattr(db, "HEARTBEAT", 0.2)
+    path = tmp_path / "s.db"
+
+    def seen():
+        with sqlite3.connect(path) as conn:
+            return conn.execute("SELECT seen FROM sessions").fetchone()[0]
+
+    started = time.time()
+    with capture(config=store_config(path)) as cap:
+        cap.feed(make_flow())  # the first flow is committed at once
+        first = seen()
+        assert started <= first <= time.time()
+        time.sleep(1.0)  # idle: no flow, no event, no count changes
+        assert seen() >= first + 0.5

@@ -388,3 +388,27 @@ def test_the_web_ui_reads_and_manages_a_postgresql_store(pg_url):
             assert web.get("/api/sessions").json()["sessions"] == []
     finally:
         server.stop()
+
+
+def test_another_machines_run_that_fell_silent_reads_as_interrupted(pg_url, capsys):
+    """Its process cannot be asked: the heartbeat (seen) the spool delivers tells everyone else."""
+    import psycopg
+
+    config = {"store": {"url": pg_url, "batch_interval": "20ms"}, "session": {"name": "far"}}
+    started = time.time()
+    with capture(config=config) as cap:
+        cap.feed(make_flow())
+        wait_for(lambda: len(stored_paths(pg_url)) == 1)
+    with flowtap.open_store(pg_url) as store:
+        assert started <= store.session("far").seen <= time.time()  # delivered with the session
+
+    def listed(seen: float) -> str:
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # as a run on another machine left it
+            conn.execute("UPDATE sessions SET state = 'running', ended = NULL, machine = 'elsewhere', "
+                         "seen = %s WHERE name = 'far'", (seen,))
+        code, out, _ = cli(capsys, "sessions", "--set", f"store.url={pg_url}")
+        assert code == 0
+        return next(line for line in out.splitlines() if "far" in line)
+
+    assert " running " in listed(time.time())
+    assert " interrupted " in listed(time.time() - db.STALE - 5)

@@ -307,6 +307,8 @@ class Reader:
         self.conn = connect(url, write=False)
         self.dialect = Dialect(self.conn)
         self.who = "machine, user_name"
+        # Before schema version 4 (a store no writer of this version has opened yet): no seen.
+        self.seen = "seen" if schema_version(self.conn) >= 4 else "NULL"
         self.stored = "s.stored"
 
     def close(self) -> None:

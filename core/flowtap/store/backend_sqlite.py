@@ -27,6 +27,7 @@ class Reader:
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(sessions)")}
         # Stores from before schema version 3 have no machine and user.
         self.who = "machine, user_name" if "machine" in columns else "'', ''"
+        self.seen = "seen" if "seen" in columns else "NULL"  # before schema version 4
         #: A session's flows, counted (fast enough: 85 ms for `flowtap sessions` over a million flows).
         self.stored = "(SELECT count(*) FROM flows WHERE session = s.id)"
 

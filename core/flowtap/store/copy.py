@@ -53,8 +53,8 @@ def copy(source: str | os.PathLike, target: str | os.PathLike, progress: Any = N
 
 def _session(store: Store, out: Any, session: str, progress: Any, refused: list[str]) -> int:
     """Copy one session: its row, its events, then its flows in batches; how many flows."""
-    row = store._execute(f"SELECT {', '.join(db.SESSION_COLUMNS[:-2])}, {store._db.who} FROM sessions "
-                         "WHERE id = ?", (session,))[0]
+    row = store._execute(f"SELECT {', '.join(db.SESSION_COLUMNS[:-3])}, {store._db.who}, {store._db.seen} "
+                         "FROM sessions WHERE id = ?", (session,))[0]
     events = store._execute(f"SELECT time, kind, text FROM events WHERE session = ? "
                             f"ORDER BY time, {store._db.order}", (session,))
     with out.transaction():

@@ -126,20 +126,32 @@ ALTER TABLE sessions ADD COLUMN machine TEXT NOT NULL DEFAULT '';
 ALTER TABLE sessions ADD COLUMN user_name TEXT NOT NULL DEFAULT '';
 """
 
+# Whether a session on another machine is still recorded cannot be asked of its process: the run
+# writes the time it was last alive into its session row ('seen': with every commit, and every
+# HEARTBEAT seconds while nothing else is committed); readers take a running session not seen
+# for STALE seconds as interrupted. NULL: recorded before.
+SCHEMA_V4 = """
+ALTER TABLE sessions ADD COLUMN seen REAL;
+"""
+
 #: version -> SQL that brings a database from the version before to it. Written for SQLite; the
 #: PostgreSQL backend translates the types (store/backend_postgres.py).
-MIGRATIONS: dict[int, str] = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3}
+MIGRATIONS: dict[int, str] = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
 VERSION = max(MIGRATIONS)
-#: The oldest version a read-only connection reads as it is (since then: indexes dropped, and the
-#: columns machine and user_name, read as '' when missing).
+#: The oldest version a read-only connection reads as it is (since then: indexes dropped, the
+#: columns machine and user_name, read as '' when missing, and seen, read as NULL).
 READS_FROM = 1
+#: Seconds between a run's writes of ``sessions.seen`` while it commits nothing else.
+HEARTBEAT = 30.0
+#: Seconds after which a running session of another machine, not seen since, reads as interrupted.
+STALE = 3 * HEARTBEAT
 
 FLOW_COLUMNS = ("seq", "id", "session", "time", "method", "scheme", "host", "host_header", "port", "path",
                 "url", "pretty_url", "status", "request_type", "response_type", "request_size",
                 "response_size", "duration", "source", "error", "websocket", "files")
 #: A session row, as copies and deliveries carry it.
 SESSION_COLUMNS = ("id", "name", "started", "ended", "state", "pid", "recorded", "filtered", "paused",
-                   "received", "config", "machine", "user_name")
+                   "received", "config", "machine", "user_name", "seen")
 
 
 class SessionWrites:

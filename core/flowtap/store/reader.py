@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,14 @@ def _machine() -> str:
     return socket.gethostname()
 
 
+def _interrupted(pid: int | None, machine: str, seen: float | None) -> bool:
+    """Whether a session stored as running is not: its process (on this machine) is gone, or (on
+    another) its run has not written ``seen`` for :data:`flowtap.store.db.STALE` seconds."""
+    if machine in ("", _machine()):
+        return not pid_alive(pid)
+    return seen is not None and time.time() - seen > db.STALE
+
+
 def pid_alive(pid: int | None) -> bool:
     """Whether process ``pid`` exists (on this machine)."""
     if not pid:
@@ -64,7 +73,9 @@ class SessionInfo:
     """One stored session.
 
     ``state`` is ``running``, ``paused``, ``ended``, or ``interrupted`` (its
-    process died before ending it: a crash or ``kill -9``).
+    process died before ending it: a crash or ``kill -9``; for a session of
+    another machine, whose process cannot be asked, its run has not been
+    heard from for :data:`flowtap.store.db.STALE` seconds).
     """
 
     id: str
@@ -81,6 +92,7 @@ class SessionInfo:
     config: dict[str, Any]
     machine: str = ""  #: the host name of the machine that recorded it ('' before flowtap recorded it)
     user: str = ""  #: the user who recorded it
+    seen: float | None = None  #: when its run was last known alive (Unix time; None: not recorded)
 
     @property
     def live(self) -> bool:
@@ -172,7 +184,7 @@ class Store:
     def _sessions(self, where: list[str], params: list[str], order: str = "") -> list[SessionInfo]:
         """The sessions meeting the conditions ``where`` (none: all)."""
         rows = self._execute(
-            f"SELECT {_SESSION_COLUMNS}, {self._db.stored}, {self._db.who} "
+            f"SELECT {_SESSION_COLUMNS}, {self._db.stored}, {self._db.who}, {self._db.seen} "
             f"FROM sessions s{' WHERE ' + ' AND '.join(where) if where else ''}{order}", params)
         return [self._session(row) for row in rows]
 
@@ -188,15 +200,15 @@ class Store:
 
     def _session(self, row: tuple) -> SessionInfo:
         (sid, name, started, ended, state, pid, recorded, filtered, paused, received, config, flows,
-         machine, user) = row
-        if state in ("running", "paused") and machine in ("", _machine()) and not pid_alive(pid):
+         machine, user, seen) = row
+        if state in ("running", "paused") and _interrupted(pid, machine, seen):
             state = "interrupted"
         try:
             config = json.loads(config)
         except ValueError:
             config = {}
         return SessionInfo(sid, name, started, ended, state, pid, flows, recorded, filtered, paused,
-                           received, config, machine, user)
+                           received, config, machine, user, seen)
 
     def session(self, ref: str, unique: bool = False) -> SessionInfo:
         """The session ``ref`` names: an id, a unique id prefix, a name, or ``last``.

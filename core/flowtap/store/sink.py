@@ -96,6 +96,9 @@ class StoreSink(Sink):
         self._events = 0  # pauses, resumes, clears and marks so far
         self._last_commit = float("-inf")  # the first flow is committed at once
         self._timer: Timer | None = None  # the commit scheduled for when the interval is up
+        self._beat: Timer | None = None  # the next look at whether ``seen`` is due
+        self._seen_at = float("-inf")  # when ``seen`` was last committed (monotonic)
+        self._seen_due = False  # the next commit is for ``seen`` alone if nothing else
 
     # -- flowtap.Sink --------------------------------------------------------------
 
@@ -110,9 +113,9 @@ class StoreSink(Sink):
             with db.transaction(conn):
                 self._close_interrupted(conn)
                 conn.execute("INSERT INTO sessions (id, name, started, state, pid, config, machine, "
-                             "user_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             "user_name, seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              (session.id, session.name, session.started, session.state.value, os.getpid(),
-                              self.config, *recorder()))
+                              self.config, *recorder(), time.time()))
         except sqlite3.Error as exc:
             conn.close()
             self.conn = None
@@ -154,6 +157,9 @@ class StoreSink(Sink):
             self._timer = self.call_later(wait if self._pending else self.interval, self._commit)
 
     def close(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
         if self.conn is None:
             return
         session = self.session
@@ -186,7 +192,18 @@ class StoreSink(Sink):
         assert self.session is not None
         c = self.session.counts
         counts = (c.recorded, c.filtered, c.paused, c.received)
-        return bool(self._pending or self._marks) or counts != self._counts
+        return bool(self._pending or self._marks or self._seen_due) or counts != self._counts
+
+    def _heartbeat(self) -> None:
+        """Commit ``seen`` if nothing has for half a :data:`~flowtap.store.db.HEARTBEAT` (a
+        call_later callback, every HEARTBEAT from the session's start): other machines reading a
+        team store can tell a session that is still recorded from one whose run died."""
+        if self.conn is None:
+            return
+        self._beat = self.call_later(db.HEARTBEAT, self._heartbeat)
+        if time.monotonic() - self._seen_at >= db.HEARTBEAT / 2:
+            self._seen_due = True
+            self._commit()
 
     def _commit(self) -> None:
         """Commit the waiting flows, the marks and the counts, in one transaction.
@@ -206,14 +223,14 @@ class StoreSink(Sink):
         c = session.counts
         counts = (c.recorded, c.filtered, c.paused, c.received)
         pending, marks = self._pending, self._marks
-        self._pending, self._marks = [], []
+        self._pending, self._marks, self._seen_due = [], [], False
         try:
             with db.transaction(conn):
                 refused = self._insert(conn, session, pending) if pending else []
                 conn.executemany("INSERT INTO events (session, time, kind, text) VALUES (?, ?, ?, ?)",
                                  [(session.id, when, kind, text) for when, kind, text in marks])
-                conn.execute("UPDATE sessions SET recorded = ?, filtered = ?, paused = ?, received = ? "
-                             "WHERE id = ?", (*counts, session.id))
+                conn.execute("UPDATE sessions SET recorded = ?, filtered = ?, paused = ?, received = ?, "
+                             "seen = ? WHERE id = ?", (*counts, time.time(), session.id))
         except sqlite3.Error as exc:
             for row in pending:
                 self._remove_bodies(*row[5])
@@ -224,6 +241,7 @@ class StoreSink(Sink):
             raise SinkFailed(f"{self._failed(exc)}{lost}", lost=len(pending)) from None
         self._events += len(marks)
         self._counts = counts
+        self._seen_at = time.monotonic()
         if refused:
             (method, url, error), more = refused[0], len(refused) - 1
             raise SinkFailed(f"{self.path}: a flow ({method} {url}) not stored: {error}"
@@ -263,6 +281,10 @@ class StoreSink(Sink):
     def flowtap_session_start(self, session: Session) -> None:
         if session is self.session:
             self._started = True
+            try:
+                self._beat = self.call_later(db.HEARTBEAT, self._heartbeat)
+            except RuntimeError:  # driven by hand, not by a capture: seen goes with each commit only
+                pass
 
     @hookimpl
     def flowtap_session_pause(self, session: Session) -> None:
