@@ -411,4 +411,10 @@ def test_another_machines_run_that_fell_silent_reads_as_interrupted(pg_url, caps
         return next(line for line in out.splitlines() if "far" in line)
 
     assert " running " in listed(time.time())
+    code, _, err = cli(capsys, "sessions", "delete", "far", "--set", f"store.url={pg_url}")
+    assert code != 0 and "is being recorded by pid" in err and "on elsewhere" in err
     assert " interrupted " in listed(time.time() - db.STALE - 5)
+    code, _, err = cli(capsys, "sessions", "delete", "far", "--set", f"store.url={pg_url}")
+    assert code == 0, err  # a dead run's session no longer waits forever for its end
+    with flowtap.open_store(pg_url) as store:
+        assert store.sessions() == []
