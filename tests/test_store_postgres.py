@@ -414,6 +414,9 @@ def test_another_machines_run_that_fell_silent_reads_as_interrupted(pg_url, caps
     code, _, err = cli(capsys, "sessions", "delete", "far", "--set", f"store.url={pg_url}")
     assert code != 0 and "is being recorded by pid" in err and "on elsewhere" in err
     assert " interrupted " in listed(time.time() - db.STALE - 5)
+    code, out, _ = cli(capsys, "sessions", "show", "far", "--set", f"store.url={pg_url}")
+    assert code == 0 and "  state:    interrupted\n" in out
+    assert "ago), its run's last sign of life\n" in out
     code, _, err = cli(capsys, "sessions", "delete", "far", "--set", f"store.url={pg_url}")
     assert code == 0, err  # a dead run's session no longer waits forever for its end
     with flowtap.open_store(pg_url) as store:

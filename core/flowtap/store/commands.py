@@ -125,7 +125,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 def _session_dict(s: Any) -> dict[str, Any]:
     keys = ("id", "name", "started", "ended", "state", "pid", "flows", "recorded", "filtered", "paused",
-            "received", "config", "machine", "user")
+            "received", "config", "machine", "user", "seen")
     return {k: getattr(s, k) for k in keys}
 
 

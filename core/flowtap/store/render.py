@@ -76,6 +76,9 @@ def session_details(s: SessionInfo, events: list[Event], hosts: list[tuple[str, 
     ]
     if s.machine or s.user:  # recorded since flowtap kept who did
         lines.append(f"  recorded: on {terminal_safe(s.machine or '?')} by {terminal_safe(s.user or '?')}")
+    if s.seen is not None and s.state != "ended":  # how a session of another machine is judged
+        lines.append(f"  seen:     {when(s.seen)} ({duration(max(0.0, time.time() - s.seen))} ago), "
+                     "its run's last sign of life")
     config_file = (s.config or {}).get("file")
     lines.append(f"  config:   {config_file or '(none: defaults and --set)'}")
     if hosts:
